@@ -1,0 +1,175 @@
+"""The `gradsvc` command line: thin typer commands over the library.
+
+Exit codes: 0 verified, 1 verification mismatch, 2 invalid job or usage, 3 device unavailable,
+70 internal error (a bug in gradsvc: please report it), 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EXIT_INVALID, EXIT_MISMATCH, EXIT_OK, GradsvcError
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(help="gradsvc: values and verified gradients of formula graphs, from YAML jobs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+    tpu = "tpu"
+
+
+def fail(error: GradsvcError) -> None:
+    err.print(str(error), markup=False)
+    raise typer.Exit(code=error.exit_code)
+
+
+JobFiles = Annotated[list[Path], typer.Argument(help="job files (YAML)", show_default=False)]
+
+
+@app.command()
+def run(
+    jobs: JobFiles,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table or json")] = Format.table,
+    dtype: Annotated[Optional[DType], typer.Option(help="override the job's dtype")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="override the job's device")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="settings file instead of "
+                                                   "configs/default.yaml")] = None,
+    verify_points: Annotated[Optional[int], typer.Option(min=1, help="points checked against the "
+                                                         "reference (all up to this many)")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(min=1, help="points per compiled call")] = None,
+) -> None:
+    """Run jobs: every node's value and d(output)/d(node), verified against the reference."""
+    from .api import run as run_job
+    from .report import print_table, to_json
+
+    overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
+                 "verify_points": verify_points, "chunk_size": chunk_size}
+    documents, worst = [], EXIT_OK
+    for path in jobs:
+        try:
+            result = run_job(path, config=config, **overrides)
+        except GradsvcError as error:
+            if len(jobs) == 1:
+                fail(error)
+            err.print(str(error), markup=False)
+            worst = max(worst, error.exit_code)
+            continue
+        if format is Format.json:
+            documents.append(to_json(result))
+        else:
+            print_table(result, out)
+        if not result.ok:
+            worst = max(worst, EXIT_MISMATCH)
+    if format is Format.json:
+        payload = documents[0] if len(jobs) == 1 else documents
+        sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
+    raise typer.Exit(code=worst)
+
+
+@app.command()
+def validate(jobs: JobFiles,
+             config: Annotated[Optional[Path], typer.Option(help="settings file")] = None) -> None:
+    """Check job files without running them; report every problem as file:line:col."""
+    from .spec import load_job
+
+    bad = 0
+    for path in jobs:
+        try:
+            job = load_job(path, config=config)
+        except GradsvcError as error:
+            err.print(str(error), markup=False)
+            bad += 1
+            continue
+        g = job.graph
+        out.print(f"ok {path}: {job.name}, {job.grid.size:,} points, {len(g.inputs)} inputs, "
+                  f"{len(g.named)} nodes, outputs {', '.join(g.outputs)}")
+    if bad:
+        err.print(f"{bad} of {len(jobs)} job file{'s' * (len(jobs) > 1)} invalid", markup=False)
+    raise typer.Exit(code=EXIT_INVALID if bad else EXIT_OK)
+
+
+@app.command()
+def ops() -> None:
+    """List the formula language: operators, functions, constants and their derivative rules."""
+    from .ops import CALLABLE, CONSTANTS, OPS
+
+    table = Table(title="gradsvc formula language")
+    table.add_column("write")
+    table.add_column("op")
+    table.add_column("derivative rule")
+    for op in OPS.values():
+        if op.name == "id":
+            continue
+        if op.symbol and op.arity == 2:
+            syntax = f"a {op.symbol} b" + (", pow(a, b)" if op.name == "pow" else "")
+        elif op.symbol:
+            syntax = f"{op.symbol}x"
+        else:
+            syntax = f"{op.name}(x)"
+        table.add_row(syntax, op.name, op.rule)
+    table.add_row("x ** n", "ipow", "n a literal integer: d(x**n)/dx = n*x**(n-1), exact powers")
+    for name, value in CONSTANTS.items():
+        table.add_row(name, "constant", f"{value!r} (unless an input or node is named {name})")
+    out.print(table)
+    out.print(f"callable functions: {', '.join(sorted(CALLABLE))}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of job files (for editor autocompletion and validation)."""
+    from .spec import job_schema
+
+    sys.stdout.write(json.dumps(job_schema(), indent=2) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+        out.print(f"gradsvc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="print the version and exit")] = False) -> None:
+    """gradsvc: values and verified gradients of formula graphs, from YAML jobs."""
+
+
+def main() -> None:
+    """Console entry point: user errors are one message and an exit code, never a traceback."""
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except GradsvcError as error:  # raised outside a command's own handling
+        err.print(str(error), markup=False)
+        sys.exit(error.exit_code)
+    except Exception as exc:  # a bug in gradsvc, not the user's fault: say so in one line
+        err.print(f"internal error: {type(exc).__name__}: {exc}\n  hint: this is a bug in gradsvc; "
+                  "please report it with the job file", markup=False)
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,83 @@
+"""Every error a user can cause is a `GradsvcError`: one message, a place, a hint, an exit code.
+
+The CLI prints `str(error)` and exits with `error.exit_code`; it never shows a traceback for these.
+A place is `file:line:col` (1-based, like compilers and editors use), optionally followed by the
+offending source line and a caret under the column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1  # the job ran, but JAX and the reference (or finite differences) disagree
+EXIT_INVALID = 2  # the job file, a formula or the command line is wrong
+EXIT_DEVICE = 3  # the job is fine but the requested device is not available here
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a source file; `line` and `col` are 1-based."""
+
+    file: str
+    line: int | None = None
+    col: int | None = None
+
+    def __str__(self) -> str:
+        parts = [self.file]
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.col is not None:
+                parts.append(str(self.col))
+        return ":".join(parts)
+
+
+class GradsvcError(Exception):
+    """Root of every user-facing error. Subclasses set `exit_code` and a default `hint`."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, message: str, *, where: Location | None = None, text: str | None = None,
+                 caret_col: int | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.text = text  # the offending source line or formula, shown under the message
+        self.caret_col = caret_col  # 1-based column in `text` to point at
+        self.hint = hint
+
+    def __str__(self) -> str:
+        head = f"{self.where}: " if self.where else ""
+        lines = [f"{head}error: {self.message}"]
+        if self.text is not None:
+            lines.append(f"    {self.text}")
+            if self.caret_col is not None:
+                lines.append("    " + " " * (self.caret_col - 1) + "^")
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class JobFileError(GradsvcError):
+    """The job file cannot be read, is not safe YAML, or does not match the job schema."""
+
+
+class FormulaError(GradsvcError):
+    """A formula uses syntax or names outside the allowed language."""
+
+
+class GraphError(GradsvcError):
+    """The graph as a whole is wrong: undefined names, cycles, unknown outputs or wrt names."""
+
+
+class LimitError(GradsvcError):
+    """An input exceeds one of the named limits in `gradsvc.limits`."""
+
+
+class UsageError(GradsvcError):
+    """The command line or API call is wrong (bad option value, missing file)."""
+
+
+class DeviceError(GradsvcError):
+    """The requested device (gpu, tpu) has no JAX backend on this machine."""
+
+    exit_code = EXIT_DEVICE

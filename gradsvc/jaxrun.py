@@ -1,0 +1,130 @@
+"""IR -> one jitted, vmapped JAX function giving every node's value and d(output)/d(wrt) per point.
+
+JAX has no `retain_grad`: to differentiate an output with respect to an intermediate node, the
+per-point function takes one extra zero argument per intermediate in `wrt`, adds it to that node's
+value, and differentiates with respect to it. One reverse pass (`jax.grad`) per output gives its
+gradients (XLA shares the forward pass between them); `jax.vmap` over points and `jax.jit` make it
+one XLA computation per chunk of points. Chunks have a fixed size (the last is padded) so a job
+compiles once.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import DeviceError
+from .ir import Graph
+from .ops import op_for
+
+jax.config.update("jax_enable_x64", True)  # float64 jobs need it; float32 jobs cast explicitly
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+@lru_cache(maxsize=None)
+def _resolve(dotted: str) -> Callable:
+    module, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def jax_function(node) -> Callable:
+    op = op_for(node.op, node.param)
+    if not op.jax:  # the identity op
+        return lambda x: x
+    fn = _resolve(op.jax)
+    return partial(fn, **dict(op.jax_params)) if op.jax_params else fn
+
+
+def point_function(graph: Graph, dtype) -> Callable:
+    """f(x) for one point: x holds the inputs in grid order; returns (values, grads).
+
+    values: every visible name (inputs, then named nodes); grads: (n_outputs, n_wrt).
+    """
+    visible = graph.visible
+    perturbed = [n for n in graph.wrt if n in set(graph.named)]
+    perturb_slot = {name: i for i, name in enumerate(perturbed)}
+    input_slot = {name: i for i, name in enumerate(graph.inputs)}
+    steps = [(node.name, node.op, node.const, node.args,
+              None if node.op in ("input", "const") else jax_function(node)) for node in graph.nodes]
+
+    def evaluate(x, eps, output: int):
+        env = {}
+        for name, op, const, args, fn in steps:
+            if op == "input":
+                value = x[input_slot[name]]
+            elif op == "const":
+                value = jnp.asarray(const, dtype)
+            else:
+                value = fn(*(env[a] for a in args))
+            if name in perturb_slot:
+                value = value + eps[perturb_slot[name]]
+            env[name] = value
+        return env[graph.outputs[output]], jnp.stack([env[n] for n in visible])
+
+    def per_point(x):
+        eps = jnp.zeros((len(perturbed),), dtype)
+        rows = []
+        for k in range(len(graph.outputs)):
+            # One gradient per output, not a vjp vmapped over one-hot cotangents: a zero cotangent
+            # still multiplies the other outputs' partials (0 * inf = nan at sqrt(0)), while a
+            # separate grad never visits them, like PyTorch's backward() on that output.
+            (grad_x, grad_eps), values = jax.grad(evaluate, argnums=(0, 1), has_aux=True)(x, eps, k)
+            rows.append([grad_x[input_slot[w]] if w in input_slot else grad_eps[perturb_slot[w]]
+                         for w in graph.wrt])
+        grads = jnp.array(rows, dtype) if graph.wrt else jnp.zeros((len(graph.outputs), 0), dtype)
+        return values, grads
+
+    return per_point
+
+
+def get_device(kind: str):
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError:
+        have = sorted({d.platform for d in jax.devices()})
+        raise DeviceError(f"no JAX {kind} device on this machine (have: {', '.join(have)})",
+                          hint=f"install a JAX build with {kind} support, or use --device cpu") from None
+
+
+@dataclass
+class Compiled:
+    """A job's compiled chunk function and how it was built."""
+    call: Callable  # (chunk of coords, shape (chunk_size, n_inputs)) -> (values, grads)
+    chunk_size: int
+    dtype: str
+    device: object
+    compile_s: float
+
+
+def compile_graph(graph: Graph, dtype: str, device: str, chunk_size: int) -> Compiled:
+    """Trace, lower and compile the batched function for one chunk shape (ahead of time)."""
+    np_dtype = DTYPES[dtype]
+    dev = get_device(device)
+    batched = jax.jit(jax.vmap(point_function(graph, np_dtype)))
+    sharding = jax.sharding.SingleDeviceSharding(dev)
+    shape = jax.ShapeDtypeStruct((chunk_size, len(graph.inputs)), np_dtype, sharding=sharding)
+    start = time.perf_counter()
+    compiled = batched.lower(shape).compile()
+    return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start)
+
+
+def run_chunks(compiled: Compiled, coords_for: Callable[[int, int], np.ndarray], size: int,
+               values_out: np.ndarray, grads_out: np.ndarray) -> None:
+    """Evaluate `size` points chunk by chunk into preallocated arrays (last chunk padded)."""
+    np_dtype = DTYPES[compiled.dtype]
+    n = compiled.chunk_size
+    for start in range(0, size, n):
+        stop = min(start + n, size)
+        chunk = coords_for(start, stop).astype(np_dtype)
+        if stop - start < n:  # pad with copies of the last point: same shape, no recompilation
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], n - (stop - start), axis=0)])
+        values, grads = compiled.call(jax.device_put(chunk, compiled.device))
+        values_out[start:stop] = np.asarray(values)[: stop - start]
+        grads_out[start:stop] = np.asarray(grads)[: stop - start]

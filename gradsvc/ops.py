@@ -1,0 +1,194 @@
+"""THE op table: every operation the formula language has, in one place, for both backends.
+
+Each `Op` carries
+  - `jax`: the dotted name of the JAX implementation (the fast backend differentiates it with JAX's own
+    rules). It is a name, not a function, so that this module and the reference backprop import
+    nothing beyond the standard library: the reference stays independent of what it checks;
+  - `value` and `partials`: a pure-Python float implementation and its local derivatives, which the
+    reference backprop uses. They follow IEEE-754 (inf/nan propagate, x/0 is ±inf) instead of raising,
+    and they follow JAX's conventions at kinks and domain edges, so both backends must agree everywhere:
+    abs'(0) = 1, relu'(0) = 0, sqrt'(0) = inf, d(x**y)/dy = log(x)·x**y with log(0) read as 0;
+  - `rule`: the derivative rule as people write it, for `gradsvc ops` and explanations;
+  - `branch`: for ops with kinks, which side of the kink the arguments are on (0 = on it). Points on a
+    kink are flagged, and finite differences that straddle one are not compared.
+
+Adding an op means adding one entry here; the parser, both backends and the docs pick it up.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+INF = math.inf
+NAN = math.nan
+
+
+# --- IEEE-754 helpers: Python's math module raises where IEEE (and XLA) return inf or nan ---
+
+def ieee_div(a: float, b: float) -> float:
+    if b != 0.0 or math.isnan(b):
+        return a / b
+    if a == 0.0 or math.isnan(a):
+        return NAN
+    return math.copysign(INF, a) * math.copysign(1.0, b)
+
+
+def _is_odd_integer(y: float) -> bool:
+    return math.isfinite(y) and y == math.floor(y) and math.fmod(y, 2.0) != 0.0
+
+
+def ieee_pow(x: float, y: float) -> float:
+    try:
+        return math.pow(x, y)
+    except OverflowError:  # |result| too large: C's pow gives ±inf
+        return -INF if (x < 0 and _is_odd_integer(y)) else INF
+    except ValueError:  # 0 ** negative is ±inf; negative ** non-integer is nan
+        if x == 0.0 and y < 0:
+            return math.copysign(INF, x) if _is_odd_integer(y) else INF
+        return NAN
+
+
+def ieee_exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return INF
+
+
+def ieee_log(x: float) -> float:
+    if x > 0:
+        return math.log(x)
+    if x == 0:
+        return -INF
+    return NAN  # negative or nan
+
+
+def ieee_sqrt(x: float) -> float:
+    return math.sqrt(x) if (x >= 0 or x == 0) else NAN  # sqrt(-0.0) = -0.0, as in IEEE
+
+
+def _periodic(fn: Callable[[float], float]) -> Callable[[float], float]:
+    def safe(x: float) -> float:
+        return fn(x) if math.isfinite(x) else NAN
+    safe.__name__ = fn.__name__
+    return safe
+
+
+ieee_sin, ieee_cos, ieee_tan = _periodic(math.sin), _periodic(math.cos), _periodic(math.tan)
+
+
+def sigmoid(x: float) -> float:
+    if math.isnan(x):
+        return NAN
+    if x >= 0:
+        return 1.0 / (1.0 + ieee_exp(-x))
+    ex = ieee_exp(x)  # this branch avoids exp overflow for very negative x
+    return ex / (1.0 + ex)
+
+
+def relu(x: float) -> float:
+    return x if (x > 0 or math.isnan(x)) else 0.0
+
+
+def _sign_branch(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+# --- the table ---
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    arity: int
+    jax: str  # dotted name of the JAX function, resolved by gradsvc.jaxrun
+    value: Callable[..., float]
+    # partials(args, out) -> one local derivative d(out)/d(arg_i) per argument
+    partials: Callable[[tuple, float], tuple]
+    rule: str
+    symbol: str | None = None  # infix symbol when the formula language writes it as an operator
+    branch: Callable[..., int] | None = None  # kinked ops only: 0 means exactly on the kink
+    # JAX writes some rules as a select (`relu`: where(x > 0, g, 0)), so a zero local derivative
+    # stops a nan or inf coming from the output side instead of giving 0 * inf = nan.
+    zero_blocks: bool = False
+    jax_params: tuple = ()  # keyword arguments for the JAX function, e.g. (("y", 3),)
+    doc: str = ""
+
+    def at_kink(self, *args: float) -> bool:
+        return self.branch is not None and self.branch(*args) == 0
+
+
+def _pow_partials(args: tuple, out: float) -> tuple:
+    x, y = args
+    d_dx = y * ieee_pow(x, y - 1.0)
+    d_dy = ieee_log(x if x != 0.0 else 1.0) * out  # JAX reads log(0) as 0 here
+    return d_dx, d_dy
+
+
+def _ipow_partials(n: int) -> Callable[[tuple, float], tuple]:
+    def partials(args: tuple, out: float) -> tuple:
+        (x,) = args
+        if n == 0:
+            return (0.0,)
+        if n == 1:
+            return (1.0,)
+        return (n * ieee_pow(x, float(n - 1)),)
+    return partials
+
+
+OPS: dict[str, Op] = {op.name: op for op in [
+    Op("add", 2, "jax.numpy.add", lambda a, b: a + b, lambda a, o: (1.0, 1.0),
+       "d(a+b)/da = 1, d(a+b)/db = 1", symbol="+"),
+    Op("sub", 2, "jax.numpy.subtract", lambda a, b: a - b, lambda a, o: (1.0, -1.0),
+       "d(a-b)/da = 1, d(a-b)/db = -1", symbol="-"),
+    Op("mul", 2, "jax.numpy.multiply", lambda a, b: a * b, lambda a, o: (a[1], a[0]),
+       "d(a*b)/da = b, d(a*b)/db = a", symbol="*"),
+    Op("div", 2, "jax.numpy.divide", ieee_div,
+       lambda a, o: (ieee_div(1.0, a[1]), -(a[0] * ieee_pow(a[1], -2.0))),
+       "d(a/b)/da = 1/b, d(a/b)/db = -a/b**2", symbol="/"),
+    Op("pow", 2, "jax.lax.pow", ieee_pow, _pow_partials,
+       "d(a**b)/da = b*a**(b-1), d(a**b)/db = log(a)*a**b  (log(0) read as 0)", symbol="**",
+       doc="a ** b with a non-integer or large exponent; pow(a, b) is the same"),
+    Op("id", 1, "", lambda a: a, lambda a, o: (1.0,), "d(x)/dx = 1",
+       doc="a node defined as another name, e.g. `y: x`; not callable"),
+    Op("neg", 1, "jax.numpy.negative", lambda a: -a, lambda a, o: (-1.0,), "d(-a)/da = -1", symbol="-"),
+    Op("exp", 1, "jax.numpy.exp", ieee_exp, lambda a, o: (o,), "d exp(x)/dx = exp(x)"),
+    Op("log", 1, "jax.numpy.log", ieee_log, lambda a, o: (ieee_div(1.0, a[0]),),
+       "d log(x)/dx = 1/x  (natural log; nan for x < 0, -inf at 0)"),
+    Op("sin", 1, "jax.numpy.sin", ieee_sin, lambda a, o: (ieee_cos(a[0]),), "d sin(x)/dx = cos(x)"),
+    Op("cos", 1, "jax.numpy.cos", ieee_cos, lambda a, o: (-ieee_sin(a[0]),), "d cos(x)/dx = -sin(x)"),
+    Op("tan", 1, "jax.numpy.tan", ieee_tan, lambda a, o: (1.0 + o * o,), "d tan(x)/dx = 1 + tan(x)**2"),
+    Op("tanh", 1, "jax.numpy.tanh", math.tanh, lambda a, o: (1.0 - o * o,), "d tanh(x)/dx = 1 - tanh(x)**2"),
+    Op("sigmoid", 1, "jax.nn.sigmoid", sigmoid, lambda a, o: (o * (1.0 - o),),
+       "d sigmoid(x)/dx = sigmoid(x)*(1-sigmoid(x)),  sigmoid(x) = 1/(1+exp(-x))"),
+    Op("relu", 1, "jax.nn.relu", relu, lambda a, o: (1.0 if a[0] > 0 else 0.0,),
+       "d relu(x)/dx = 1 if x > 0 else 0  (0 at the kink x = 0)", branch=_sign_branch,
+       zero_blocks=True),
+    Op("sqrt", 1, "jax.numpy.sqrt", ieee_sqrt, lambda a, o: (ieee_div(0.5, o),),
+       "d sqrt(x)/dx = 1/(2*sqrt(x))  (inf at 0, nan for x < 0)"),
+    Op("abs", 1, "jax.numpy.abs", abs, lambda a, o: (1.0 if a[0] >= 0 else -1.0,),
+       "d abs(x)/dx = 1 if x >= 0 else -1  (1 at the kink x = 0)", branch=_sign_branch),
+]}
+
+# Functions callable by name in formulas (`neg` is only reachable as unary minus, `id` as `y: x`).
+CALLABLE = {name: op for name, op in OPS.items() if (op.symbol is None and name != "id") or name == "pow"}
+BINARY_SYMBOLS = {op.symbol: op for op in OPS.values() if op.arity == 2}
+
+CONSTANTS = {"pi": math.pi}
+
+
+@lru_cache(maxsize=None)
+def ipow(n: int) -> Op:
+    """`x ** n` for a literal integer n: exact repeated multiplication, like JAX's integer_pow."""
+    rule = f"d(x**{n})/dx = {n}*x**{n - 1}" if n not in (0, 1) else f"d(x**{n})/dx = {n}"
+    return Op("ipow", 1, "jax.lax.integer_pow", lambda x: ieee_pow(x, float(n)), _ipow_partials(n),
+              rule, symbol="**", zero_blocks=(n == 0), jax_params=(("y", n),))
+
+
+def op_for(name: str, param: int | None = None) -> Op:
+    """The Op for an IR node's `op` name (and integer parameter, for `ipow`)."""
+    if name == "ipow":
+        assert param is not None
+        return ipow(param)
+    return OPS[name]

@@ -1,0 +1,160 @@
+"""The reference: reverse-mode backprop over the IR in pure Python (standard library only).
+
+It shares nothing with the JAX backend but the IR and the op table's pure-Python column, so agreement
+between the two is evidence, not tautology. Its shape is micrograd's: a forward pass fills in values,
+then one reversed loop over the tape accumulates adjoints with each op's local partials.
+
+Alongside each value and gradient it propagates a first-order bound on the rounding error a backend
+working in a given precision could make (`unit` = unit roundoff, 2**-24 for float32, 2**-53 for
+float64): values  err(v) ≈ unit·|v| + Σ |∂v/∂a|·err(a);  gradients  err(ḡ_a) ≈ unit·|ḡ_a| + Σ
+(|∂v/∂a|·err(ḡ_v) + |ḡ_v|·err(∂v/∂a)), where err(∂v/∂a) is measured by re-evaluating the partial with
+the arguments moved by their own error bounds. `verify` scales these bounds into tolerances, so
+cancellation and ill-conditioning widen the tolerance exactly where they should and nowhere else.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .ir import Graph
+from .ops import op_for
+
+LIBM_ULPS = 4.0  # transcendental functions are accurate to a few units in the last place
+
+
+@dataclass
+class PointResult:
+    values: dict[str, float]  # every IR node
+    grads: dict[str, dict[str, float]]  # grads[output][name], for every visible name
+    value_err: dict[str, float] | None = None
+    grad_err: dict[str, dict[str, float]] | None = None
+    kinks: tuple[str, ...] = ()  # nodes whose arguments sit exactly on a kink
+
+
+def forward(graph: Graph, inputs: dict[str, float], overrides: dict[str, float] | None = None
+            ) -> dict[str, float]:
+    """Every node's value; `overrides` replaces a node's computed value (for finite differences)."""
+    values: dict[str, float] = {}
+    for node in graph.nodes:
+        if node.op == "input":
+            value = float(inputs[node.name])
+        elif node.op == "const":
+            value = float(node.const)
+        else:
+            value = op_for(node.op, node.param).value(*(values[a] for a in node.args))
+        if overrides and node.name in overrides:
+            value = overrides[node.name]
+        values[node.name] = value
+    return values
+
+
+def branches(graph: Graph, values: dict[str, float]) -> tuple:
+    """Which side of its kink each kinked op is on: equal tuples mean the same smooth piece."""
+    out = []
+    for node in graph.nodes:
+        op = node.primitive
+        if op is not None and op.branch is not None:
+            out.append(op.branch(*(values[a] for a in node.args)))
+    return tuple(out)
+
+
+def backward(graph: Graph, values: dict[str, float], output: str) -> dict[str, float]:
+    """d(output)/d(node) for every node on a path to `output` (others are absent: no dependence)."""
+    adjoint: dict[str, float] = {output: 1.0}
+    for node in reversed(graph.nodes):
+        bar = adjoint.get(node.name)
+        if bar is None or not node.args:
+            continue
+        op = node.primitive
+        arg_values = tuple(values[a] for a in node.args)
+        for arg, partial in zip(node.args, op.partials(arg_values, values[node.name])):
+            contribution = 0.0 if (op.zero_blocks and partial == 0.0) else bar * partial
+            adjoint[arg] = adjoint[arg] + contribution if arg in adjoint else contribution
+    return adjoint
+
+
+def run_point(graph: Graph, inputs: dict[str, float], unit: float | None = None) -> PointResult:
+    """Values and gradients at one point; with `unit`, also their rounding-error bounds.
+
+    >>> from gradsvc.spec import job_from_text
+    >>> job = job_from_text("inputs: {a: 2, b: 3}\\ngraph: {z: a * b}\\noutputs: [z]")
+    >>> run_point(job.graph, {"a": 2.0, "b": 3.0}).grads["z"]["a"]
+    3.0
+    """
+    values = forward(graph, inputs)
+    visible = graph.visible
+    grads = {}
+    adjoints = {}
+    for out in graph.outputs:
+        adjoints[out] = backward(graph, values, out)
+        grads[out] = {name: adjoints[out].get(name, 0.0) for name in visible}
+    kinks = tuple(n.name for n in graph.nodes
+                  if n.primitive is not None and n.primitive.at_kink(*(values[a] for a in n.args)))
+    result = PointResult(values, grads, kinks=kinks)
+    if unit is not None:
+        result.value_err = _value_errors(graph, values, unit)
+        result.grad_err = {out: _grad_errors(graph, values, adjoints[out], result.value_err, out, unit)
+                           for out in graph.outputs}
+    return result
+
+
+def _times(a: float, b: float) -> float:
+    """a·b for error bounds, where a zero bound times an infinite factor adds nothing."""
+    return 0.0 if a == 0.0 or b == 0.0 else a * b
+
+
+def _ulps(op) -> float:
+    return 1.0 if op.name in ("add", "sub", "mul", "div", "neg", "id") else LIBM_ULPS
+
+
+def _value_errors(graph: Graph, values: dict[str, float], unit: float) -> dict[str, float]:
+    err: dict[str, float] = {}
+    for node in graph.nodes:
+        value = values[node.name]
+        if node.op == "input":
+            err[node.name] = 0.0  # both backends read the same rounded input
+            continue
+        if node.op == "const":
+            err[node.name] = unit * abs(value)  # the backend rounds the literal to its dtype
+            continue
+        op = node.primitive
+        args = tuple(values[a] for a in node.args)
+        total = _ulps(op) * unit * abs(value)
+        for arg, partial in zip(node.args, op.partials(args, value)):
+            total += _times(abs(partial), err[arg])
+        err[node.name] = total
+    return err
+
+
+def _partial_errors(op, args: tuple, out: float, args_err: tuple, unit: float) -> list[float]:
+    """How much each local partial can move when its arguments move within their error bounds."""
+    base = op.partials(args, out)
+    worst = [_ulps(op) * unit * abs(p) for p in base]
+    if not any(args_err):
+        return worst
+    for sign in (1.0, -1.0):
+        moved = tuple(a + sign * e for a, e in zip(args, args_err))
+        moved_partials = op.partials(moved, op.value(*moved))
+        for i, (p, q) in enumerate(zip(base, moved_partials)):
+            shift = abs(q - p) if not (math.isnan(q) and math.isnan(p)) else 0.0
+            worst[i] += shift if not math.isnan(shift) else math.inf
+    return worst
+
+
+def _grad_errors(graph: Graph, values, adjoint, value_err, output: str, unit: float) -> dict:
+    err: dict[str, float] = {output: 0.0}
+    for node in reversed(graph.nodes):
+        if node.name not in adjoint or not node.args:
+            continue
+        op = node.primitive
+        bar, bar_err = adjoint[node.name], err.get(node.name, 0.0)
+        args = tuple(values[a] for a in node.args)
+        args_err = tuple(value_err[a] for a in node.args)
+        partials = op.partials(args, values[node.name])
+        partial_errs = _partial_errors(op, args, values[node.name], args_err, unit)
+        for arg, p, p_err in zip(node.args, partials, partial_errs):
+            if op.zero_blocks and p == 0.0:
+                continue
+            term = _times(abs(p), bar_err) + _times(abs(bar), p_err) + unit * abs(bar * p)
+            err[arg] = err.get(arg, 0.0) + term
+    return {name: err.get(name, 0.0) for name in graph.visible}

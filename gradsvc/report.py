@@ -1,0 +1,170 @@
+"""Presentation only: a Result as a rich table or as one JSON object.
+
+JSON has no NaN or infinity; non-finite numbers are written as the strings "nan", "inf", "-inf"
+(so the output stays valid JSON for every reader, and nothing is silently turned into null).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+TABLE_POINTS = 8  # grids up to this many points are shown point by point; larger ones summarised
+LISTED = 5  # non-finite / kink / mismatch points shown in the table view (JSON lists more)
+
+
+def json_number(x: float):
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _json_array(a: np.ndarray):
+    return json_number(a[0]) if len(a) == 1 else [json_number(v) for v in a.tolist()]
+
+
+def json_safe(obj):
+    """Dataclasses, dicts, lists and floats -> plain JSON-able data with non-finite numbers as strings."""
+    if dataclasses.is_dataclass(obj):
+        return json_safe(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return json_number(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def to_json(result) -> dict:
+    """The `--format json` object: values and grads as numbers (one point) or lists in grid order."""
+    job = result.job
+    return {
+        "name": job.name,
+        "file": job.file,
+        "points": result.points,
+        "grid": {"mode": job.grid.mode, "shape": list(result.shape), "inputs": list(job.grid.names)},
+        "dtype": result.dtype,
+        "device": result.device,
+        "outputs": list(job.graph.outputs),
+        "wrt": list(job.graph.wrt),
+        "values": {name: _json_array(a) for name, a in result.values.items()},
+        "grads": {out: {name: _json_array(a) for name, a in g.items()}
+                  for out, g in result.grads.items()},
+        "verify": json_safe(result.verify),
+        "timings": json_safe(result.timings),
+        "content_hash": job.content_hash,
+    }
+
+
+def _plural(n: int, noun: str, every: str = "") -> str:
+    return f"{every if n != 1 else ''}{n:,} {noun}{'s' * (n != 1)}"
+
+
+def _fmt(x: float) -> str:
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.6g}"
+
+
+def print_table(result, console: Console) -> None:
+    job, graph = result.job, result.job.graph
+    console.print(f"[bold]{job.name}[/bold]  {job.file}  {_plural(result.points, 'point')} "
+                  f"({job.grid.mode} {'x'.join(map(str, result.shape))})"
+                  f"  {result.dtype} on {result.device}")
+    if result.points <= TABLE_POINTS:
+        for i in range(result.points):
+            console.print(_point_table(result, i))
+    else:
+        console.print(_summary_table(result))
+    _print_verify(result, console)
+
+
+def _point_table(result, i: int) -> Table:
+    graph = result.job.graph
+    title = f"point {i}" if result.points > 1 else None
+    table = Table(title=title, title_justify="left")
+    table.add_column("node")
+    table.add_column("formula", style="dim")
+    table.add_column("value", justify="right")
+    for out in graph.outputs:
+        table.add_column(f"d{out}/d(node)", justify="right")
+    for name in graph.visible:
+        grads = [_fmt(result.grads[o][name][i]) if name in result.grads[o] else "" for o in graph.outputs]
+        table.add_row(name, graph.formulas.get(name, "input"), _fmt(result.values[name][i]), *grads)
+    return table
+
+
+def _range(a: np.ndarray) -> str:
+    finite = a[np.isfinite(a)]
+    note = f" ({len(a) - len(finite)} non-finite)" if len(finite) < len(a) else ""
+    if len(finite) == 0:
+        return "all non-finite"
+    return f"{_fmt(finite.min())} .. {_fmt(finite.max())}{note}"
+
+
+def _summary_table(result) -> Table:
+    graph = result.job.graph
+    table = Table(title="over the grid: min .. max", title_justify="left")
+    table.add_column("node")
+    table.add_column("formula", style="dim")
+    table.add_column("value", justify="right")
+    for out in graph.outputs:
+        table.add_column(f"d{out}/d(node)", justify="right")
+    for name in graph.visible:
+        grads = [_range(result.grads[o][name]) if name in result.grads[o] else "" for o in graph.outputs]
+        table.add_row(name, graph.formulas.get(name, "input"), _range(result.values[name]), *grads)
+    return table
+
+
+def _coords(coords: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in coords.items())
+
+
+def _print_verify(result, console: Console) -> None:
+    v = result.verify
+    mark = "[green]verified[/green]" if v.ok else "[red bold]MISMATCH[/red bold]"
+    scope = f"a seeded sample of {v.checked_points:,} points" if v.sampled else \
+        _plural(v.checked_points, "point", "all ")
+    console.print(f"{mark}: {scope} against the pure-Python reference "
+                  f"({v.compared:,} numbers, {v.mismatches} outside tolerance); "
+                  f"max abs err {v.max_abs_err:.3g}, max rel err {v.max_rel_err:.3g}")
+    fd = v.fd
+    console.print(f"  finite differences: {fd['checked']:,} gradients at {_plural(fd['checked_points'], 'point')}, "
+                  f"{fd['mismatches']} mismatches, max rel err {fd['max_rel_err']:.3g}"
+                  f" (skipped: {fd['skipped_kink']} across a kink, {fd['skipped_nonfinite']} non-finite)")
+    for item in v.mismatch_points[:LISTED]:
+        console.print(f"  [red]mismatch[/red] at point {item['index']} ({_coords(item['coords'])}): "
+                      f"{item['quantity']} jax={_fmt(item['jax'])} reference={_fmt(item['reference'])}")
+    for item in fd["mismatch_points"][:LISTED]:
+        console.print(f"  [red]fd mismatch[/red] at point {item['index']} ({_coords(item['coords'])}): "
+                      f"{item['quantity']} reference={_fmt(item['reference'])} "
+                      f"finite difference={_fmt(item['finite_difference'])}")
+    _listing(console, "non-finite", v.nonfinite_count, v.nonfinite_points, "quantities")
+    _listing(console, "on a kink", v.kink_count, v.kink_points, "nodes")
+    _listing(console, f"beyond {result.dtype} range", v.overflow_count, v.overflow_points, "nodes")
+    if v.ill_conditioned:
+        console.print(f"  [yellow]{v.ill_conditioned} comparisons had an unbounded error estimate "
+                      f"(ill-conditioned) and were not held to a tolerance[/yellow]")
+    t = result.timings
+    console.print(f"  [dim]compile {t['compile_s']:.3f}s, run {t['run_s']:.3f}s, verify "
+                  f"{t['verify_s']:.3f}s[/dim]")
+
+
+def _listing(console: Console, label: str, count: int, points: list[dict], key: str) -> None:
+    if not count:
+        return
+    console.print(f"  [yellow]{count} point{'s' * (count != 1)} {label}[/yellow]:")
+    for item in points[:LISTED]:
+        console.print(f"    point {item['index']} ({_coords(item['coords'])}): {', '.join(item[key])}")
+    if count > LISTED:
+        console.print(f"    ... and {count - LISTED} more (see --format json)")

@@ -1,0 +1,229 @@
+"""Compare the JAX results with the pure-Python reference, and the reference with finite differences.
+
+Which points: every point when the grid has at most `verify_points`; above that, point 0 and a seeded
+random sample of `verify_points` points. At each, every value and every gradient is compared.
+
+Tolerance (dtype-aware): |jax - ref| <= factor · bound + factor · tiny, where `bound` is the
+reference's first-order rounding-error bound for a backend computing in the job's dtype (see
+`reference`), and tiny the dtype's smallest normal number (XLA flushes subnormals). Non-finite numbers
+must match exactly (nan with nan, +inf with +inf); a reference value beyond the dtype's range counts as
+that dtype's ±inf. Points where a non-finite number appears, where an op sits on a kink, or where the
+dtype overflows, are listed with their coordinates: they are reported, never silently passed.
+
+Finite differences check the reference's own derivative rules: a central difference in float64 with
+step h and h/2 (Richardson), compared with tolerance fd_rtol·|g| + the difference between the two
+estimates + the rounding error the reference's bound predicts. Differences that straddle a kink or
+touch a non-finite value are skipped and counted.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .ir import Graph
+from .reference import PointResult, branches, forward, run_point
+
+LISTED_POINTS = 20  # points listed per category in reports; counts are always complete
+FD_STEP = 6.0554544523933395e-06  # cube root of float64 epsilon: balances truncation and rounding
+EPS64 = 2.0 ** -53
+
+
+@dataclass
+class Worst:
+    index: int
+    coords: dict[str, float]
+    quantity: str  # "value z" or "dz/da"
+    jax: float
+    reference: float
+    abs_err: float
+    tolerance: float
+
+
+@dataclass
+class VerifyReport:
+    ok: bool = True
+    checked_points: int = 0
+    sampled: bool = False
+    compared: int = 0  # numbers compared
+    mismatches: int = 0
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    worst: Worst | None = None  # the comparison closest to (or furthest past) its tolerance
+    worst_ratio: float = 0.0  # abs_err / tolerance at `worst`; > 1 is a mismatch
+    mismatch_points: list[dict] = field(default_factory=list)
+    nonfinite_points: list[dict] = field(default_factory=list)
+    nonfinite_count: int = 0
+    kink_points: list[dict] = field(default_factory=list)
+    kink_count: int = 0
+    overflow_points: list[dict] = field(default_factory=list)
+    overflow_count: int = 0
+    ill_conditioned: int = 0  # comparisons whose error bound is infinite (reported, not hidden)
+    fd: dict = field(default_factory=dict)
+    tolerance: dict = field(default_factory=dict)
+
+
+def choose_points(size: int, cap: int, seed: int) -> tuple[np.ndarray, bool]:
+    """All indices when size <= cap, else 0 plus a seeded sample without replacement (sorted)."""
+    if size <= cap:
+        return np.arange(size), False
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(size, size=cap, replace=False)
+    return np.unique(np.concatenate([[0], sample]))[: cap], True
+
+
+class _Comparer:
+    def __init__(self, graph: Graph, dtype: str, factor: float):
+        info = np.finfo(dtype)
+        self.graph, self.factor = graph, factor
+        self.unit = float(info.eps) / 2
+        self.floor = factor * float(info.tiny)
+        self.max = float(info.max)
+        self.report = VerifyReport(tolerance={"dtype": dtype, "unit_roundoff": self.unit,
+                                              "factor": factor, "floor": self.floor})
+
+    def in_dtype(self, x: float) -> float:
+        return math.copysign(math.inf, x) if (math.isfinite(x) and abs(x) > self.max) else x
+
+    def compare(self, index, coords, quantity, got: float, ref: float, bound: float) -> bool:
+        rep = self.report
+        rep.compared += 1
+        ref = self.in_dtype(ref)
+        if not (math.isfinite(got) and math.isfinite(ref)):
+            same = (math.isnan(got) and math.isnan(ref)) or got == ref
+            if not same:
+                self._note(index, coords, quantity, got, ref, math.inf, 0.0)
+            return same
+        tol = self.factor * bound + self.floor
+        if not math.isfinite(tol):
+            rep.ill_conditioned += 1
+            return True
+        err = abs(got - ref)
+        rep.max_abs_err = max(rep.max_abs_err, err)
+        rep.max_rel_err = max(rep.max_rel_err, err / max(abs(ref), self.floor))
+        ratio = err / tol
+        if ratio > rep.worst_ratio or rep.worst is None:
+            rep.worst_ratio = ratio
+            rep.worst = Worst(index, coords, quantity, got, ref, err, tol)
+        if ratio > 1.0:
+            self._note(index, coords, quantity, got, ref, err, tol)
+            return False
+        return True
+
+    def _note(self, index, coords, quantity, got, ref, err, tol):
+        rep = self.report
+        rep.mismatches += 1
+        if len(rep.mismatch_points) < LISTED_POINTS:
+            rep.mismatch_points.append({"index": index, "coords": coords, "quantity": quantity,
+                                        "jax": got, "reference": ref, "abs_err": err,
+                                        "tolerance": tol})
+
+
+def verify(graph: Graph, grid, dtype: str, values: np.ndarray, grads: np.ndarray, *,
+           verify_points: int, seed: int, factor: float, fd_points: int, fd_rtol: float
+           ) -> VerifyReport:
+    """Check JAX's `values` (points x visible) and `grads` (points x outputs x wrt) at chosen points."""
+    cmp = _Comparer(graph, dtype, factor)
+    rep = cmp.report
+    indices, rep.sampled = choose_points(grid.size, verify_points, seed)
+    rep.checked_points = len(indices)
+    coords_all = grid.coords(indices).astype(dtype).astype(np.float64)  # what JAX saw, exactly
+    visible = graph.visible
+    fd_every = max(1, math.ceil(len(indices) / fd_points)) if fd_points else 0
+    fd = _FiniteDifferences(graph, fd_rtol)
+    for k, index in enumerate(indices):
+        index = int(index)
+        inputs = dict(zip(graph.inputs, map(float, coords_all[k])))
+        result = run_point(graph, inputs, unit=cmp.unit)
+        point_ok = True
+        for j, name in enumerate(visible):
+            point_ok &= cmp.compare(index, inputs, f"value {name}", float(values[index, j]),
+                                    result.values[name], result.value_err[name])
+        for o, out in enumerate(graph.outputs):
+            for w, name in enumerate(graph.wrt):
+                point_ok &= cmp.compare(index, inputs, f"d{out}/d{name}", float(grads[index, o, w]),
+                                        result.grads[out][name], result.grad_err[out][name])
+        _classify(rep, cmp, graph, index, inputs, result, values[index], grads[index])
+        if fd_every and k % fd_every == 0:
+            fd.check(inputs, result, index)
+    rep.fd = fd.summary()
+    rep.ok = rep.mismatches == 0 and rep.fd["mismatches"] == 0
+    return rep
+
+
+def _classify(rep: VerifyReport, cmp: _Comparer, graph: Graph, index: int, inputs: dict,
+              result: PointResult, jax_values: np.ndarray, jax_grads: np.ndarray) -> None:
+    bad = [n for n, v in zip(graph.visible, jax_values) if not math.isfinite(v)]
+    bad += [f"d{o}/d{w}" for oi, o in enumerate(graph.outputs) for wi, w in enumerate(graph.wrt)
+            if not math.isfinite(jax_grads[oi, wi])]
+    if bad:
+        rep.nonfinite_count += 1
+        if len(rep.nonfinite_points) < LISTED_POINTS:
+            rep.nonfinite_points.append({"index": index, "coords": inputs, "quantities": bad})
+    if result.kinks:
+        rep.kink_count += 1
+        if len(rep.kink_points) < LISTED_POINTS:
+            owners = sorted({graph.node(n).owner for n in result.kinks})
+            rep.kink_points.append({"index": index, "coords": inputs, "nodes": owners})
+    beyond = [graph.node(n).owner for n, v in result.values.items()
+              if math.isfinite(v) and abs(v) > cmp.max]
+    if beyond:
+        rep.overflow_count += 1
+        if len(rep.overflow_points) < LISTED_POINTS:
+            rep.overflow_points.append({"index": index, "coords": inputs,
+                                        "nodes": sorted(set(beyond))})
+
+
+class _FiniteDifferences:
+    def __init__(self, graph: Graph, rtol: float):
+        self.graph, self.rtol = graph, rtol
+        self.counts = {"checked_points": 0, "checked": 0, "mismatches": 0, "skipped_kink": 0,
+                       "skipped_nonfinite": 0}
+        self.max_rel_err = 0.0
+        self.points: list[dict] = []
+
+    def check(self, inputs: dict, result: PointResult, index: int) -> None:
+        self.counts["checked_points"] += 1
+        for out in self.graph.outputs:
+            for name in self.graph.wrt:
+                self._one(inputs, result, index, out, name)
+
+    def _shifted(self, inputs: dict, name: str, value: float) -> dict:
+        if name in self.graph.inputs:
+            return forward(self.graph, {**inputs, name: value})
+        return forward(self.graph, inputs, overrides={name: value})
+
+    def _one(self, inputs, result: PointResult, index: int, out: str, name: str) -> None:
+        g = result.grads[out][name]
+        x = result.values[name]
+        if not (math.isfinite(g) and math.isfinite(x)):
+            self.counts["skipped_nonfinite"] += 1
+            return
+        h = FD_STEP * max(1.0, abs(x))
+        runs = {s: self._shifted(inputs, name, x + s * h) for s in (1.0, -1.0, 0.5, -0.5)}
+        if len({branches(self.graph, v) for v in runs.values()} |
+               {branches(self.graph, result.values)}) > 1:
+            self.counts["skipped_kink"] += 1
+            return
+        f = {s: v[out] for s, v in runs.items()}
+        if not all(math.isfinite(v) for v in f.values()):
+            self.counts["skipped_nonfinite"] += 1
+            return
+        coarse = (f[1.0] - f[-1.0]) / (2 * h)
+        fine = (f[0.5] - f[-0.5]) / h
+        estimate = (4 * fine - coarse) / 3  # Richardson: cancels the h**2 error term
+        rounding = 8 * EPS64 * max(abs(v) for v in f.values()) / h
+        tol = self.rtol * abs(g) + abs(fine - coarse) + rounding + 1e-300
+        err = abs(estimate - g)
+        self.counts["checked"] += 1
+        self.max_rel_err = max(self.max_rel_err, err / max(abs(g), 1e-300) if g else err)
+        if err > tol:
+            self.counts["mismatches"] += 1
+            if len(self.points) < LISTED_POINTS:
+                self.points.append({"index": index, "coords": inputs, "quantity": f"d{out}/d{name}",
+                                    "reference": g, "finite_difference": estimate, "tolerance": tol})
+
+    def summary(self) -> dict:
+        return {**self.counts, "max_rel_err": self.max_rel_err, "mismatch_points": self.points,
+                "step": FD_STEP, "rtol": self.rtol}
