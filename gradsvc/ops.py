@@ -112,6 +112,9 @@ class Op:
     # JAX writes some rules as a select (`relu`: where(x > 0, g, 0)), so a zero local derivative
     # stops a nan or inf coming from the output side instead of giving 0 * inf = nan.
     zero_blocks: bool = False
+    # x**0 does not depend on x: JAX's rule returns fresh zeros, so nothing flows back to x at all
+    # (not even 0 * inf), as if the edge were absent.
+    no_gradient: bool = False
     jax_params: tuple = ()  # keyword arguments for the JAX function, e.g. (("y", 3),)
     doc: str = ""
 
@@ -183,7 +186,7 @@ def ipow(n: int) -> Op:
     """`x ** n` for a literal integer n: exact repeated multiplication, like JAX's integer_pow."""
     rule = f"d(x**{n})/dx = {n}*x**{n - 1}" if n not in (0, 1) else f"d(x**{n})/dx = {n}"
     return Op("ipow", 1, "jax.lax.integer_pow", lambda x: ieee_pow(x, float(n)), _ipow_partials(n),
-              rule, symbol="**", zero_blocks=(n == 0), jax_params=(("y", n),))
+              rule, symbol="**", no_gradient=(n == 0), jax_params=(("y", n),))
 
 
 def op_for(name: str, param: int | None = None) -> Op:

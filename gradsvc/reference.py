@@ -8,7 +8,7 @@ Alongside each value and gradient it propagates a first-order bound on the round
 working in a given precision could make (`unit` = unit roundoff, 2**-24 for float32, 2**-53 for
 float64): values  err(v) ≈ unit·|v| + Σ |∂v/∂a|·err(a);  gradients  err(ḡ_a) ≈ unit·|ḡ_a| + Σ
 (|∂v/∂a|·err(ḡ_v) + |ḡ_v|·err(∂v/∂a)), where err(∂v/∂a) is measured by re-evaluating the partial with
-the arguments moved by their own error bounds. `verify` scales these bounds into tolerances, so
+the arguments (and the op's own result) moved by their error bounds. `verify` scales these bounds into tolerances, so
 cancellation and ill-conditioning widen the tolerance exactly where they should and nowhere else.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .ir import Graph
 from .ops import op_for
 
 LIBM_ULPS = 4.0  # transcendental functions are accurate to a few units in the last place
+INSTABILITY_WINDOW = 8.0  # error bounds widened this much when looking for nearby domain edges
 
 
 @dataclass
@@ -29,6 +30,9 @@ class PointResult:
     value_err: dict[str, float] | None = None
     grad_err: dict[str, dict[str, float]] | None = None
     kinks: tuple[str, ...] = ()  # nodes whose arguments sit exactly on a kink
+    # nodes whose value could turn nan (or stop being nan) within rounding error, and every node
+    # downstream of one: e.g. (-1) ** tanh(8) is nan in float64 but -1 where tanh(8) rounds to 1
+    unstable: frozenset[str] = frozenset()
 
 
 def forward(graph: Graph, inputs: dict[str, float], overrides: dict[str, float] | None = None
@@ -63,7 +67,7 @@ def backward(graph: Graph, values: dict[str, float], output: str) -> dict[str, f
     adjoint: dict[str, float] = {output: 1.0}
     for node in reversed(graph.nodes):
         bar = adjoint.get(node.name)
-        if bar is None or not node.args:
+        if bar is None or not node.args or node.primitive.no_gradient:
             continue
         op = node.primitive
         arg_values = tuple(values[a] for a in node.args)
@@ -92,7 +96,7 @@ def run_point(graph: Graph, inputs: dict[str, float], unit: float | None = None)
                   if n.primitive is not None and n.primitive.at_kink(*(values[a] for a in n.args)))
     result = PointResult(values, grads, kinks=kinks)
     if unit is not None:
-        result.value_err = _value_errors(graph, values, unit)
+        result.value_err, result.unstable = _value_errors(graph, values, unit)
         result.grad_err = {out: _grad_errors(graph, values, adjoints[out], result.value_err, out, unit)
                            for out in graph.outputs}
     return result
@@ -107,8 +111,10 @@ def _ulps(op) -> float:
     return 1.0 if op.name in ("add", "sub", "mul", "div", "neg", "id") else LIBM_ULPS
 
 
-def _value_errors(graph: Graph, values: dict[str, float], unit: float) -> dict[str, float]:
+def _value_errors(graph: Graph, values: dict[str, float], unit: float
+                  ) -> tuple[dict[str, float], frozenset[str]]:
     err: dict[str, float] = {}
+    unstable: set[str] = set()
     for node in graph.nodes:
         value = values[node.name]
         if node.op == "input":
@@ -119,32 +125,68 @@ def _value_errors(graph: Graph, values: dict[str, float], unit: float) -> dict[s
             continue
         op = node.primitive
         args = tuple(values[a] for a in node.args)
+        args_err = tuple(err[a] for a in node.args)
         total = _ulps(op) * unit * abs(value)
         for arg, partial in zip(node.args, op.partials(args, value)):
             total += _times(abs(partial), err[arg])
         err[node.name] = total
-    return err
+        if any(a in unstable for a in node.args) or _crosses_domain(op, args, args_err, value):
+            unstable.add(node.name)
+    return err, frozenset(unstable)
+
+
+def _crosses_domain(op, args: tuple, args_err: tuple, value: float) -> bool:
+    """Could arguments within (a widened) rounding error make this op's value nan, or not nan?
+
+    Besides the interval ends it tries the integers inside each interval: domain edges of the
+    table's ops sit at integers (0 for log, sqrt and division; every integer for a negative base's
+    real exponent).
+    """
+    if not any(args_err):
+        return False
+    choices = []
+    for a, e in zip(args, args_err):
+        width = INSTABILITY_WINDOW * e
+        options = {a - width, a + width}
+        if math.isfinite(a) and width < 1.0:
+            options.update(k for k in (math.floor(a + width), math.ceil(a - width))
+                           if abs(k - a) <= width)
+        choices.append(options)
+    for moved in _combinations(choices):
+        if math.isnan(op.value(*moved)) != math.isnan(value):
+            return True
+    return False
+
+
+def _combinations(choices: list) -> list[tuple]:
+    combos = [()]
+    for options in choices:
+        combos = [c + (o,) for c in combos for o in options]
+    return combos
 
 
 def _partial_errors(op, args: tuple, out: float, args_err: tuple, unit: float) -> list[float]:
-    """How much each local partial can move when its arguments move within their error bounds."""
+    """How much each local partial can move when its arguments move within their error bounds and
+    the op's own result (which many partials are computed from, e.g. tanh' = 1 - tanh**2) moves by
+    its rounding error."""
     base = op.partials(args, out)
     worst = [_ulps(op) * unit * abs(p) for p in base]
-    if not any(args_err):
-        return worst
-    for sign in (1.0, -1.0):
-        moved = tuple(a + sign * e for a, e in zip(args, args_err))
-        moved_partials = op.partials(moved, op.value(*moved))
-        for i, (p, q) in enumerate(zip(base, moved_partials)):
-            shift = abs(q - p) if not (math.isnan(q) and math.isnan(p)) else 0.0
-            worst[i] += shift if not math.isnan(shift) else math.inf
+    out_err = _ulps(op) * unit * abs(out)
+    for arg_sign, out_sign in ((1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0)):
+        moved = tuple(a + arg_sign * e for a, e in zip(args, args_err))
+        moved_out = op.value(*moved) + out_sign * out_err
+        for i, (p, q) in enumerate(zip(base, op.partials(moved, moved_out))):
+            if math.isnan(q) and math.isnan(p) or q == p:
+                continue
+            shift = abs(q - p)
+            worst[i] = max(worst[i], _ulps(op) * unit * abs(p) + (shift if shift == shift else math.inf))
     return worst
 
 
 def _grad_errors(graph: Graph, values, adjoint, value_err, output: str, unit: float) -> dict:
     err: dict[str, float] = {output: 0.0}
     for node in reversed(graph.nodes):
-        if node.name not in adjoint or not node.args:
+        if node.name not in adjoint or not node.args or node.primitive.no_gradient:
             continue
         op = node.primitive
         bar, bar_err = adjoint[node.name], err.get(node.name, 0.0)

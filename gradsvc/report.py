@@ -141,7 +141,8 @@ def _print_verify(result, console: Console) -> None:
     fd = v.fd
     console.print(f"  finite differences: {fd['checked']:,} gradients at {_plural(fd['checked_points'], 'point')}, "
                   f"{fd['mismatches']} mismatches, max rel err {fd['max_rel_err']:.3g}"
-                  f" (skipped: {fd['skipped_kink']} across a kink, {fd['skipped_nonfinite']} non-finite)")
+                  f" (skipped: {fd['skipped_kink']} across a kink, {fd['skipped_nonfinite']} non-finite, "
+                  f"{fd['inconclusive']} inconclusive)")
     for item in v.mismatch_points[:LISTED]:
         console.print(f"  [red]mismatch[/red] at point {item['index']} ({_coords(item['coords'])}): "
                       f"{item['quantity']} jax={_fmt(item['jax'])} reference={_fmt(item['reference'])}")
@@ -153,8 +154,11 @@ def _print_verify(result, console: Console) -> None:
     _listing(console, "on a kink", v.kink_count, v.kink_points, "nodes")
     _listing(console, f"beyond {result.dtype} range", v.overflow_count, v.overflow_points, "nodes")
     if v.ill_conditioned:
-        console.print(f"  [yellow]{v.ill_conditioned} comparisons had an unbounded error estimate "
-                      f"(ill-conditioned) and were not held to a tolerance[/yellow]")
+        console.print(f"  [yellow]{v.ill_conditioned} comparisons ill-conditioned (rounding alone can "
+                      f"swing them; not held to a tolerance)[/yellow]:")
+        for item in v.ill_conditioned_points[:LISTED]:
+            console.print(f"    point {item['index']} ({_coords(item['coords'])}): {item['quantity']} "
+                          f"jax={_fmt(item['jax'])} reference={_fmt(item['reference'])}")
     t = result.timings
     console.print(f"  [dim]compile {t['compile_s']:.3f}s, run {t['run_s']:.3f}s, verify "
                   f"{t['verify_s']:.3f}s[/dim]")

@@ -56,7 +56,7 @@ def read_job_text(path: str | Path) -> str:
     """The job file's text, refusing what is too large before reading it."""
     p = Path(path)
     if not p.is_file():
-        raise JobFileError(f"no such job file: {p}", hint="check the path; globs like jobs/*.yaml "
+        raise JobFileError(f"no such job file: {p}", where=Location(str(p)), hint="check the path; globs like jobs/*.yaml "
                            "are expanded by the shell")
     size = p.stat().st_size
     if size > limits.MAX_JOB_FILE_BYTES:

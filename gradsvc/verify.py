@@ -10,10 +10,12 @@ must match exactly (nan with nan, +inf with +inf); a reference value beyond the 
 that dtype's ±inf. Points where a non-finite number appears, where an op sits on a kink, or where the
 dtype overflows, are listed with their coordinates: they are reported, never silently passed.
 
-Finite differences check the reference's own derivative rules: a central difference in float64 with
-step h and h/2 (Richardson), compared with tolerance fd_rtol·|g| + the difference between the two
-estimates + the rounding error the reference's bound predicts. Differences that straddle a kink or
-touch a non-finite value are skipped and counted.
+Finite differences check the reference's own derivative rules: central differences in float64 at
+steps h, h/2, h/4, ... (Richardson-extrapolated) until two successive estimates agree within fd_rtol;
+the converged estimate must match the reference gradient within fd_rtol·|g| + the estimates' spread +
+their rounding error. Differences that straddle a kink or touch a non-finite value are skipped, and
+ones that never converge (an output oscillating faster than any step resolves) are counted as
+inconclusive: all three counts are reported.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from .reference import PointResult, branches, forward, run_point
 LISTED_POINTS = 20  # points listed per category in reports; counts are always complete
 FD_STEP = 6.0554544523933395e-06  # cube root of float64 epsilon: balances truncation and rounding
 EPS64 = 2.0 ** -53
+FD_LEVELS = 6  # step halvings tried before a finite difference is called inconclusive
 
 
 @dataclass
@@ -59,7 +62,10 @@ class VerifyReport:
     kink_count: int = 0
     overflow_points: list[dict] = field(default_factory=list)
     overflow_count: int = 0
-    ill_conditioned: int = 0  # comparisons whose error bound is infinite (reported, not hidden)
+    # comparisons that rounding alone can swing (an infinite error bound, or a value that turns nan
+    # within rounding error): not held to a tolerance, but counted and listed, never hidden
+    ill_conditioned: int = 0
+    ill_conditioned_points: list[dict] = field(default_factory=list)
     fd: dict = field(default_factory=dict)
     tolerance: dict = field(default_factory=dict)
 
@@ -86,19 +92,21 @@ class _Comparer:
     def in_dtype(self, x: float) -> float:
         return math.copysign(math.inf, x) if (math.isfinite(x) and abs(x) > self.max) else x
 
-    def compare(self, index, coords, quantity, got: float, ref: float, bound: float) -> bool:
+    def compare(self, index, coords, quantity, got: float, ref: float, bound: float,
+                unstable: bool = False) -> bool:
         rep = self.report
         rep.compared += 1
         ref = self.in_dtype(ref)
         if not (math.isfinite(got) and math.isfinite(ref)):
             same = (math.isnan(got) and math.isnan(ref)) or got == ref
             if not same:
+                if unstable:
+                    return self._ill(index, coords, quantity, got, ref)
                 self._note(index, coords, quantity, got, ref, math.inf, 0.0)
             return same
         tol = self.factor * bound + self.floor
         if not math.isfinite(tol):
-            rep.ill_conditioned += 1
-            return True
+            return self._ill(index, coords, quantity, got, ref)
         err = abs(got - ref)
         rep.max_abs_err = max(rep.max_abs_err, err)
         rep.max_rel_err = max(rep.max_rel_err, err / max(abs(ref), self.floor))
@@ -107,8 +115,19 @@ class _Comparer:
             rep.worst_ratio = ratio
             rep.worst = Worst(index, coords, quantity, got, ref, err, tol)
         if ratio > 1.0:
+            if unstable:
+                return self._ill(index, coords, quantity, got, ref)
             self._note(index, coords, quantity, got, ref, err, tol)
             return False
+        return True
+
+    def _ill(self, index, coords, quantity, got, ref) -> bool:
+        """A comparison no tolerance can settle: listed as ill-conditioned, not passed silently."""
+        rep = self.report
+        rep.ill_conditioned += 1
+        if len(rep.ill_conditioned_points) < LISTED_POINTS:
+            rep.ill_conditioned_points.append({"index": index, "coords": coords, "quantity": quantity,
+                                               "jax": got, "reference": ref})
         return True
 
     def _note(self, index, coords, quantity, got, ref, err, tol):
@@ -136,14 +155,16 @@ def verify(graph: Graph, grid, dtype: str, values: np.ndarray, grads: np.ndarray
         index = int(index)
         inputs = dict(zip(graph.inputs, map(float, coords_all[k])))
         result = run_point(graph, inputs, unit=cmp.unit)
-        point_ok = True
+
         for j, name in enumerate(visible):
-            point_ok &= cmp.compare(index, inputs, f"value {name}", float(values[index, j]),
-                                    result.values[name], result.value_err[name])
+            cmp.compare(index, inputs, f"value {name}", float(values[index, j]),
+                                    result.values[name], result.value_err[name],
+                                    name in result.unstable)
         for o, out in enumerate(graph.outputs):
             for w, name in enumerate(graph.wrt):
-                point_ok &= cmp.compare(index, inputs, f"d{out}/d{name}", float(grads[index, o, w]),
-                                        result.grads[out][name], result.grad_err[out][name])
+                cmp.compare(index, inputs, f"d{out}/d{name}", float(grads[index, o, w]),
+                                        result.grads[out][name], result.grad_err[out][name],
+                                        out in result.unstable)
         _classify(rep, cmp, graph, index, inputs, result, values[index], grads[index])
         if fd_every and k % fd_every == 0:
             fd.check(inputs, result, index)
@@ -179,7 +200,7 @@ class _FiniteDifferences:
     def __init__(self, graph: Graph, rtol: float):
         self.graph, self.rtol = graph, rtol
         self.counts = {"checked_points": 0, "checked": 0, "mismatches": 0, "skipped_kink": 0,
-                       "skipped_nonfinite": 0}
+                       "skipped_nonfinite": 0, "inconclusive": 0}
         self.max_rel_err = 0.0
         self.points: list[dict] = []
 
@@ -200,29 +221,51 @@ class _FiniteDifferences:
         if not (math.isfinite(g) and math.isfinite(x)):
             self.counts["skipped_nonfinite"] += 1
             return
-        h = FD_STEP * max(1.0, abs(x))
-        runs = {s: self._shifted(inputs, name, x + s * h) for s in (1.0, -1.0, 0.5, -0.5)}
-        if len({branches(self.graph, v) for v in runs.values()} |
-               {branches(self.graph, result.values)}) > 1:
-            self.counts["skipped_kink"] += 1
+        outcome = self._converged_difference(inputs, result, out, name, x)
+        if isinstance(outcome, str):
+            self.counts[outcome] += 1
             return
-        f = {s: v[out] for s, v in runs.items()}
-        if not all(math.isfinite(v) for v in f.values()):
-            self.counts["skipped_nonfinite"] += 1
-            return
-        coarse = (f[1.0] - f[-1.0]) / (2 * h)
-        fine = (f[0.5] - f[-0.5]) / h
-        estimate = (4 * fine - coarse) / 3  # Richardson: cancels the h**2 error term
-        rounding = 8 * EPS64 * max(abs(v) for v in f.values()) / h
-        tol = self.rtol * abs(g) + abs(fine - coarse) + rounding + 1e-300
+        estimate, spread, rounding = outcome
+        tol = self.rtol * abs(g) + spread + rounding + 1e-300
         err = abs(estimate - g)
         self.counts["checked"] += 1
-        self.max_rel_err = max(self.max_rel_err, err / max(abs(g), 1e-300) if g else err)
+        self.max_rel_err = max(self.max_rel_err, err / abs(g) if g else err)
         if err > tol:
             self.counts["mismatches"] += 1
             if len(self.points) < LISTED_POINTS:
                 self.points.append({"index": index, "coords": inputs, "quantity": f"d{out}/d{name}",
                                     "reference": g, "finite_difference": estimate, "tolerance": tol})
+
+    def _converged_difference(self, inputs, result, out, name, x):
+        """Richardson-extrapolated central differences at shrinking steps until two agree.
+
+        Returns (estimate, spread between the last two, rounding error) or the name of the counter
+        for why there is no trustworthy estimate: a kink or non-finite value within the step, or no
+        convergence (a function oscillating faster than any usable step resolves).
+        """
+        base_branch = branches(self.graph, result.values)
+        previous = None
+        h = FD_STEP * max(1.0, abs(x))
+        central = None
+        for _ in range(FD_LEVELS):
+            runs = [self._shifted(inputs, name, x + s * h) for s in (1.0, -1.0)]
+            if any(branches(self.graph, v) != base_branch for v in runs):
+                return "skipped_kink"
+            f_plus, f_minus = runs[0][out], runs[1][out]
+            if not (math.isfinite(f_plus) and math.isfinite(f_minus)):
+                return "skipped_nonfinite"
+            finer = (f_plus - f_minus) / (2 * h)
+            rounding = 8 * EPS64 * max(abs(f_plus), abs(f_minus)) / h
+            if central is not None:
+                estimate = (4 * finer - central) / 3  # cancels the h**2 error term
+                if previous is not None:
+                    spread = abs(estimate - previous)
+                    if spread <= self.rtol * abs(estimate) + rounding:
+                        return estimate, spread, rounding
+                previous = estimate
+            central = finer
+            h /= 2
+        return "inconclusive"
 
     def summary(self) -> dict:
         return {**self.counts, "max_rel_err": self.max_rel_err, "mismatch_points": self.points,

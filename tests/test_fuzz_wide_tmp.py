@@ -1,0 +1,48 @@
+"""Differential fuzzing: random well-formed graphs, JAX vs the reference vs finite differences.
+
+CI runs a bounded number of examples (GRADSVC_FUZZ_EXAMPLES, default 30 per dtype); every
+disagreement found becomes a named regression test in test_ops.py or test_verify.py.
+"""
+import os
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import gradsvc
+
+EXAMPLES = int(os.environ.get("GRADSVC_FUZZ_EXAMPLES", "30"))
+UNARY = ["exp", "log", "sin", "cos", "tan", "tanh", "sigmoid", "relu", "sqrt", "abs", "-"]
+BINARY = ["+", "-", "*", "/", "**"]
+
+
+@st.composite
+def graphs(draw):
+    n_inputs = draw(st.integers(1, 3))
+    inputs = [f"x{i}" for i in range(n_inputs)]
+    names = list(inputs)
+    graph = {}
+    for k in range(draw(st.integers(1, 12))):
+        def operand():
+            if draw(st.integers(0, 5)) == 0:
+                return repr(draw(st.sampled_from([0.5, 2.0, 3.0, -1.5])))
+            return draw(st.sampled_from(names))
+        if draw(st.booleans()):
+            fn = draw(st.sampled_from(UNARY))
+            formula = f"-({operand()})" if fn == "-" else f"{fn}({operand()})"
+        else:
+            op = draw(st.sampled_from(BINARY))
+            right = str(draw(st.integers(-3, 4))) if op == "**" and draw(st.booleans()) else operand()
+            formula = f"({operand()}) {op} ({right})"
+        name = f"n{k}"
+        graph[name] = formula
+        names.append(name)
+    values = st.floats(-20, 20, allow_nan=False).map(lambda v: round(v, 3))
+    grid = {name: draw(st.lists(values, min_size=1, max_size=3)) for name in inputs}
+    outputs = draw(st.lists(st.sampled_from(list(graph)), min_size=1, max_size=2, unique=True))
+    return {"inputs": grid, "graph": graph, "outputs": outputs}
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(graphs(), st.sampled_from(["float64", "float32"]))
+def test_random_graphs_agree(job, dtype):
+    r = gradsvc.run(job, dtype=dtype)
+    assert r.ok, (job, r.verify.mismatch_points[:3], r.verify.fd["mismatch_points"][:3])
