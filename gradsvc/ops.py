@@ -116,10 +116,19 @@ class Op:
     # (not even 0 * inf), as if the edge were absent.
     no_gradient: bool = False
     jax_params: tuple = ()  # keyword arguments for the JAX function, e.g. (("y", 3),)
+    # vjp(bar, args, out) -> the adjoint contributions to each argument, where JAX's rule is not a
+    # plain product bar * partial and the difference shows with inf (inf + inf*0 = nan).
+    vjp: Callable[[float, tuple, float], tuple] | None = None
     doc: str = ""
 
     def at_kink(self, *args: float) -> bool:
         return self.branch is not None and self.branch(*args) == 0
+
+
+def _tanh_vjp(bar: float, args: tuple, out: float) -> tuple:
+    # JAX: tangent = (g + g*tanh) * (1 - tanh), transposed into i + i*tanh with i = bar*(1 - tanh)
+    i = bar * (1.0 - out)
+    return (i + i * out,)
 
 
 def _pow_partials(args: tuple, out: float) -> tuple:
@@ -162,7 +171,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("sin", 1, "jax.numpy.sin", ieee_sin, lambda a, o: (ieee_cos(a[0]),), "d sin(x)/dx = cos(x)"),
     Op("cos", 1, "jax.numpy.cos", ieee_cos, lambda a, o: (-ieee_sin(a[0]),), "d cos(x)/dx = -sin(x)"),
     Op("tan", 1, "jax.numpy.tan", ieee_tan, lambda a, o: (1.0 + o * o,), "d tan(x)/dx = 1 + tan(x)**2"),
-    Op("tanh", 1, "jax.numpy.tanh", math.tanh, lambda a, o: (1.0 - o * o,), "d tanh(x)/dx = 1 - tanh(x)**2"),
+    Op("tanh", 1, "jax.numpy.tanh", math.tanh, lambda a, o: (1.0 - o * o,), "d tanh(x)/dx = 1 - tanh(x)**2",
+       vjp=_tanh_vjp),
     Op("sigmoid", 1, "jax.nn.sigmoid", sigmoid, lambda a, o: (o * (1.0 - o),),
        "d sigmoid(x)/dx = sigmoid(x)*(1-sigmoid(x)),  sigmoid(x) = 1/(1+exp(-x))"),
     Op("relu", 1, "jax.nn.relu", relu, lambda a, o: (1.0 if a[0] > 0 else 0.0,),

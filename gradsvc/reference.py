@@ -30,7 +30,7 @@ class PointResult:
     value_err: dict[str, float] | None = None
     grad_err: dict[str, dict[str, float]] | None = None
     kinks: tuple[str, ...] = ()  # nodes whose arguments sit exactly on a kink
-    # nodes whose value could turn nan (or stop being nan) within rounding error, and every node
+    # nodes whose value could turn non-finite (or finite) within rounding error, and every node
     # downstream of one: e.g. (-1) ** tanh(8) is nan in float64 but -1 where tanh(8) rounds to 1
     unstable: frozenset[str] = frozenset()
 
@@ -71,10 +71,17 @@ def backward(graph: Graph, values: dict[str, float], output: str) -> dict[str, f
             continue
         op = node.primitive
         arg_values = tuple(values[a] for a in node.args)
-        for arg, partial in zip(node.args, op.partials(arg_values, values[node.name])):
-            contribution = 0.0 if (op.zero_blocks and partial == 0.0) else bar * partial
+        for arg, contribution in zip(node.args, _contributions(op, bar, arg_values, values[node.name])):
             adjoint[arg] = adjoint[arg] + contribution if arg in adjoint else contribution
     return adjoint
+
+
+def _contributions(op, bar: float, args: tuple, out: float) -> tuple:
+    """What one node passes back to its arguments, the way JAX's transposed rule computes it."""
+    if op.vjp is not None:
+        return op.vjp(bar, args, out)
+    return tuple(0.0 if (op.zero_blocks and partial == 0.0) else bar * partial
+                 for partial in op.partials(args, out))
 
 
 def run_point(graph: Graph, inputs: dict[str, float], unit: float | None = None) -> PointResult:
@@ -136,7 +143,7 @@ def _value_errors(graph: Graph, values: dict[str, float], unit: float
 
 
 def _crosses_domain(op, args: tuple, args_err: tuple, value: float) -> bool:
-    """Could arguments within (a widened) rounding error make this op's value nan, or not nan?
+    """Could arguments within (a widened) rounding error make this op's value non-finite, or finite?
 
     Besides the interval ends it tries the integers inside each interval: domain edges of the
     table's ops sit at integers (0 for log, sqrt and division; every integer for a negative base's
@@ -146,14 +153,17 @@ def _crosses_domain(op, args: tuple, args_err: tuple, value: float) -> bool:
         return False
     choices = []
     for a, e in zip(args, args_err):
+        if not (math.isfinite(a) and math.isfinite(e)):
+            choices.append({a})  # an overflowed or nan argument is not a rounding question
+            continue
         width = INSTABILITY_WINDOW * e
         options = {a - width, a + width}
-        if math.isfinite(a) and width < 1.0:
+        if width < 1.0:
             options.update(k for k in (math.floor(a + width), math.ceil(a - width))
                            if abs(k - a) <= width)
         choices.append(options)
     for moved in _combinations(choices):
-        if math.isnan(op.value(*moved)) != math.isnan(value):
+        if math.isfinite(op.value(*moved)) != math.isfinite(value):
             return True
     return False
 

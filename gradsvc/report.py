@@ -154,11 +154,12 @@ def _print_verify(result, console: Console) -> None:
     _listing(console, "on a kink", v.kink_count, v.kink_points, "nodes")
     _listing(console, f"beyond {result.dtype} range", v.overflow_count, v.overflow_points, "nodes")
     if v.ill_conditioned:
-        console.print(f"  [yellow]{v.ill_conditioned} comparisons ill-conditioned (rounding alone can "
-                      f"swing them; not held to a tolerance)[/yellow]:")
+        console.print(f"  [yellow]{v.ill_conditioned} comparisons ill-conditioned (not held to a "
+                      f"tolerance)[/yellow]:")
         for item in v.ill_conditioned_points[:LISTED]:
             console.print(f"    point {item['index']} ({_coords(item['coords'])}): {item['quantity']} "
-                          f"jax={_fmt(item['jax'])} reference={_fmt(item['reference'])}")
+                          f"jax={_fmt(item['jax'])} reference={_fmt(item['reference'])} "
+                          f"({item['reason']})")
     t = result.timings
     console.print(f"  [dim]compile {t['compile_s']:.3f}s, run {t['run_s']:.3f}s, verify "
                   f"{t['verify_s']:.3f}s[/dim]")
