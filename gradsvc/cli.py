@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from .errors import EXIT_INVALID, EXIT_MISMATCH, EXIT_OK, GradsvcError
 
@@ -47,7 +46,18 @@ def fail(error: GradsvcError) -> None:
     raise typer.Exit(code=error.exit_code)
 
 
-JobFiles = Annotated[list[Path], typer.Argument(help="job files (YAML)", show_default=False)]
+JobFiles = Annotated[list[Path], typer.Argument(help="job files (YAML); - reads one from stdin",
+                                                show_default=False)]
+
+
+def _load(path: Path, overrides: dict | None, config: Path | None):
+    """A job from a file, or from stdin for `-`."""
+    from .source import read_stdin_text
+    from .spec import job_from_text, load_job
+
+    if str(path) == "-":
+        return job_from_text(read_stdin_text(), "<stdin>", overrides, config, "stdin")
+    return load_job(path, overrides, config)
 
 
 @app.command()
@@ -71,7 +81,7 @@ def run(
     documents, worst = [], EXIT_OK
     for path in jobs:
         try:
-            result = run_job(path, config=config, **overrides)
+            result = run_job(_load(path, overrides, config))
         except GradsvcError as error:
             if len(jobs) == 1:
                 fail(error)
@@ -94,12 +104,10 @@ def run(
 def validate(jobs: JobFiles,
              config: Annotated[Optional[Path], typer.Option(help="settings file")] = None) -> None:
     """Check job files without running them; report every problem as file:line:col."""
-    from .spec import load_job
-
     bad = 0
     for path in jobs:
         try:
-            job = load_job(path, config=config)
+            job = _load(path, None, config)
         except GradsvcError as error:
             err.print(str(error), markup=False)
             bad += 1
@@ -117,10 +125,7 @@ def ops() -> None:
     """List the formula language: operators, functions, constants and their derivative rules."""
     from .ops import CALLABLE, CONSTANTS, OPS
 
-    table = Table(title="gradsvc formula language")
-    table.add_column("write")
-    table.add_column("op")
-    table.add_column("derivative rule")
+    rows = []
     for op in OPS.values():
         if op.name == "id":
             continue
@@ -130,11 +135,14 @@ def ops() -> None:
             syntax = f"{op.symbol}x"
         else:
             syntax = f"{op.name}(x)"
-        table.add_row(syntax, op.name, op.rule)
-    table.add_row("x ** n", "ipow", "n a literal integer: d(x**n)/dx = n*x**(n-1), exact powers")
-    for name, value in CONSTANTS.items():
-        table.add_row(name, "constant", f"{value!r} (unless an input or node is named {name})")
-    out.print(table)
+        rows.append((syntax, op.name, op.rule))
+    rows.append(("x ** n", "ipow", "n a literal integer: d(x**n)/dx = n*x**(n-1), exact powers"))
+    rows += [(name, "constant", f"{value!r} (unless an input or node is named {name})")
+             for name, value in CONSTANTS.items()]
+    width = max(len(r[0]) for r in rows)
+    out.print("gradsvc formula language: write, op, derivative rule", markup=False)
+    for syntax, name, rule in rows:
+        out.print(f"  {syntax:<{width}}  {name:<8}  {rule}", markup=False)
     out.print(f"callable functions: {', '.join(sorted(CALLABLE))}")
 
 

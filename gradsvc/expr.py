@@ -97,7 +97,8 @@ class _Flattener:
 
     def visit_call(self, node: ast.Call, depth: int) -> str:
         if not isinstance(node.func, ast.Name):
-            raise self.error("only plain function names can be called", node)
+            what = _WHY_NOT.get(type(node.func), "an expression")
+            raise self.error(f"only plain function names can be called, not {what}", node.func)
         fname = node.func.id
         op = CALLABLE.get(fname)
         if op is None or fname in self.names:
@@ -191,10 +192,14 @@ def _parse(text: str, flat: _Flattener) -> ast.Expression:
         return ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         if "too many nested parentheses" in exc.msg:
-            raise flat.error(exc.msg, None, "split it into several nodes under `graph:`",
+            raise flat.error(exc.msg, None, "split it into several nodes under `graph:` "
+                             "(Python's parser nests at most 200 parentheses; MAX_FORMULA_DEPTH)",
                              LimitError) from None
-        col = (exc.offset or 1) + flat.indent if exc.lineno == 1 else None
-        message = exc.msg if exc.msg != "invalid syntax" else "this is not a valid formula"
+        stripped = text.strip()
+        at_end = not exc.offset or exc.offset > len(stripped)  # the parser ran out of input
+        col = (len(stripped) + 1 if at_end else exc.offset) + flat.indent
+        message = exc.msg if exc.msg != "invalid syntax" else (
+            "the formula ends too early" if at_end else "this is not a valid formula")
         raise FormulaError(message, where=flat.at(col or 1), text=text, caret_col=col,
                            hint=_HINT) from None
     except (RecursionError, MemoryError):

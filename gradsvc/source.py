@@ -68,6 +68,17 @@ def read_job_text(path: str | Path) -> str:
         raise JobFileError(f"job file is not UTF-8 text (byte {exc.start})", where=Location(str(p)))
 
 
+def read_stdin_text() -> str:
+    """A job from standard input, refusing what is too large without reading all of it."""
+    import sys
+    data = sys.stdin.read(limits.MAX_JOB_FILE_BYTES + 1)
+    if len(data.encode("utf-8", "surrogatepass")) > limits.MAX_JOB_FILE_BYTES:
+        raise LimitError(f"the job on stdin is more than {limits.MAX_JOB_FILE_BYTES:,} bytes",
+                         where=Location("<stdin>"), hint="split it into several jobs "
+                         "(MAX_JOB_FILE_BYTES)")
+    return data
+
+
 def load_yaml(text: str, file: str) -> Document:
     """Parse YAML text safely; see the module docstring for what is checked."""
     if len(text.encode("utf-8", "surrogatepass")) > limits.MAX_JOB_FILE_BYTES:

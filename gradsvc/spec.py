@@ -80,7 +80,7 @@ GENERATORS = {"linspace": Linspace, "arange": Arange, "logspace": Logspace, "uni
 
 
 def _input_kind(value: Any) -> str | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float, str)):  # a string or bool gets the number validator's message
         return "scalar"
     if isinstance(value, list):
         return "list"
@@ -213,7 +213,9 @@ def _validate(model, data, doc: Document, base: tuple = ()):
 
 
 def _schema_error(exc: ValidationError, doc: Document, base: tuple) -> JobFileError:
-    errors = exc.errors()
+    # an unknown key first: a typo ('output:') also makes the real key missing, and the
+    # unknown key's "did you mean" is the message that fixes both
+    errors = sorted(exc.errors(), key=lambda e: {"extra_forbidden": 0, "missing": 2}.get(e["type"], 1))
     first = errors[0]
     path = base + _data_path(first["loc"], doc, base)
     more = f" ({len(errors) - 1} more problem{'s' * (len(errors) > 2)} after this one)" \

@@ -1,0 +1,111 @@
+"""The CLI through typer's runner: every documented command, exit codes, no tracebacks."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import JOBS, ROOT, cli, cli_json
+
+
+def test_run_table_shows_every_node_value_and_gradient():
+    result = cli("run", "jobs/seed_chain.yaml")
+    assert result.exit_code == 0
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("│")}
+    assert rows == {"a": ["input", "2", "12"], "b": ["input", "3", "8"], "d": ["input", "4", "6"],
+                    "c": ["a * b", "6", "4"], "e": ["c * d", "24", "1"]}
+    assert "verified: 1 point against the pure-Python reference" in result.stdout
+
+
+def test_run_json_is_one_object_and_nothing_else():
+    result, doc = cli_json("jobs/seed_sum_product.yaml")
+    assert result.exit_code == 0
+    assert set(doc) >= {"name", "points", "dtype", "values", "grads", "verify", "timings"}
+    assert doc["name"] == "seed-sum-product" and doc["dtype"] == "float64" and doc["points"] == 1
+    assert {"ok", "max_abs_err", "max_rel_err", "checked_points"} <= set(doc["verify"])
+    assert set(doc["timings"]) >= {"compile_s", "run_s", "verify_s", "points_per_s"}
+
+
+def test_json_lists_are_in_grid_order_and_non_finite_numbers_are_strings():
+    result, doc = cli_json("jobs/kinks_and_domains.yaml")
+    assert doc["values"]["x"] == [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
+    assert doc["grads"]["root"]["x"][4] == "inf"
+    json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+
+
+def test_dtype_flag_overrides_the_job():
+    _, doc = cli_json("jobs/damped_oscillator.yaml", "--dtype", "float64")
+    assert doc["dtype"] == "float64" and doc["verify"]["tolerance"]["unit_roundoff"] == 2.0 ** -53
+
+
+def test_several_jobs_as_json_give_a_list():
+    result = cli("run", *JOBS[:2], "--format", "json")
+    assert [d["file"] for d in json.loads(result.stdout)] == [str(p) for p in JOBS[:2]]
+
+
+def test_missing_device_exits_3_with_a_hint():
+    result = cli("run", "jobs/seed_chain.yaml", "--device", "tpu")
+    assert result.exit_code == 3 and result.stdout == ""
+    assert "error: no JAX tpu device on this machine" in result.stderr
+    assert "hint: install a JAX build with tpu support, or use --device cpu" in result.stderr
+
+
+def test_invalid_job_exits_2_with_location(write_job):
+    path = write_job("inputs: {a: 1}\ngraph:\n  z: a +* 2\noutputs: [z]\n")
+    result = cli("run", path)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"{path}:3:")
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_error_exits_2():
+    assert cli("run", "jobs/seed_chain.yaml", "--format", "xml").exit_code == 2
+    assert cli("run", "jobs/seed_chain.yaml", "--verify-points", "0").exit_code == 2
+
+
+def test_validate_reports_each_file(write_job):
+    bad = write_job("inputs: {a: 1}\ngraph: {z: b}\noutputs: [z]\n", "bad.yaml")
+    result = cli("validate", "jobs/seed_chain.yaml", bad)
+    assert result.exit_code == 2
+    assert result.stdout.startswith("ok jobs/seed_chain.yaml: seed-chain, 1 point")
+    assert f"{bad}:2:12: error: 'b' is not defined" in result.stderr and "'b' is not defined" in result.stderr
+    assert "1 of 2 job files invalid" in result.stderr
+
+
+def test_ops_lists_every_function_and_rule():
+    result = cli("ops")
+    assert result.exit_code == 0
+    for text in ["sin(x)", "d sin(x)/dx = cos(x)", "a ** b, pow(a, b)", "(1 at the kink x = 0)"]:
+        assert text in result.stdout
+    assert "callable functions: abs, cos, exp, log, pow, relu, sigmoid, sin, sqrt, tan, tanh" \
+        in result.stdout
+
+
+def test_schema_is_valid_json():
+    result = cli("schema")
+    assert result.exit_code == 0 and json.loads(result.stdout)["title"] == "gradsvc job"
+
+
+def test_version():
+    assert cli("--version").stdout.strip() == "gradsvc 0.1.0"
+
+
+def test_stdin_job():
+    from typer.testing import CliRunner
+    from gradsvc.cli import app
+    result = CliRunner().invoke(app, ["run", "-", "-f", "json"],
+                                input="inputs: {x: 3.0}\ngraph: {f: x ** 2}\noutputs: [f]\n")
+    assert result.exit_code == 0 and json.loads(result.stdout)["grads"]["f"]["x"] == 6.0
+
+
+def test_console_script_exit_codes_and_no_traceback(tmp_path):
+    """The installed entry point, as a user runs it."""
+    exe = [sys.executable, "-m", "gradsvc"]
+    ok = subprocess.run([*exe, "run", "jobs/seed_chain.yaml", "-f", "json"], cwd=ROOT,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["values"]["e"] == 24.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: {a: 1}\ngraph: {z: __import__('os')}\noutputs: [z]\n")
+    out = subprocess.run([*exe, "run", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
