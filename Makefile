@@ -12,7 +12,6 @@ install: $(STAMP)
 # versions the tests were run with (jax/jaxlib are pinned in pyproject.toml too).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 

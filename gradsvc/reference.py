@@ -8,8 +8,9 @@ Alongside each value and gradient it propagates a first-order bound on the round
 working in a given precision could make (`unit` = unit roundoff, 2**-24 for float32, 2**-53 for
 float64): values  err(v) ≈ unit·|v| + Σ |∂v/∂a|·err(a);  gradients  err(ḡ_a) ≈ unit·|ḡ_a| + Σ
 (|∂v/∂a|·err(ḡ_v) + |ḡ_v|·err(∂v/∂a)), where err(∂v/∂a) is measured by re-evaluating the partial with
-the arguments (and the op's own result) moved by their error bounds. `verify` scales these bounds into tolerances, so
-cancellation and ill-conditioning widen the tolerance exactly where they should and nowhere else.
+the arguments (and the op's own result) moved by their error bounds. `verify` scales these bounds
+into tolerances, so cancellation and ill-conditioning widen the tolerance exactly where they should
+and nowhere else.
 """
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def _fmt(x: float) -> str:
 
 
 def print_table(result, console: Console) -> None:
-    job, graph = result.job, result.job.graph
+    job = result.job
     console.print(f"[bold]{job.name}[/bold]  {job.file}  {_plural(result.points, 'point')} "
                   f"({job.grid.mode} {'x'.join(map(str, result.shape))})"
                   f"  {result.dtype} on {result.device}")
@@ -139,7 +139,8 @@ def _print_verify(result, console: Console) -> None:
                   f"({v.compared:,} numbers, {v.mismatches} outside tolerance); "
                   f"max abs err {v.max_abs_err:.3g}, max rel err {v.max_rel_err:.3g}")
     fd = v.fd
-    console.print(f"  finite differences: {fd['checked']:,} gradients at {_plural(fd['checked_points'], 'point')}, "
+    console.print(f"  finite differences: {fd['checked']:,} gradients at "
+                  f"{_plural(fd['checked_points'], 'point')}, "
                   f"{fd['mismatches']} mismatches, max rel err {fd['max_rel_err']:.3g}"
                   f" (skipped: {fd['skipped_kink']} across a kink, {fd['skipped_nonfinite']} non-finite, "
                   f"{fd['inconclusive']} inconclusive)")

@@ -56,8 +56,8 @@ def read_job_text(path: str | Path) -> str:
     """The job file's text, refusing what is too large before reading it."""
     p = Path(path)
     if not p.is_file():
-        raise JobFileError(f"no such job file: {p}", where=Location(str(p)), hint="check the path; globs like jobs/*.yaml "
-                           "are expanded by the shell")
+        raise JobFileError(f"no such job file: {p}", where=Location(str(p)),
+                           hint="check the path; globs like jobs/*.yaml are expanded by the shell")
     size = p.stat().st_size
     if size > limits.MAX_JOB_FILE_BYTES:
         raise LimitError(f"job file is {size:,} bytes, more than {limits.MAX_JOB_FILE_BYTES:,}",
@@ -65,7 +65,8 @@ def read_job_text(path: str | Path) -> str:
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise JobFileError(f"job file is not UTF-8 text (byte {exc.start})", where=Location(str(p)))
+        raise JobFileError(f"job file is not UTF-8 text (byte {exc.start})",
+                           where=Location(str(p))) from None
 
 
 def read_stdin_text() -> str:

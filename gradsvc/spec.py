@@ -17,7 +17,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
                       ValidationError)
 
 from . import limits
-from .errors import GraphError, JobFileError, Location, UsageError
+from .errors import GraphError, JobFileError, LimitError, Location, UsageError
 from .expr import parse_formula
 from .grid import Grid, build_grid
 from .ir import Graph, build_graph, did_you_mean
@@ -302,7 +302,6 @@ def _name_problem(name: str) -> str | None:
 def _check_op_budget(formula_nodes: dict, doc: Document) -> None:
     total = sum(len(nodes) for nodes in formula_nodes.values())
     if len(formula_nodes) > limits.MAX_GRAPH_NODES or total > limits.MAX_PRIMITIVE_OPS:
-        from .errors import LimitError
         raise LimitError(f"the graph has {len(formula_nodes)} nodes and {total} operations; the "
                          f"limits are {limits.MAX_GRAPH_NODES} and {limits.MAX_PRIMITIVE_OPS}",
                          where=doc.where(("graph",)), hint="split the job (MAX_GRAPH_NODES, "

@@ -82,9 +82,9 @@ def choose_points(size: int, cap: int, seed: int) -> tuple[np.ndarray, bool]:
 
 
 class _Comparer:
-    def __init__(self, graph: Graph, dtype: str, factor: float):
+    def __init__(self, dtype: str, factor: float):
         info = np.finfo(dtype)
-        self.graph, self.factor = graph, factor
+        self.factor = factor
         self.unit = float(info.eps) / 2
         self.floor = factor * float(info.tiny)
         self.max = float(info.max)
@@ -148,7 +148,7 @@ def verify(graph: Graph, grid, dtype: str, values: np.ndarray, grads: np.ndarray
            verify_points: int, seed: int, factor: float, fd_points: int, fd_rtol: float
            ) -> VerifyReport:
     """Check JAX's `values` (points x visible) and `grads` (points x outputs x wrt) at chosen points."""
-    cmp = _Comparer(graph, dtype, factor)
+    cmp = _Comparer(dtype, factor)
     rep = cmp.report
     indices, rep.sampled = choose_points(grid.size, verify_points, seed)
     rep.checked_points = len(indices)

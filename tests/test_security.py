@@ -40,7 +40,7 @@ def test_import_os_system(canary):
 
 def test_bare_dunder_import_call(canary):
     """__import__(...) is an unknown function."""
-    refused(job_with(f"\"__import__('os')\""), FormulaError)
+    refused(job_with("\"__import__('os')\""), FormulaError)
 
 
 def test_class_bases_subclasses_walk():
