@@ -138,6 +138,11 @@ def _print_verify(result, console: Console) -> None:
     console.print(f"{mark}: {scope} against the pure-Python reference "
                   f"({v.compared:,} numbers, {v.mismatches} outside tolerance); "
                   f"max abs err {v.max_abs_err:.3g}, max rel err {v.max_rel_err:.3g}")
+    if v.worst is not None and v.max_abs_err > 0:
+        w = v.worst
+        console.print(f"  closest to tolerance: point {w.index} ({_coords(w.coords)}) {w.quantity}: "
+                      f"|jax - reference| = {w.abs_err:.3g}, {w.abs_err / w.tolerance:.2g} of the "
+                      f"tolerance {w.tolerance:.3g}")
     fd = v.fd
     console.print(f"  finite differences: {fd['checked']:,} gradients at "
                   f"{_plural(fd['checked_points'], 'point')}, "
