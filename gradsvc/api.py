@@ -17,7 +17,7 @@ from . import limits
 from .errors import LimitError, UsageError
 from .jaxrun import DTYPES, Compiled, compile_graph, run_chunks
 from .spec import Job, job_from_dict, job_from_text, load_job
-from .verify import VerifyReport, verify
+from .verify import VerifyReport, candidate_points, verify
 
 
 @dataclass
@@ -81,6 +81,85 @@ def as_job(job, overrides: dict | None = None, config=None) -> Job:
     raise UsageError(f"cannot run a {type(job).__name__}: give a path, YAML text, a dict or a Job")
 
 
+class MemorySink:
+    """Keeps every point's values and gradients in arrays (what `run` returns)."""
+
+    def __init__(self, job: Job):
+        graph, size, dtype = job.graph, job.grid.size, DTYPES[job.settings.dtype]
+        n_numbers = len(graph.visible) + len(graph.outputs) * len(graph.wrt)
+        if size * n_numbers * np.dtype(dtype).itemsize > limits.MAX_RESULT_BYTES:
+            raise LimitError(f"{size:,} points x {n_numbers} numbers would need more than "
+                             f"{limits.MAX_RESULT_BYTES:,} bytes in memory",
+                             hint="use `gradsvc batch`, which streams results to disk, or "
+                             "`wrt: inputs` (MAX_RESULT_BYTES)")
+        self.values = np.empty((size, len(graph.visible)), dtype)
+        self.grads = np.empty((size, len(graph.outputs), len(graph.wrt)), dtype)
+
+    def write(self, start: int, stop: int, values: np.ndarray, grads: np.ndarray) -> None:
+        self.values[start:stop] = values
+        self.grads[start:stop] = grads
+
+
+@dataclass
+class Execution:
+    verify: VerifyReport
+    timings: dict[str, float]
+    device: str
+
+
+def execute(job: Job, sink, progress=None) -> Execution:
+    """Compile (or reuse), stream every chunk into `sink.write`, then verify a sample.
+
+    The rows verification needs are captured as chunks pass, so nothing has to be read back from
+    the sink: results can go straight to disk.
+    """
+    s, graph, grid = job.settings, job.graph, job.grid
+    start = time.perf_counter()
+    compiled, reused = _compiled_for(job, min(s.chunk_size, grid.size))
+    compile_s = 0.0 if reused else compiled.compile_s
+    indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
+    capture = _Capture(indices, len(graph.visible), (len(graph.outputs), len(graph.wrt)),
+                       DTYPES[s.dtype])
+
+    def on_chunk(lo: int, hi: int, values: np.ndarray, grads: np.ndarray) -> None:
+        sink.write(lo, hi, values, grads)
+        capture.take(lo, hi, values, grads)
+        if progress is not None:
+            progress(hi - lo)
+
+    run_start = time.perf_counter()
+    run_chunks(compiled, lambda a, b: grid.coords(np.arange(a, b)), grid.size, on_chunk)
+    run_s = time.perf_counter() - run_start
+    verify_start = time.perf_counter()
+    budget = s.verify_budget * (time.perf_counter() - start) if sampled else None
+    report = verify(graph, grid, s.dtype, indices, capture.values, capture.grads,
+                    factor=s.tolerance.factor, fd_points=s.fd_points, fd_rtol=s.tolerance.fd_rtol,
+                    budget_s=budget, min_points=s.verify_min_points)
+    verify_s = time.perf_counter() - verify_start
+    timings = {"compile_s": compile_s, "run_s": run_s, "verify_s": verify_s,
+               "total_s": time.perf_counter() - start,
+               "points_per_s": grid.size / run_s if run_s > 0 else float("inf")}
+    return Execution(report, timings, str(compiled.device))
+
+
+class _Capture:
+    """The rows of chosen point indices, picked out of chunks as they stream past."""
+
+    def __init__(self, indices: np.ndarray, n_values: int, grad_shape: tuple, dtype):
+        self.order = np.argsort(indices, kind="stable")
+        self.sorted = indices[self.order]
+        self.values = np.empty((len(indices), n_values), dtype)
+        self.grads = np.empty((len(indices), *grad_shape), dtype)
+
+    def take(self, lo: int, hi: int, values: np.ndarray, grads: np.ndarray) -> None:
+        a, b = np.searchsorted(self.sorted, [lo, hi])
+        if a == b:
+            return
+        rows, local = self.order[a:b], self.sorted[a:b] - lo
+        self.values[rows] = values[local]
+        self.grads[rows] = grads[local]
+
+
 def run(job, *, dtype: str | None = None, device: str | None = None, config=None,
         **settings) -> Result:
     """Run a job: every node's value and every output's gradient at every grid point, verified.
@@ -95,31 +174,11 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
     """
     overrides = {"dtype": dtype, "device": device, **settings}
     job = as_job(job, overrides, config)
-    s = job.settings
-    graph, grid = job.graph, job.grid
-    n_visible, n_grads = len(graph.visible), len(graph.outputs) * len(graph.wrt)
-    itemsize = np.dtype(DTYPES[s.dtype]).itemsize
-    if grid.size * (n_visible + n_grads) * itemsize > limits.MAX_RESULT_BYTES:
-        raise LimitError(f"{grid.size:,} points x {n_visible + n_grads} numbers would need more than "
-                         f"{limits.MAX_RESULT_BYTES:,} bytes in memory", where=None,
-                         hint="use `wrt: inputs`, fewer points, or run it in pieces (MAX_RESULT_BYTES)")
-    timings = {}
-    start = time.perf_counter()
-    compiled, reused = _compiled_for(job, min(s.chunk_size, grid.size))
-    timings["compile_s"] = 0.0 if reused else compiled.compile_s
-    values = np.empty((grid.size, n_visible), DTYPES[s.dtype])
-    grads = np.empty((grid.size, len(graph.outputs), len(graph.wrt)), DTYPES[s.dtype])
-    run_start = time.perf_counter()
-    run_chunks(compiled, lambda a, b: grid.coords(np.arange(a, b)), grid.size, values, grads)
-    timings["run_s"] = time.perf_counter() - run_start
-    verify_start = time.perf_counter()
-    report = verify(graph, grid, s.dtype, values, grads, verify_points=s.verify_points,
-                    seed=s.verify_seed, factor=s.tolerance.factor, fd_points=s.fd_points,
-                    fd_rtol=s.tolerance.fd_rtol)
-    timings["verify_s"] = time.perf_counter() - verify_start
-    timings["total_s"] = time.perf_counter() - start
-    timings["points_per_s"] = grid.size / timings["run_s"] if timings["run_s"] > 0 else float("inf")
-    value_arrays = {name: values[:, j] for j, name in enumerate(graph.visible)}
-    grad_arrays = {out: {name: grads[:, o, w] for w, name in enumerate(graph.wrt)}
+    sink = MemorySink(job)
+    done = execute(job, sink)
+    graph = job.graph
+    value_arrays = {name: sink.values[:, j] for j, name in enumerate(graph.visible)}
+    grad_arrays = {out: {name: sink.grads[:, o, w] for w, name in enumerate(graph.wrt)}
                    for o, out in enumerate(graph.outputs)}
-    return Result(job, value_arrays, grad_arrays, report, timings, s.dtype, str(compiled.device))
+    return Result(job, value_arrays, grad_arrays, done.verify, done.timings, job.settings.dtype,
+                  done.device)

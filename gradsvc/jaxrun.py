@@ -116,15 +116,30 @@ def compile_graph(graph: Graph, dtype: str, device: str, chunk_size: int) -> Com
 
 
 def run_chunks(compiled: Compiled, coords_for: Callable[[int, int], np.ndarray], size: int,
-               values_out: np.ndarray, grads_out: np.ndarray) -> None:
-    """Evaluate `size` points chunk by chunk into preallocated arrays (last chunk padded)."""
+               on_chunk: Callable[[int, int, np.ndarray, np.ndarray], None]) -> None:
+    """Evaluate `size` points chunk by chunk, calling on_chunk(start, stop, values, grads).
+
+    The last chunk is padded with copies of its last point (same shape: no recompilation). Chunk
+    k+1 is dispatched before chunk k's results are copied out, so the host prepares coordinates and
+    writes results while the device computes.
+    """
     np_dtype = DTYPES[compiled.dtype]
     n = compiled.chunk_size
+    pending = None
     for start in range(0, size, n):
         stop = min(start + n, size)
-        chunk = coords_for(start, stop).astype(np_dtype)
-        if stop - start < n:  # pad with copies of the last point: same shape, no recompilation
+        chunk = coords_for(start, stop).astype(np_dtype, copy=False)
+        if stop - start < n:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], n - (stop - start), axis=0)])
-        values, grads = compiled.call(jax.device_put(chunk, compiled.device))
-        values_out[start:stop] = np.asarray(values)[: stop - start]
-        grads_out[start:stop] = np.asarray(grads)[: stop - start]
+        dispatched = (start, stop, compiled.call(jax.device_put(chunk, compiled.device)))
+        if pending is not None:
+            _deliver(pending, on_chunk)
+        pending = dispatched
+    if pending is not None:
+        _deliver(pending, on_chunk)
+
+
+def _deliver(pending, on_chunk) -> None:
+    start, stop, (values, grads) = pending
+    count = stop - start
+    on_chunk(start, stop, np.asarray(values)[:count], np.asarray(grads)[:count])

@@ -112,7 +112,11 @@ class Settings(_Strict):
     device: Literal["cpu", "gpu", "tpu"] = "cpu"
     chunk_size: Count = Field(65536, ge=1, le=1 << 24, description="points per compiled call")
     verify_points: Count = Field(2000, ge=1, description="check every point up to this many; "
-                                 "above it, a seeded random sample of this many points")
+                                 "above it, a seeded random sample of at most this many points")
+    verify_budget: Number = Field(0.1, ge=0, description="for sampled grids: stop checking once "
+                                  "verification took this fraction of the compile + run time")
+    verify_min_points: Count = Field(32, ge=1, description="sampled grids: always check at least "
+                                     "this many points, whatever the budget")
     verify_seed: Count = 0
     fd_points: Count = Field(50, ge=0, description="points given a central finite-difference check")
     tolerance: Tolerance = Tolerance()

@@ -1,7 +1,9 @@
 """Compare the JAX results with the pure-Python reference, and the reference with finite differences.
 
-Which points: every point when the grid has at most `verify_points`; above that, point 0 and a seeded
-random sample of `verify_points` points. At each, every value and every gradient is compared.
+Which points: every point when the grid has at most `verify_points`; above that, the first and last
+point and a seeded random sample, `verify_points` in all, checked until a time budget (a fraction of
+the run's own time) is spent but never fewer than `verify_min_points`. At each point, every value and
+every gradient is compared; the report says how many points were checked.
 
 Tolerance (dtype-aware): |jax - ref| <= factor · bound + factor · tiny, where `bound` is the
 reference's first-order rounding-error bound for a backend computing in the job's dtype (see
@@ -20,6 +22,7 @@ inconclusive: all three counts are reported.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,13 +75,20 @@ class VerifyReport:
     tolerance: dict = field(default_factory=dict)
 
 
-def choose_points(size: int, cap: int, seed: int) -> tuple[np.ndarray, bool]:
-    """All indices when size <= cap, else 0 plus a seeded sample without replacement (sorted)."""
+def candidate_points(size: int, cap: int, seed: int) -> tuple[np.ndarray, bool]:
+    """Indices to check, in the order to check them, and whether they are a sample.
+
+    Every index (in order) when size <= cap; otherwise the first and last point, then a seeded
+    random sample without replacement, `cap` in all, in random order so that stopping early
+    (a time budget) still leaves a random sample.
+    """
     if size <= cap:
         return np.arange(size), False
     rng = np.random.default_rng(seed)
     sample = rng.choice(size, size=cap, replace=False)
-    return np.unique(np.concatenate([[0], sample]))[: cap], True
+    ends = np.array([0, size - 1])
+    rest = sample[~np.isin(sample, ends)][: max(cap - 2, 0)]
+    return np.concatenate([ends[:cap], rest]), True
 
 
 class _Comparer:
@@ -144,19 +154,25 @@ class _Comparer:
                                         "tolerance": tol})
 
 
-def verify(graph: Graph, grid, dtype: str, values: np.ndarray, grads: np.ndarray, *,
-           verify_points: int, seed: int, factor: float, fd_points: int, fd_rtol: float
-           ) -> VerifyReport:
-    """Check JAX's `values` (points x visible) and `grads` (points x outputs x wrt) at chosen points."""
+def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, values: np.ndarray,
+           grads: np.ndarray, *, factor: float, fd_points: int, fd_rtol: float,
+           budget_s: float | None = None, min_points: int = 1) -> VerifyReport:
+    """Check JAX's results at `indices` (in that order): `values[k]` (visible names) and
+    `grads[k]` (outputs x wrt) belong to point `indices[k]`.
+
+    With `budget_s`, checking stops once that many seconds are spent and `min_points` are done; the
+    report says how many points were checked.
+    """
     cmp = _Comparer(dtype, factor)
     rep = cmp.report
-    indices, rep.sampled = choose_points(grid.size, verify_points, seed)
-    rep.checked_points = len(indices)
     coords_all = grid.coords(indices).astype(dtype).astype(np.float64)  # what JAX saw, exactly
     visible = graph.visible
     fd_every = max(1, math.ceil(len(indices) / fd_points)) if fd_points else 0
     fd = _FiniteDifferences(graph, fd_rtol)
+    start = time.perf_counter()
     for k, index in enumerate(indices):
+        if budget_s is not None and k >= min_points and time.perf_counter() - start > budget_s:
+            break
         index = int(index)
         inputs = dict(zip(graph.inputs, map(float, coords_all[k])))
         result = run_point(graph, inputs, unit=cmp.unit)
@@ -164,15 +180,17 @@ def verify(graph: Graph, grid, dtype: str, values: np.ndarray, grads: np.ndarray
                                          if math.isfinite(v) and abs(v) > cmp.max})
         excuse = {n: "rounding" for n in result.unstable} | {n: "overflow" for n in overflowed}
         for j, name in enumerate(visible):
-            cmp.compare(index, inputs, f"value {name}", float(values[index, j]),
+            cmp.compare(index, inputs, f"value {name}", float(values[k, j]),
                         result.values[name], result.value_err[name], excuse.get(name))
         for o, out in enumerate(graph.outputs):
             for w, name in enumerate(graph.wrt):
-                cmp.compare(index, inputs, f"d{out}/d{name}", float(grads[index, o, w]),
+                cmp.compare(index, inputs, f"d{out}/d{name}", float(grads[k, o, w]),
                             result.grads[out][name], result.grad_err[out][name], excuse.get(out))
-        _classify(rep, cmp, graph, index, inputs, result, values[index], grads[index])
-        if fd_every and k % fd_every == 0:
+        _classify(rep, cmp, graph, index, inputs, result, values[k], grads[k])
+        if fd_every and k % fd_every == 0 and fd.counts["checked_points"] < fd_points:
             fd.check(inputs, result, index, EPS64 / cmp.unit)
+        rep.checked_points = k + 1
+    rep.sampled = rep.checked_points < grid.size
     rep.fd = fd.summary()
     rep.ok = rep.mismatches == 0 and rep.fd["mismatches"] == 0
     return rep

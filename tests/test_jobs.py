@@ -89,6 +89,12 @@ def test_kinks_and_domain_edges_are_reported_with_coordinates():
 
 
 def test_sampled_verification_above_the_cap():
-    r = gradsvc.run("jobs/rosenbrock_grid.yaml", verify_points=100)
+    r = gradsvc.run("jobs/rosenbrock_grid.yaml", verify_points=100, verify_budget=1000.0)
     assert r.verify.sampled and r.verify.checked_points == 100 and r.ok
     assert math.isfinite(r.verify.max_rel_err)
+
+
+def test_verification_budget_keeps_the_minimum_sample():
+    r = gradsvc.run("jobs/rosenbrock_grid.yaml", verify_points=100, verify_budget=0.0,
+                    verify_min_points=20)
+    assert r.verify.sampled and r.verify.checked_points == 20 and r.ok
