@@ -15,7 +15,7 @@ import numpy as np
 
 from . import limits
 from .errors import LimitError, UsageError
-from .jaxrun import DTYPES, Compiled, compile_graph, run_chunks
+from .jaxrun import DTYPES, Compiled, compile_graph, run_chunks, use_compile_cache
 from .spec import Job, job_from_dict, job_from_text, load_job
 from .verify import VerifyReport, candidate_points, verify
 
@@ -62,6 +62,7 @@ def _compiled_for(job: Job, chunk_size: int) -> tuple[Compiled, bool]:
     key = (job.graph.structure_key(), s.dtype, s.device, chunk_size)
     if key in _COMPILED:
         return _COMPILED[key], True
+    use_compile_cache(s.compile_cache)
     compiled = compile_graph(job.graph, s.dtype, s.device, chunk_size)
     _COMPILED[key] = compiled
     return compiled, False

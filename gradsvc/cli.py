@@ -101,6 +101,40 @@ def run(
 
 
 @app.command()
+def batch(
+    paths: Annotated[list[Path], typer.Argument(help="job files and folders of job files",
+                                                show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the results")] =
+    Path("results"),
+    force: Annotated[bool, typer.Option("--force", help="rerun jobs whose results are complete")] =
+    False,
+    dtype: Annotated[Optional[DType], typer.Option(help="override every job's dtype")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="override every job's device")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="settings file instead of "
+                                                   "configs/default.yaml")] = None,
+) -> None:
+    """Run many jobs into one folder each under --out, with progress; skips finished jobs."""
+    from .batch import EXIT_INTERRUPTED, exit_code, run_batch, summary_table
+
+    overrides = {"dtype": dtype and dtype.value, "device": device and device.value}
+    try:
+        outcomes = run_batch(paths, out_dir, force=force, overrides=overrides, config=config,
+                             console=err)
+    except GradsvcError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished results are kept in {out_dir}; the job in progress was "
+                  "discarded; run the same command again to resume", markup=False)
+        raise typer.Exit(code=EXIT_INTERRUPTED)
+    for outcome in outcomes:
+        if outcome.message and outcome.status not in ("skipped", "ok"):
+            err.print(outcome.message, markup=False)
+    out.print(summary_table(outcomes))
+    out.print(f"results in {out_dir}/ (batch.json lists every job)", markup=False)
+    raise typer.Exit(code=exit_code(outcomes))
+
+
+@app.command()
 def validate(jobs: JobFiles,
              config: Annotated[Optional[Path], typer.Option(help="settings file")] = None) -> None:
     """Check job files without running them; report every problem as file:line:col."""

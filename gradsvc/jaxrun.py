@@ -9,8 +9,11 @@ compiles once.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Callable
@@ -18,6 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import serialize_executable
 
 from .errors import DeviceError
 from .ir import Graph
@@ -103,16 +107,95 @@ class Compiled:
     compile_s: float
 
 
+_cache_dir: list = [None]  # the persistent cache folder this process uses
+
+
+def use_compile_cache(folder: str) -> None:
+    """Point JAX's persistent compilation cache at `folder` ("off": none). Every compilation is
+    cached, however quick: even small graphs take a sizeable share of a cold run to compile."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+    path = None if folder == "off" else str(Path(folder).expanduser())
+    if path == _cache_dir[0]:
+        return
+    cc.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _cache_dir[0] = path
+
+
 def compile_graph(graph: Graph, dtype: str, device: str, chunk_size: int) -> Compiled:
-    """Trace, lower and compile the batched function for one chunk shape (ahead of time)."""
+    """Trace, lower and compile the batched function for one chunk shape (ahead of time).
+
+    With a cache folder, the finished executable is also kept there under a key of the graph's
+    structure, dtype, device, chunk size and versions: a later process skips tracing and lowering
+    (which JAX's own cache cannot skip) and just loads it.
+    """
     np_dtype = DTYPES[dtype]
     dev = get_device(device)
-    batched = jax.jit(jax.vmap(point_function(graph, np_dtype)))
-    sharding = jax.sharding.SingleDeviceSharding(dev)
-    shape = jax.ShapeDtypeStruct((chunk_size, len(graph.inputs)), np_dtype, sharding=sharding)
     start = time.perf_counter()
-    compiled = batched.lower(shape).compile()
+    key = _executable_key(graph, dtype, dev, chunk_size)
+    compiled = _load_executable(key, dev)
+    if compiled is None:
+        batched = jax.jit(jax.vmap(point_function(graph, np_dtype)))
+        sharding = jax.sharding.SingleDeviceSharding(dev)
+        shape = jax.ShapeDtypeStruct((chunk_size, len(graph.inputs)), np_dtype, sharding=sharding)
+        compiled = batched.lower(shape).compile()
+        _store_executable(key, compiled, dev, (chunk_size, len(graph.inputs)), np_dtype)
     return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start)
+
+
+def _executable_key(graph: Graph, dtype: str, dev, chunk_size: int) -> str:
+    from . import __version__
+    import jaxlib
+    implementations = sorted({(n.op, n.param, op_for(n.op, n.param).jax)
+                              for n in graph.nodes if n.primitive is not None})
+    identity = repr((graph.structure_key(), implementations, dtype, dev.platform,
+                     dev.client.platform_version, chunk_size, jax.__version__, jaxlib.__version__,
+                     __version__))
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def _executable_path(key: str) -> Path | None:
+    return None if _cache_dir[0] is None else Path(_cache_dir[0]) / f"gradsvc-exec-{key}.bin"
+
+
+_TREES = (jax.tree_util.tree_structure(((0,), {})), jax.tree_util.tree_structure((0, 0)))
+
+
+def _load_executable(key: str, dev):
+    path = _executable_path(key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        return serialize_executable.deserialize_and_load(path.read_bytes(), *_TREES,
+                                                         execution_devices=[dev])
+    except Exception:  # a stale or damaged entry only costs a recompilation
+        return None
+
+
+def _store_executable(key: str, compiled, dev, shape: tuple, np_dtype) -> None:
+    """Keep the executable only if a reloaded copy computes exactly what the original does: an
+    executable that JAX itself loaded from its cache does not serialize completely."""
+    path = _executable_path(key)
+    if path is None:
+        return
+    try:
+        payload, _, _ = serialize_executable.serialize(compiled)
+        reloaded = serialize_executable.deserialize_and_load(payload, *_TREES,
+                                                             execution_devices=[dev])
+        probe = jax.device_put(np.linspace(0.5, 1.5, int(np.prod(shape)), dtype=np_dtype)
+                               .reshape(shape), dev)
+        for a, b in zip(jax.tree_util.tree_leaves(compiled(probe)),
+                        jax.tree_util.tree_leaves(reloaded(probe))):
+            if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
+                return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    except Exception:  # caching is an optimisation; never fail a run over it
+        return
 
 
 def run_chunks(compiled: Compiled, coords_for: Callable[[int, int], np.ndarray], size: int,

@@ -55,15 +55,22 @@ class Document:
 def read_job_text(path: str | Path) -> str:
     """The job file's text, refusing what is too large before reading it."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() or p.is_dir():
         raise JobFileError(f"no such job file: {p}", where=Location(str(p)),
                            hint="check the path; globs like jobs/*.yaml are expanded by the shell")
-    size = p.stat().st_size
-    if size > limits.MAX_JOB_FILE_BYTES:
-        raise LimitError(f"job file is {size:,} bytes, more than {limits.MAX_JOB_FILE_BYTES:,}",
+    too_big = LimitError(f"job file is more than {limits.MAX_JOB_FILE_BYTES:,} bytes",
                          where=Location(str(p)), hint="split it into several jobs (MAX_JOB_FILE_BYTES)")
+    if p.is_file() and p.stat().st_size > limits.MAX_JOB_FILE_BYTES:
+        raise too_big
     try:
-        return p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:  # also a pipe, such as bash's <(...): read at most the limit
+            data = f.read(limits.MAX_JOB_FILE_BYTES + 1)
+    except OSError as exc:
+        raise JobFileError(f"cannot read the job file: {exc.strerror}", where=Location(str(p))) from None
+    if len(data) > limits.MAX_JOB_FILE_BYTES:
+        raise too_big
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JobFileError(f"job file is not UTF-8 text (byte {exc.start})",
                            where=Location(str(p))) from None

@@ -120,6 +120,8 @@ class Settings(_Strict):
     verify_seed: Count = 0
     fd_points: Count = Field(50, ge=0, description="points given a central finite-difference check")
     tolerance: Tolerance = Tolerance()
+    compile_cache: str = Field("~/.cache/gradsvc/jax", description="folder for JAX's persistent "
+                               "compilation cache, shared by later processes; 'off' disables it")
 
 
 Formula = Annotated[str, BeforeValidator(

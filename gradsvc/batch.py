@@ -1,0 +1,213 @@
+"""`gradsvc batch`: many jobs, results on disk, progress, resumable.
+
+Each job runs into its own folder under `--out` (see `store`). A job whose folder already holds a
+complete result for the same job text, settings and gradsvc version is skipped (`force` reruns it).
+A failing job is recorded and the rest go on; `batch.json` in `--out` lists every job's outcome.
+Jobs with the same graph structure compile once (the compiled function is cached per process, and
+JAX's persistent compilation cache serves later processes).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from .errors import (EXIT_INVALID, EXIT_MISMATCH, EXIT_OK, GradsvcError, UsageError)
+from .spec import Job, load_job
+from .store import (is_complete, existing_summary, remove_stale_temporaries, safe_folder_name,
+                    write_json_atomic, write_result)
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+JOB_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class JobOutcome:
+    file: str
+    name: str
+    status: str  # ok, mismatch, skipped, invalid, device, error, interrupted, not run
+    points: int = 0
+    max_rel_err: float | None = None
+    timings: dict = field(default_factory=dict)
+    folder: str | None = None
+    message: str | None = None
+    exit_code: int = EXIT_OK
+
+
+def collect_job_files(paths: list[Path]) -> list[Path]:
+    """Files as given; folders contribute their *.yaml / *.yml files (recursively, sorted)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in JOB_SUFFIXES
+                                and p.is_file() and not any(part.startswith(".") for part in p.parts)))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UsageError(f"no such job file or folder: {path}")
+    if not files:
+        raise UsageError("no job files found", hint="pass job files or folders holding *.yaml files")
+    return list(dict.fromkeys(files))
+
+
+@contextmanager
+def locked(out: Path):
+    """One batch at a time per output folder: two writers would race on the same results."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".gradsvc.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another gradsvc batch is writing to {out}",
+                             hint="wait for it, or choose another --out folder") from None
+        yield
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} points/s" if speed else "", style="progress.data.speed")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    RateColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+def run_batch(paths: list[Path], out: Path, *, force: bool = False, overrides: dict | None = None,
+              config=None, console: Console | None = None,
+              execute: Callable | None = None) -> list[JobOutcome]:
+    """Run every job found in `paths` into `out`; returns one outcome per job file."""
+    from .api import execute as default_execute
+    execute = execute or default_execute
+    console = console or Console(stderr=True)
+    files = collect_job_files(paths)
+    with locked(out):
+        removed = remove_stale_temporaries(out)
+        if removed:
+            console.print(f"removed {len(removed)} unfinished result(s) left by an interrupted run: "
+                          f"{', '.join(removed)}", markup=False)
+        jobs, outcomes = _load_all(files, overrides, config)
+        try:
+            _run_all(jobs, outcomes, out, force, console, execute)
+        finally:
+            _write_batch_json(out, outcomes)
+    return outcomes
+
+
+def _load_all(files, overrides, config) -> tuple[dict[str, Job], list[JobOutcome]]:
+    jobs: dict[str, Job] = {}
+    outcomes: list[JobOutcome] = []
+    folders: dict[str, str] = {}
+    for path in files:
+        try:
+            job = load_job(path, overrides, config)
+        except GradsvcError as error:
+            outcomes.append(JobOutcome(str(path), path.stem, "invalid", message=str(error),
+                                       exit_code=error.exit_code))
+            continue
+        folder = safe_folder_name(job.name)
+        if folder in folders:
+            message = (f"{path}: error: job name '{job.name}' is also used by {folders[folder]}\n"
+                       f"  hint: give one of them another `name:`")
+            outcomes.append(JobOutcome(str(path), job.name, "invalid", message=message,
+                                       exit_code=EXIT_INVALID))
+            continue
+        folders[folder] = str(path)
+        jobs[str(path)] = job
+        outcomes.append(JobOutcome(str(path), job.name, "not run", points=job.grid.size,
+                                   folder=folder))
+    return jobs, outcomes
+
+
+def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force: bool,
+             console: Console, execute) -> None:
+    total = sum(job.grid.size for job in jobs.values())
+    with _progress(console) as progress:
+        overall = progress.add_task("all jobs", total=total)
+        for outcome in outcomes:
+            job = jobs.get(outcome.file)
+            if job is None:
+                continue
+            folder = out / outcome.folder
+            if not force and is_complete(folder, job):
+                _skip(outcome, existing_summary(folder))
+                progress.advance(overall, job.grid.size)
+                continue
+            task = progress.add_task(job.name, total=job.grid.size)
+
+            def advance(points: int, task=task) -> None:
+                progress.advance(task, points)
+                progress.advance(overall, points)
+            try:
+                written = write_result(out, job, execute, advance)
+            except KeyboardInterrupt:
+                outcome.status, outcome.exit_code = "interrupted", EXIT_INTERRUPTED
+                outcome.message = "interrupted: the unfinished result was discarded"
+                raise
+            except GradsvcError as error:
+                outcome.status = "device" if error.exit_code == 3 else "invalid"
+                outcome.message, outcome.exit_code = str(error), error.exit_code
+            except OSError as error:  # disk full, permissions: the job failed, the batch goes on
+                outcome.status, outcome.exit_code = "error", EXIT_INTERNAL
+                outcome.message = f"{outcome.file}: error: could not write the result: {error}"
+            except Exception as error:  # a bug: record it, keep the other jobs going
+                outcome.status, outcome.exit_code = "error", EXIT_INTERNAL
+                outcome.message = f"{outcome.file}: internal error: {type(error).__name__}: {error}"
+            else:
+                _record(outcome, written.summary)
+            finally:
+                progress.remove_task(task)
+
+
+def _record(outcome: JobOutcome, summary: dict) -> None:
+    outcome.status = summary["status"]
+    outcome.exit_code = EXIT_OK if summary["status"] == "ok" else EXIT_MISMATCH
+    outcome.max_rel_err = summary["verify"]["max_rel_err"]
+    outcome.timings = summary["timings"]
+
+
+def _skip(outcome: JobOutcome, summary: dict) -> None:
+    _record(outcome, summary)
+    outcome.message = f"already complete ({summary['status']}); --force reruns it"
+    outcome.status = "skipped"
+
+
+def _write_batch_json(out: Path, outcomes: list[JobOutcome]) -> None:
+    from .report import json_safe
+    write_json_atomic(out / "batch.json", {
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "jobs": json_safe(outcomes),
+    })
+
+
+def exit_code(outcomes: list[JobOutcome]) -> int:
+    return max((o.exit_code for o in outcomes), default=EXIT_OK)
+
+
+def summary_table(outcomes: list[JobOutcome]) -> Table:
+    table = Table(title="batch summary", title_justify="left")
+    for column, justify in [("job", "left"), ("points", "right"), ("status", "left"),
+                            ("max rel err", "right"), ("compile s", "right"), ("run s", "right"),
+                            ("verify s", "right")]:
+        table.add_column(column, justify=justify)
+    styles = {"ok": "green", "skipped": "cyan", "mismatch": "red", "invalid": "red",
+              "device": "red", "error": "red", "interrupted": "yellow", "not run": "yellow"}
+    for o in outcomes:
+        t = o.timings or {}
+        err = "" if o.max_rel_err is None else f"{o.max_rel_err:.2g}"
+        table.add_row(o.name, f"{o.points:,}", f"[{styles[o.status]}]{o.status}[/]", err,
+                      *(f"{t[k]:.3f}" if k in t else "" for k in ("compile_s", "run_s", "verify_s")))
+    return table
