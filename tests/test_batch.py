@@ -1,0 +1,181 @@
+"""`gradsvc batch`: results on disk, atomic folders, resume, failures recorded, interrupts."""
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradsvc
+from gradsvc.api import execute as real_execute
+from gradsvc.batch import run_batch
+from gradsvc.errors import UsageError
+from gradsvc.store import load_result
+from conftest import JOBS, ROOT, cli
+
+
+def tree_bytes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def batch_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    result = cli("batch", "jobs", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    return out, result
+
+
+def test_one_folder_per_job_with_arrays_summary_and_csv(batch_out):
+    out, result = batch_out
+    names = {"seed-chain", "seed-sum-product", "logistic-curve", "rosenbrock-grid",
+             "damped-oscillator", "kinks-and-domains"}
+    assert {p.name for p in out.iterdir() if p.is_dir()} == names
+    assert "batch summary" in result.stdout
+    chain = out / "seed-chain"
+    assert np.load(chain / "values" / "e.npy").tolist() == [24.0]
+    assert np.load(chain / "grads" / "e" / "a.npy").tolist() == [12.0]
+    assert (chain / "results.csv").read_text().splitlines() == [
+        "point,a,b,d,c,e,de/da,de/db,de/dd,de/dc,de/de",
+        "0,2.0,3.0,4.0,6.0,24.0,12.0,8.0,6.0,4.0,1.0"]
+    summary = json.loads((chain / "summary.json").read_text())
+    assert summary["complete"] and summary["status"] == "ok" and summary["dtype"] == "float64"
+    assert summary["key"]["content_hash"] == gradsvc.load_job("jobs/seed_chain.yaml").content_hash
+    assert set(summary["versions"]) == {"gradsvc", "jax", "jaxlib", "numpy", "python"}
+    assert set(summary["timings"]) >= {"compile_s", "run_s", "verify_s", "points_per_s"}
+
+
+def test_disk_arrays_equal_an_in_memory_run(batch_out):
+    out, _ = batch_out
+    loaded = load_result(out / "rosenbrock-grid")
+    direct = gradsvc.run("jobs/rosenbrock_grid.yaml")
+    for name, array in direct.values.items():
+        np.testing.assert_array_equal(loaded["values"][name], array)
+    np.testing.assert_array_equal(loaded["grads"]["f"]["x"], direct.grads["f"]["x"])
+    assert loaded["values"]["f"].reshape(loaded["summary"]["grid"]["shape"]).shape == (41, 31)
+    np.testing.assert_array_equal(loaded["axes"]["x"], np.linspace(-2, 2, 41))
+
+
+def test_rerun_skips_complete_results_without_touching_them(batch_out):
+    out, _ = batch_out
+    before = tree_bytes(out / "rosenbrock-grid")
+    result = cli("batch", "jobs", "--out", out)
+    assert result.exit_code == 0 and result.stdout.count("skipped") == len(JOBS)
+    assert tree_bytes(out / "rosenbrock-grid") == before
+    statuses = {j["name"]: j["status"] for j in json.loads((out / "batch.json").read_text())["jobs"]}
+    assert set(statuses.values()) == {"skipped"}
+
+
+def test_force_reruns(tmp_path):
+    run_batch([ROOT / "jobs/seed_chain.yaml"], tmp_path)
+    first = json.loads((tmp_path / "seed-chain" / "summary.json").read_text())
+    outcomes = run_batch([ROOT / "jobs/seed_chain.yaml"], tmp_path, force=True)
+    second = json.loads((tmp_path / "seed-chain" / "summary.json").read_text())
+    assert outcomes[0].status == "ok" and first["timings"] != second["timings"]
+
+
+def test_changed_job_or_settings_reruns_only_that_job(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for p in JOBS[:2]:
+        (jobs / p.name).write_text(p.read_text())
+    out = tmp_path / "out"
+    run_batch([jobs], out)
+    path = jobs / JOBS[0].name
+    path.write_text(path.read_text() + "\n# edited\n")
+    statuses = [o.status for o in run_batch([jobs], out)]
+    assert statuses == ["ok", "skipped"]
+    assert [o.status for o in run_batch([jobs], out, overrides={"verify_seed": 5})] == ["ok", "ok"]
+
+
+def test_a_failing_job_is_recorded_and_the_rest_go_on(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "a_bad.yaml").write_text("inputs: {x: 1}\ngraph: {z: y}\noutputs: [z]\n")
+    (jobs / "b_good.yaml").write_text(JOBS[0].read_text())
+    (jobs / "c_mismatch.yaml").write_text("inputs: {x: 1000.0}\ngraph: {f: log(exp(x))}\n"
+                                          "outputs: [f]\n")
+    result = cli("batch", jobs, "--out", tmp_path / "out")
+    assert result.exit_code == 2  # the worst: an invalid job
+    assert "a_bad.yaml:2:" in result.stderr and "'y' is not defined" in result.stderr
+    listed = {j["file"].split("/")[-1]: j["status"]
+              for j in json.loads((tmp_path / "out" / "batch.json").read_text())["jobs"]}
+    assert listed == {"a_bad.yaml": "invalid", "b_good.yaml": "ok", "c_mismatch.yaml": "mismatch"}
+    assert not (tmp_path / "out" / "a_bad").exists()
+
+
+def test_duplicate_job_names_are_refused_not_overwritten(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(JOBS[0].read_text())
+    b.write_text(JOBS[0].read_text())
+    outcomes = run_batch([a, b], tmp_path / "out")
+    assert [o.status for o in outcomes] == ["ok", "invalid"]
+    assert "also used by" in outcomes[1].message
+
+
+def test_interrupt_discards_only_the_job_in_progress(tmp_path):
+    calls = []
+
+    def interrupting(job, sink, progress=None):
+        calls.append(job.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_execute(job, sink, progress)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([ROOT / "jobs/seed_chain.yaml", ROOT / "jobs/seed_sum_product.yaml"],
+                  tmp_path, execute=interrupting)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gradsvc.lock", "batch.json",
+                                                         "seed-chain"]
+    jobs = json.loads((tmp_path / "batch.json").read_text())["jobs"]
+    assert [j["status"] for j in jobs] == ["ok", "interrupted"]
+    assert [o.status for o in run_batch([ROOT / "jobs"], tmp_path)].count("skipped") == 1
+
+
+def test_a_second_batch_on_the_same_folder_is_refused(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / ".gradsvc.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(UsageError, match="another gradsvc batch is writing"):
+            run_batch([ROOT / "jobs/seed_chain.yaml"], tmp_path)
+
+
+def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
+    """A real kill: the finished job stays byte-identical, nothing half-written looks complete,
+    and the rerun computes only what is missing."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "a_small.yaml").write_text(JOBS[0].read_text())
+    (jobs / "b_big.yaml").write_text(
+        "name: big\ninputs:\n  a: {linspace: [0, 1, 3000]}\n  b: {linspace: [0, 1, 1000]}\n"
+        "graph: {z: sin(a) * b + a * a}\noutputs: [z]\nwrt: inputs\n"
+        "settings: {chunk_size: 4096, dtype: float32}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "gradsvc", "batch", str(jobs), "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob(".big.tmp-*/values/z.npy")):
+        time.sleep(0.02)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "big").exists(), "the big job finished before the kill; make it bigger"
+    assert list(out.glob(".big.tmp-*"))  # what the killed run left
+    small = tree_bytes(out / "seed-chain")
+    outcomes = run_batch([jobs], out)
+    assert [o.status for o in outcomes] == ["skipped", "ok"]
+    assert tree_bytes(out / "seed-chain") == small
+    assert not list(out.glob(".*.tmp-*"))
+    z = np.load(out / "big" / "values" / "z.npy", mmap_mode="r")
+    assert z.shape == (3_000_000,) and z.dtype == np.float32
+
+
+def test_missing_path_is_a_usage_error(tmp_path):
+    result = cli("batch", tmp_path / "nope", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "no such job file or folder" in result.stderr
