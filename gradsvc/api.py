@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -57,15 +58,38 @@ class Result:
 _COMPILED: dict[tuple, Compiled] = {}  # jobs with the same graph structure compile once per process
 
 
+def kept_nodes(job: Job) -> tuple[str, ...]:
+    """The named nodes whose values the kernel returns (`keep_values`); inputs never need to be:
+    their values are the grid coordinates."""
+    keep = job.settings.keep_values
+    graph = job.graph
+    if keep == "all":
+        return graph.named
+    if keep == "outputs":
+        return tuple(n for n in graph.named if n in graph.outputs)
+    return ()
+
+
 def _compiled_for(job: Job, chunk_size: int) -> tuple[Compiled, bool]:
-    s = job.settings
-    key = (job.graph.structure_key(), s.dtype, s.device, chunk_size)
+    s, grid = job.settings, job.grid
+    kept = kept_nodes(job)
+    key = (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes), s.dtype,
+           s.device, chunk_size, kept, s.fast_math)
     if key in _COMPILED:
         return _COMPILED[key], True
     use_compile_cache(s.compile_cache)
-    compiled = compile_graph(job.graph, s.dtype, s.device, chunk_size)
+    compiled = compile_graph(job.graph, grid, s.dtype, s.device, chunk_size, kept, s.fast_math)
     _COMPILED[key] = compiled
     return compiled, False
+
+
+def _exact_twin(job: Job, compiled: Compiled) -> Callable[[], Compiled]:
+    """Builds the same function with XLA's own sin/cos, for chunks beyond the fast range."""
+    def build() -> Compiled:
+        s = job.settings
+        return compile_graph(job.graph, job.grid, s.dtype, s.device, compiled.chunk_size,
+                             kept_nodes(job), fast=False)
+    return build
 
 
 def as_job(job, overrides: dict | None = None, config=None) -> Job:
@@ -87,13 +111,13 @@ class MemorySink:
 
     def __init__(self, job: Job):
         graph, size, dtype = job.graph, job.grid.size, DTYPES[job.settings.dtype]
-        n_numbers = len(graph.visible) + len(graph.outputs) * len(graph.wrt)
+        n_numbers = len(graph.inputs) + len(kept_nodes(job)) + len(graph.outputs) * len(graph.wrt)
         if size * n_numbers * np.dtype(dtype).itemsize > limits.MAX_RESULT_BYTES:
             raise LimitError(f"{size:,} points x {n_numbers} numbers would need more than "
                              f"{limits.MAX_RESULT_BYTES:,} bytes in memory",
                              hint="use `gradsvc batch`, which streams results to disk, or "
                              "`wrt: inputs` (MAX_RESULT_BYTES)")
-        self.values = np.empty((size, len(graph.visible)), dtype)
+        self.values = np.empty((size, len(kept_nodes(job))), dtype)
         self.grads = np.empty((size, len(graph.outputs), len(graph.wrt)), dtype)
 
     def write(self, start: int, stop: int, values: np.ndarray, grads: np.ndarray) -> None:
@@ -106,6 +130,7 @@ class Execution:
     verify: VerifyReport
     timings: dict[str, float]
     device: str
+    kept: tuple[str, ...]  # the nodes whose values were computed
 
 
 def execute(job: Job, sink, progress=None) -> Execution:
@@ -119,8 +144,8 @@ def execute(job: Job, sink, progress=None) -> Execution:
     compiled, reused = _compiled_for(job, min(s.chunk_size, grid.size))
     compile_s = 0.0 if reused else compiled.compile_s
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
-    capture = _Capture(indices, len(graph.visible), (len(graph.outputs), len(graph.wrt)),
-                       DTYPES[s.dtype])
+    kept = kept_nodes(job)
+    capture = _Capture(indices, len(kept), (len(graph.outputs), len(graph.wrt)), DTYPES[s.dtype])
 
     def on_chunk(lo: int, hi: int, values: np.ndarray, grads: np.ndarray) -> None:
         sink.write(lo, hi, values, grads)
@@ -129,18 +154,19 @@ def execute(job: Job, sink, progress=None) -> Execution:
             progress(hi - lo)
 
     run_start = time.perf_counter()
-    run_chunks(compiled, lambda a, b: grid.coords(np.arange(a, b)), grid.size, on_chunk)
+    recomputed = run_chunks(compiled, grid, on_chunk, _exact_twin(job, compiled))
     run_s = time.perf_counter() - run_start
     verify_start = time.perf_counter()
     budget = s.verify_budget * (time.perf_counter() - start) if sampled else None
-    report = verify(graph, grid, s.dtype, indices, capture.values, capture.grads,
+    report = verify(graph, grid, s.dtype, indices, kept, capture.values, capture.grads,
                     factor=s.tolerance.factor, fd_points=s.fd_points, fd_rtol=s.tolerance.fd_rtol,
                     budget_s=budget, min_points=s.verify_min_points)
     verify_s = time.perf_counter() - verify_start
     timings = {"compile_s": compile_s, "run_s": run_s, "verify_s": verify_s,
                "total_s": time.perf_counter() - start,
-               "points_per_s": grid.size / run_s if run_s > 0 else float("inf")}
-    return Execution(report, timings, str(compiled.device))
+               "points_per_s": grid.size / run_s if run_s > 0 else float("inf"),
+               "chunks": -(-grid.size // compiled.chunk_size), "chunks_recomputed_exact": recomputed}
+    return Execution(report, timings, str(compiled.device), kept)
 
 
 class _Capture:
@@ -177,8 +203,10 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
     job = as_job(job, overrides, config)
     sink = MemorySink(job)
     done = execute(job, sink)
-    graph = job.graph
-    value_arrays = {name: sink.values[:, j] for j, name in enumerate(graph.visible)}
+    graph, grid = job.graph, job.grid
+    coords = grid.coords(np.arange(grid.size)).astype(DTYPES[job.settings.dtype])
+    value_arrays = {name: coords[:, j] for j, name in enumerate(graph.inputs)}
+    value_arrays.update({name: sink.values[:, j] for j, name in enumerate(kept_nodes(job))})
     grad_arrays = {out: {name: sink.grads[:, o, w] for w, name in enumerate(graph.wrt)}
                    for o, out in enumerate(graph.outputs)}
     return Result(job, value_arrays, grad_arrays, done.verify, done.timings, job.settings.dtype,

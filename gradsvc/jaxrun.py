@@ -24,6 +24,8 @@ import numpy as np
 from jax.experimental import serialize_executable
 
 from .errors import DeviceError
+from . import fastmath
+from .grid import Grid
 from .ir import Graph
 from .ops import op_for
 
@@ -46,31 +48,37 @@ def jax_function(node) -> Callable:
     return partial(fn, **dict(op.jax_params)) if op.jax_params else fn
 
 
-def point_function(graph: Graph, dtype) -> Callable:
-    """f(x) for one point: x holds the inputs in grid order; returns (values, grads).
+def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Callable:
+    """f(x) for one point: x holds the inputs in grid order; returns (values, grads, flag).
 
-    values: every visible name (inputs, then named nodes); grads: (n_outputs, n_wrt).
+    values: the `kept` nodes' values; grads: (n_outputs, n_wrt); flag: whether a fast sin/cos saw an
+    argument beyond its accurate range (the chunk is then recomputed with XLA's own).
     """
-    visible = graph.visible
     perturbed = [n for n in graph.wrt if n in set(graph.named)]
     perturb_slot = {name: i for i, name in enumerate(perturbed)}
     input_slot = {name: i for i, name in enumerate(graph.inputs)}
-    steps = [(node.name, node.op, node.const, node.args,
-              None if node.op in ("input", "const") else jax_function(node)) for node in graph.nodes]
+    dtype_name = np.dtype(dtype).name
+    steps = [(node.name, node.op, node.const, node.args, _implementation(node, fast))
+             for node in graph.nodes]
 
     def evaluate(x, eps, output: int):
-        env = {}
+        env, flags = {}, []
         for name, op, const, args, fn in steps:
             if op == "input":
                 value = x[input_slot[name]]
             elif op == "const":
                 value = jnp.asarray(const, dtype)
             else:
-                value = fn(*(env[a] for a in args))
+                arguments = [env[a] for a in args]
+                if fast and op in FAST_OPS:
+                    flags.append(fastmath.beyond_accurate_range(arguments[0], dtype_name))
+                value = fn(*arguments)
             if name in perturb_slot:
                 value = value + eps[perturb_slot[name]]
             env[name] = value
-        return env[graph.outputs[output]], jnp.stack([env[n] for n in visible])
+        values = jnp.stack([env[n] for n in kept]) if kept else jnp.zeros((0,), dtype)
+        flag = jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
+        return env[graph.outputs[output]], (values, flag)
 
     def per_point(x):
         eps = jnp.zeros((len(perturbed),), dtype)
@@ -79,13 +87,54 @@ def point_function(graph: Graph, dtype) -> Callable:
             # One gradient per output, not a vjp vmapped over one-hot cotangents: a zero cotangent
             # still multiplies the other outputs' partials (0 * inf = nan at sqrt(0)), while a
             # separate grad never visits them, like PyTorch's backward() on that output.
-            (grad_x, grad_eps), values = jax.grad(evaluate, argnums=(0, 1), has_aux=True)(x, eps, k)
+            (grad_x, grad_eps), (values, flag) = jax.grad(evaluate, argnums=(0, 1),
+                                                          has_aux=True)(x, eps, k)
             rows.append([grad_x[input_slot[w]] if w in input_slot else grad_eps[perturb_slot[w]]
                          for w in graph.wrt])
         grads = jnp.array(rows, dtype) if graph.wrt else jnp.zeros((len(graph.outputs), 0), dtype)
-        return values, grads
+        return values, grads, flag
 
     return per_point
+
+
+FAST_OPS = {"sin": fastmath.sin, "cos": fastmath.cos}
+
+
+def _implementation(node, fast: bool) -> Callable | None:
+    if node.op in ("input", "const"):
+        return None
+    if fast and node.op in FAST_OPS:
+        return FAST_OPS[node.op]
+    return jax_function(node)
+
+
+def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast: bool,
+                   chunk_size: int) -> Callable:
+    """f(start, axes) for the chunk of points start .. start + chunk_size - 1.
+
+    The coordinates are made on the device from the point index (product grids: digit j of the
+    index in the mixed radix of the axis lengths; zip grids: the index itself), so no grid and no
+    coordinates cross from the host. Indices past the end repeat the last point (padding).
+    """
+    per_point = point_function(graph, dtype, kept, fast)
+    lengths = [len(axis.values) for axis in grid.axes]
+    strides = [int(np.prod(lengths[j + 1:])) for j in range(len(lengths))]
+    last = grid.size - 1
+
+    def chunk(start, axes):
+        index = jnp.minimum(start + jnp.arange(chunk_size, dtype=jnp.int64), last)
+        columns = []
+        for axis, length, stride in zip(axes, lengths, strides):
+            if length == 1:
+                columns.append(jnp.broadcast_to(axis[0], (chunk_size,)))
+            elif grid.mode == "zip":
+                columns.append(axis[index])
+            else:
+                columns.append(axis[(index // stride) % length])
+        values, grads, flags = jax.vmap(per_point)(jnp.stack(columns, axis=1))
+        return values, grads, jnp.any(flags)
+
+    return chunk
 
 
 def get_device(kind: str):
@@ -100,11 +149,13 @@ def get_device(kind: str):
 @dataclass
 class Compiled:
     """A job's compiled chunk function and how it was built."""
-    call: Callable  # (chunk of coords, shape (chunk_size, n_inputs)) -> (values, grads)
+    call: Callable  # (start index, axes) -> (values, grads, any argument beyond fast range)
     chunk_size: int
     dtype: str
     device: object
     compile_s: float
+    fast: bool
+    exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
 
 
 _cache_dir: list = [None]  # the persistent cache folder this process uses
@@ -124,35 +175,39 @@ def use_compile_cache(folder: str) -> None:
     _cache_dir[0] = path
 
 
-def compile_graph(graph: Graph, dtype: str, device: str, chunk_size: int) -> Compiled:
-    """Trace, lower and compile the batched function for one chunk shape (ahead of time).
+def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
+                  kept: tuple[str, ...], fast: bool) -> Compiled:
+    """Trace, lower and compile the chunk function for one job shape (ahead of time).
 
-    With a cache folder, the finished executable is also kept there under a key of the graph's
-    structure, dtype, device, chunk size and versions: a later process skips tracing and lowering
-    (which JAX's own cache cannot skip) and just loads it.
+    With a cache folder, the finished executable is also kept there under a key of everything that
+    shapes it: a later process skips tracing and lowering (which JAX's own cache cannot skip).
     """
     np_dtype = DTYPES[dtype]
     dev = get_device(device)
     start = time.perf_counter()
-    key = _executable_key(graph, dtype, dev, chunk_size)
-    compiled = _load_executable(key, dev)
+    key = _executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
+    compiled = _load_executable(key, dev, len(grid.axes))
     if compiled is None:
-        batched = jax.jit(jax.vmap(point_function(graph, np_dtype)))
+        fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size))
         sharding = jax.sharding.SingleDeviceSharding(dev)
-        shape = jax.ShapeDtypeStruct((chunk_size, len(graph.inputs)), np_dtype, sharding=sharding)
-        compiled = batched.lower(shape).compile()
-        _store_executable(key, compiled, dev, (chunk_size, len(graph.inputs)), np_dtype)
-    return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start)
+        specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
+                 tuple(jax.ShapeDtypeStruct((len(a.values),), np_dtype, sharding=sharding)
+                       for a in grid.axes))
+        compiled = fn.lower(*specs).compile()
+        _store_executable(key, compiled, dev, grid, np_dtype)
+    return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start, fast)
 
 
-def _executable_key(graph: Graph, dtype: str, dev, chunk_size: int) -> str:
+def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
+                    kept: tuple[str, ...], fast: bool) -> str:
     from . import __version__
     import jaxlib
     implementations = sorted({(n.op, n.param, op_for(n.op, n.param).jax)
                               for n in graph.nodes if n.primitive is not None})
-    identity = repr((graph.structure_key(), implementations, dtype, dev.platform,
-                     dev.client.platform_version, chunk_size, jax.__version__, jaxlib.__version__,
-                     __version__))
+    identity = repr((graph.structure_key(), implementations, grid.mode,
+                     tuple(len(a.values) for a in grid.axes), dtype, dev.platform,
+                     dev.client.platform_version, chunk_size, kept, fast, jax.__version__,
+                     jaxlib.__version__, __version__))
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
@@ -160,21 +215,25 @@ def _executable_path(key: str) -> Path | None:
     return None if _cache_dir[0] is None else Path(_cache_dir[0]) / f"gradsvc-exec-{key}.bin"
 
 
-_TREES = (jax.tree_util.tree_structure(((0,), {})), jax.tree_util.tree_structure((0, 0)))
+def _trees(n_axes: int):
+    """The argument and result structure of a chunk function (rebuilt, so nothing is unpickled
+    beyond the executable itself)."""
+    return (jax.tree_util.tree_structure(((0, (0,) * n_axes), {})),
+            jax.tree_util.tree_structure((0, 0, 0)))
 
 
-def _load_executable(key: str, dev):
+def _load_executable(key: str, dev, n_axes: int):
     path = _executable_path(key)
     if path is None or not path.is_file():
         return None
     try:
-        return serialize_executable.deserialize_and_load(path.read_bytes(), *_TREES,
+        return serialize_executable.deserialize_and_load(path.read_bytes(), *_trees(n_axes),
                                                          execution_devices=[dev])
     except Exception:  # a stale or damaged entry only costs a recompilation
         return None
 
 
-def _store_executable(key: str, compiled, dev, shape: tuple, np_dtype) -> None:
+def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype) -> None:
     """Keep the executable only if a reloaded copy computes exactly what the original does: an
     executable that JAX itself loaded from its cache does not serialize completely."""
     path = _executable_path(key)
@@ -182,12 +241,12 @@ def _store_executable(key: str, compiled, dev, shape: tuple, np_dtype) -> None:
         return
     try:
         payload, _, _ = serialize_executable.serialize(compiled)
-        reloaded = serialize_executable.deserialize_and_load(payload, *_TREES,
+        reloaded = serialize_executable.deserialize_and_load(payload, *_trees(len(grid.axes)),
                                                              execution_devices=[dev])
-        probe = jax.device_put(np.linspace(0.5, 1.5, int(np.prod(shape)), dtype=np_dtype)
-                               .reshape(shape), dev)
-        for a, b in zip(jax.tree_util.tree_leaves(compiled(probe)),
-                        jax.tree_util.tree_leaves(reloaded(probe))):
+        args = (np.int64(0), tuple(jax.device_put(a.values.astype(np_dtype), dev)
+                                   for a in grid.axes))
+        for a, b in zip(jax.tree_util.tree_leaves(compiled(*args)),
+                        jax.tree_util.tree_leaves(reloaded(*args))):
             if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
                 return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,31 +257,35 @@ def _store_executable(key: str, compiled, dev, shape: tuple, np_dtype) -> None:
         return
 
 
-def run_chunks(compiled: Compiled, coords_for: Callable[[int, int], np.ndarray], size: int,
-               on_chunk: Callable[[int, int, np.ndarray, np.ndarray], None]) -> None:
-    """Evaluate `size` points chunk by chunk, calling on_chunk(start, stop, values, grads).
+def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable
+               ) -> int:
+    """Evaluate every point chunk by chunk, calling on_chunk(start, stop, values, grads).
 
-    The last chunk is padded with copies of its last point (same shape: no recompilation). Chunk
-    k+1 is dispatched before chunk k's results are copied out, so the host prepares coordinates and
-    writes results while the device computes.
+    Chunk k+1 is dispatched before chunk k's results are handed over, so the host writes results
+    while the device computes. A chunk whose fast sin/cos saw an argument beyond its accurate range
+    is recomputed with XLA's own (`recompile_exact()` builds that function once). Returns how many
+    chunks were recomputed.
     """
     np_dtype = DTYPES[compiled.dtype]
-    n = compiled.chunk_size
-    pending = None
-    for start in range(0, size, n):
-        stop = min(start + n, size)
-        chunk = coords_for(start, stop).astype(np_dtype, copy=False)
-        if stop - start < n:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], n - (stop - start), axis=0)])
-        dispatched = (start, stop, compiled.call(jax.device_put(chunk, compiled.device)))
+    axes = tuple(jax.device_put(a.values.astype(np_dtype), compiled.device) for a in grid.axes)
+    n, recomputed, pending = compiled.chunk_size, 0, None
+    for start in range(0, grid.size, n):
+        dispatched = (start, min(start + n, grid.size), compiled.call(np.int64(start), axes))
         if pending is not None:
-            _deliver(pending, on_chunk)
+            recomputed += _deliver(pending, on_chunk, compiled, axes, recompile_exact)
         pending = dispatched
     if pending is not None:
-        _deliver(pending, on_chunk)
+        recomputed += _deliver(pending, on_chunk, compiled, axes, recompile_exact)
+    return recomputed
 
 
-def _deliver(pending, on_chunk) -> None:
-    start, stop, (values, grads) = pending
+def _deliver(pending, on_chunk, compiled: Compiled, axes, recompile_exact) -> int:
+    start, stop, (values, grads, beyond) = pending
+    redo = bool(beyond)
+    if redo:
+        if compiled.exact is None:
+            compiled.exact = recompile_exact()
+        values, grads, _ = compiled.exact.call(np.int64(start), axes)
     count = stop - start
     on_chunk(start, stop, np.asarray(values)[:count], np.asarray(grads)[:count])
+    return int(redo)

@@ -92,9 +92,11 @@ class DiskSink:
     """Streams each chunk's values and gradients to .npy files, in grid order."""
 
     def __init__(self, job: Job, folder: Path):
+        from .api import kept_nodes
         from .jaxrun import DTYPES
         graph, size, dtype = job.graph, job.grid.size, DTYPES[job.settings.dtype]
-        self.values = [_NpyColumn(folder / "values" / f"{n}.npy", size, dtype) for n in graph.visible]
+        self.values = [_NpyColumn(folder / "values" / f"{n}.npy", size, dtype)
+                       for n in kept_nodes(job)]
         self.grads = [[_NpyColumn(folder / "grads" / out / f"{n}.npy", size, dtype)
                        for n in graph.wrt] for out in graph.outputs]
 
@@ -133,7 +135,7 @@ def write_result(out: Path, job: Job, execute, progress=None) -> Written:
             (tmp / "axes").mkdir(exist_ok=True)
             np.save(tmp / "axes" / f"{axis.name}.npy", axis.values)
         if job.grid.size <= CSV_MAX_POINTS:
-            _write_csv(tmp, job)
+            _write_csv(tmp, job, done.kept)
         summary = _summary(job, done, json_safe)
         _write_json(tmp / "summary.json", summary)
         _swap_into_place(tmp, final)
@@ -158,7 +160,7 @@ def _summary(job: Job, done, json_safe) -> dict:
         "device": done.device,
         "outputs": list(graph.outputs),
         "wrt": list(graph.wrt),
-        "nodes": list(graph.named),
+        "nodes": list(done.kept),
         "formulas": graph.formulas,
         "verify": done.verify,
         "timings": done.timings,
@@ -167,12 +169,14 @@ def _summary(job: Job, done, json_safe) -> dict:
     })
 
 
-def _write_csv(folder: Path, job: Job) -> None:
+def _write_csv(folder: Path, job: Job, kept: tuple[str, ...]) -> None:
     graph = job.graph
-    columns = [(n, folder / "values" / f"{n}.npy") for n in graph.visible]
+    coords = job.grid.coords(np.arange(job.grid.size))
+    columns = [(n, folder / "values" / f"{n}.npy") for n in kept]
     columns += [(f"d{o}/d{n}", folder / "grads" / o / f"{n}.npy") for o in graph.outputs
                 for n in graph.wrt]
-    arrays = [np.load(path) for _, path in columns]
+    arrays = list(coords.T) + [np.load(path) for _, path in columns]
+    columns = [(n, None) for n in graph.inputs] + columns
     with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["point"] + [name for name, _ in columns])
@@ -227,7 +231,10 @@ def remove_stale_temporaries(out: Path) -> list[str]:
 
 
 def load_result(folder: str | Path, mmap: bool = True) -> dict:
-    """A finished result folder as {"summary", "values", "grads", "axes"} of numpy arrays.
+    """A finished result folder as {"summary", "values", "grads", "axes", "coords"}.
+
+    `values` and `grads` are the stored arrays; `axes` each input's axis; `coords` each input's
+    value at every point (computed from the axes, in grid order).
 
     >>> r = load_result("results/seed-chain")  # doctest: +SKIP
     >>> r["grads"]["e"]["a"][0]                 # doctest: +SKIP
@@ -239,9 +246,18 @@ def load_result(folder: str | Path, mmap: bool = True) -> dict:
         raise UsageError(f"{folder} is not a finished gradsvc result (no complete summary.json)",
                          hint="run `gradsvc batch` to produce it")
     mode = "r" if mmap else None
-    values = {n: np.load(folder / "values" / f"{n}.npy", mmap_mode=mode)
-              for n in summary["grid"]["inputs"] + summary["nodes"]}
+    values = {n: np.load(folder / "values" / f"{n}.npy", mmap_mode=mode) for n in summary["nodes"]}
     grads = {o: {n: np.load(folder / "grads" / o / f"{n}.npy", mmap_mode=mode) for n in summary["wrt"]}
              for o in summary["outputs"]}
     axes = {n: np.load(folder / "axes" / f"{n}.npy") for n in summary["grid"]["inputs"]}
-    return {"summary": summary, "values": values, "grads": grads, "axes": axes}
+    return {"summary": summary, "values": values, "grads": grads, "axes": axes,
+            "coords": _coords(summary["grid"], axes)}
+
+
+def _coords(grid: dict, axes: dict) -> dict:
+    names, points = grid["inputs"], int(np.prod(grid["shape"]))
+    if grid["mode"] == "zip":
+        return {n: np.broadcast_to(axes[n], (points,)) if len(axes[n]) == 1 else axes[n]
+                for n in names}
+    digits = np.unravel_index(np.arange(points), tuple(len(axes[n]) for n in names))
+    return {n: axes[n][d] for n, d in zip(names, digits)}

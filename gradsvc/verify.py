@@ -154,10 +154,10 @@ class _Comparer:
                                         "tolerance": tol})
 
 
-def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, values: np.ndarray,
-           grads: np.ndarray, *, factor: float, fd_points: int, fd_rtol: float,
+def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, kept: tuple[str, ...],
+           values: np.ndarray, grads: np.ndarray, *, factor: float, fd_points: int, fd_rtol: float,
            budget_s: float | None = None, min_points: int = 1) -> VerifyReport:
-    """Check JAX's results at `indices` (in that order): `values[k]` (visible names) and
+    """Check JAX's results at `indices` (in that order): `values[k]` (the `kept` nodes) and
     `grads[k]` (outputs x wrt) belong to point `indices[k]`.
 
     With `budget_s`, checking stops once that many seconds are spent and `min_points` are done; the
@@ -166,7 +166,6 @@ def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, values: np.ndarr
     cmp = _Comparer(dtype, factor)
     rep = cmp.report
     coords_all = grid.coords(indices).astype(dtype).astype(np.float64)  # what JAX saw, exactly
-    visible = graph.visible
     fd_every = max(1, math.ceil(len(indices) / fd_points)) if fd_points else 0
     fd = _FiniteDifferences(graph, fd_rtol)
     start = time.perf_counter()
@@ -179,14 +178,14 @@ def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, values: np.ndarr
         overflowed = _downstream(graph, {n for n, v in result.values.items()
                                          if math.isfinite(v) and abs(v) > cmp.max})
         excuse = {n: "rounding" for n in result.unstable} | {n: "overflow" for n in overflowed}
-        for j, name in enumerate(visible):
+        for j, name in enumerate(kept):
             cmp.compare(index, inputs, f"value {name}", float(values[k, j]),
                         result.values[name], result.value_err[name], excuse.get(name))
         for o, out in enumerate(graph.outputs):
             for w, name in enumerate(graph.wrt):
                 cmp.compare(index, inputs, f"d{out}/d{name}", float(grads[k, o, w]),
                             result.grads[out][name], result.grad_err[out][name], excuse.get(out))
-        _classify(rep, cmp, graph, index, inputs, result, values[k], grads[k])
+        _classify(rep, cmp, graph, index, inputs, result, kept, values[k], grads[k])
         if fd_every and k % fd_every == 0 and fd.counts["checked_points"] < fd_points:
             fd.check(inputs, result, index, EPS64 / cmp.unit)
         rep.checked_points = k + 1
@@ -208,8 +207,9 @@ def _downstream(graph: Graph, seeds: set[str]) -> set[str]:
 
 
 def _classify(rep: VerifyReport, cmp: _Comparer, graph: Graph, index: int, inputs: dict,
-              result: PointResult, jax_values: np.ndarray, jax_grads: np.ndarray) -> None:
-    bad = [n for n, v in zip(graph.visible, jax_values) if not math.isfinite(v)]
+              result: PointResult, kept: tuple[str, ...], jax_values: np.ndarray,
+              jax_grads: np.ndarray) -> None:
+    bad = [n for n, v in zip(kept, jax_values) if not math.isfinite(v)]
     bad += [f"d{o}/d{w}" for oi, o in enumerate(graph.outputs) for wi, w in enumerate(graph.wrt)
             if not math.isfinite(jax_grads[oi, wi])]
     if bad:

@@ -28,11 +28,20 @@ def test_correct_run_is_ok():
 
 def test_a_wrong_jax_implementation_is_caught(patched_op):
     patched_op("sin", jax="jax.numpy.cos")
-    r = gradsvc.run(JOB)
+    r = gradsvc.run(JOB, fast_math=False)
     assert not r.ok and r.verify.mismatches > 0
     assert r.verify.fd["mismatches"] == 0  # the reference itself is still right
     first = r.verify.mismatch_points[0]
     assert first["quantity"] in ("value f", "df/dx") and "x" in first["coords"]
+
+
+def test_a_wrong_fast_sin_is_caught(monkeypatch):
+    from gradsvc import fastmath, jaxrun
+    monkeypatch.setitem(jaxrun.FAST_OPS, "sin", fastmath.cos)
+    monkeypatch.setattr(api, "_COMPILED", {})
+    monkeypatch.setattr(jaxrun, "_cache_dir", [None])  # no executable cache: really recompile
+    r = gradsvc.run(JOB, compile_cache="off")
+    assert not r.ok and r.verify.mismatches > 0
 
 
 def test_a_wrong_reference_rule_is_caught_by_jax_and_finite_differences(patched_op):
