@@ -107,22 +107,30 @@ def as_job(job, overrides: dict | None = None, config=None) -> Job:
 
 
 class MemorySink:
-    """Keeps every point's values and gradients in arrays (what `run` returns)."""
+    """Keeps every point's values and gradients in memory, one array per node and per gradient."""
 
     def __init__(self, job: Job):
         graph, size, dtype = job.graph, job.grid.size, DTYPES[job.settings.dtype]
-        n_numbers = len(graph.inputs) + len(kept_nodes(job)) + len(graph.outputs) * len(graph.wrt)
+        n_values, n_grads = len(kept_nodes(job)), len(graph.outputs) * len(graph.wrt)
+        n_numbers = len(graph.inputs) + n_values + n_grads
         if size * n_numbers * np.dtype(dtype).itemsize > limits.MAX_RESULT_BYTES:
             raise LimitError(f"{size:,} points x {n_numbers} numbers would need more than "
                              f"{limits.MAX_RESULT_BYTES:,} bytes in memory",
                              hint="use `gradsvc batch`, which streams results to disk, or "
                              "`wrt: inputs` (MAX_RESULT_BYTES)")
-        self.values = np.empty((size, len(kept_nodes(job))), dtype)
-        self.grads = np.empty((size, len(graph.outputs), len(graph.wrt)), dtype)
+        self.counts, self.dtype, self.size = (n_values, n_grads), dtype, size
+        self.values: list[np.ndarray] | None = None
+        self.grads: list[np.ndarray] | None = None
 
-    def write(self, start: int, stop: int, values: np.ndarray, grads: np.ndarray) -> None:
-        self.values[start:stop] = values
-        self.grads[start:stop] = grads
+    def write(self, start: int, stop: int, values: list, grads: list) -> None:
+        if start == 0 and stop == self.size:  # one chunk: keep JAX's arrays, no copy
+            self.values, self.grads = list(values), list(grads)
+            return
+        if self.values is None:
+            self.values = [np.empty(self.size, self.dtype) for _ in range(self.counts[0])]
+            self.grads = [np.empty(self.size, self.dtype) for _ in range(self.counts[1])]
+        for column, chunk in zip(self.values + self.grads, list(values) + list(grads)):
+            column[start:stop] = chunk
 
 
 @dataclass
@@ -147,7 +155,7 @@ def execute(job: Job, sink, progress=None) -> Execution:
     kept = kept_nodes(job)
     capture = _Capture(indices, len(kept), (len(graph.outputs), len(graph.wrt)), DTYPES[s.dtype])
 
-    def on_chunk(lo: int, hi: int, values: np.ndarray, grads: np.ndarray) -> None:
+    def on_chunk(lo: int, hi: int, values: list, grads: list) -> None:
         sink.write(lo, hi, values, grads)
         capture.take(lo, hi, values, grads)
         if progress is not None:
@@ -175,16 +183,20 @@ class _Capture:
     def __init__(self, indices: np.ndarray, n_values: int, grad_shape: tuple, dtype):
         self.order = np.argsort(indices, kind="stable")
         self.sorted = indices[self.order]
+        self.grad_shape = grad_shape
         self.values = np.empty((len(indices), n_values), dtype)
         self.grads = np.empty((len(indices), *grad_shape), dtype)
 
-    def take(self, lo: int, hi: int, values: np.ndarray, grads: np.ndarray) -> None:
+    def take(self, lo: int, hi: int, values: list, grads: list) -> None:
         a, b = np.searchsorted(self.sorted, [lo, hi])
         if a == b:
             return
         rows, local = self.order[a:b], self.sorted[a:b] - lo
-        self.values[rows] = values[local]
-        self.grads[rows] = grads[local]
+        for j, column in enumerate(values):
+            self.values[rows, j] = column[local]
+        flat = self.grads.reshape(len(self.grads), -1)
+        for j, column in enumerate(grads):
+            flat[rows, j] = column[local]
 
 
 def run(job, *, dtype: str | None = None, device: str | None = None, config=None,
@@ -206,8 +218,9 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
     graph, grid = job.graph, job.grid
     coords = grid.coords(np.arange(grid.size)).astype(DTYPES[job.settings.dtype])
     value_arrays = {name: coords[:, j] for j, name in enumerate(graph.inputs)}
-    value_arrays.update({name: sink.values[:, j] for j, name in enumerate(kept_nodes(job))})
-    grad_arrays = {out: {name: sink.grads[:, o, w] for w, name in enumerate(graph.wrt)}
+    value_arrays.update(dict(zip(kept_nodes(job), sink.values)))
+    n_wrt = len(graph.wrt)
+    grad_arrays = {out: {name: sink.grads[o * n_wrt + w] for w, name in enumerate(graph.wrt)}
                    for o, out in enumerate(graph.outputs)}
     return Result(job, value_arrays, grad_arrays, done.verify, done.timings, job.settings.dtype,
                   done.device)

@@ -32,6 +32,7 @@ from .ops import op_for
 jax.config.update("jax_enable_x64", True)  # float64 jobs need it; float32 jobs cast explicitly
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+KERNEL_FORMAT = 2  # bump when the chunk function's arguments or results change shape
 
 
 @lru_cache(maxsize=None)
@@ -51,8 +52,12 @@ def jax_function(node) -> Callable:
 def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Callable:
     """f(x) for one point: x holds the inputs in grid order; returns (values, grads, flag).
 
-    values: the `kept` nodes' values; grads: (n_outputs, n_wrt); flag: whether a fast sin/cos saw an
-    argument beyond its accurate range (the chunk is then recomputed with XLA's own).
+    values: the `kept` nodes' values; grads: d output/d wrt for every (output, wrt) pair, output
+    major; flag: whether a fast sin/cos saw an argument beyond its accurate range (the chunk is
+    then recomputed with XLA's own). Both are tuples of scalars, not stacked arrays: vmapped, each
+    becomes its own output array, and XLA computes each once in a multi-output fusion (stacking
+    the gradients into one array made XLA CPU recompute the whole backward pass per element,
+    170x slower on an 8-layer graph).
     """
     perturbed = [n for n in graph.wrt if n in set(graph.named)]
     perturb_slot = {name: i for i, name in enumerate(perturbed)}
@@ -76,23 +81,21 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
             if name in perturb_slot:
                 value = value + eps[perturb_slot[name]]
             env[name] = value
-        values = jnp.stack([env[n] for n in kept]) if kept else jnp.zeros((0,), dtype)
         flag = jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
-        return env[graph.outputs[output]], (values, flag)
+        return env[graph.outputs[output]], (tuple(env[n] for n in kept), flag)
 
     def per_point(x):
         eps = jnp.zeros((len(perturbed),), dtype)
-        rows = []
+        grads = []
         for k in range(len(graph.outputs)):
             # One gradient per output, not a vjp vmapped over one-hot cotangents: a zero cotangent
             # still multiplies the other outputs' partials (0 * inf = nan at sqrt(0)), while a
             # separate grad never visits them, like PyTorch's backward() on that output.
             (grad_x, grad_eps), (values, flag) = jax.grad(evaluate, argnums=(0, 1),
                                                           has_aux=True)(x, eps, k)
-            rows.append([grad_x[input_slot[w]] if w in input_slot else grad_eps[perturb_slot[w]]
-                         for w in graph.wrt])
-        grads = jnp.array(rows, dtype) if graph.wrt else jnp.zeros((len(graph.outputs), 0), dtype)
-        return values, grads, flag
+            grads += [grad_x[input_slot[w]] if w in input_slot else grad_eps[perturb_slot[w]]
+                      for w in graph.wrt]
+        return values, tuple(grads), flag
 
     return per_point
 
@@ -186,7 +189,8 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     dev = get_device(device)
     start = time.perf_counter()
     key = _executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
-    compiled = _load_executable(key, dev, len(grid.axes))
+    trees = _trees(len(grid.axes), len(kept), len(graph.outputs) * len(graph.wrt))
+    compiled = _load_executable(key, dev, trees)
     if compiled is None:
         fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size))
         sharding = jax.sharding.SingleDeviceSharding(dev)
@@ -194,7 +198,7 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
                  tuple(jax.ShapeDtypeStruct((len(a.values),), np_dtype, sharding=sharding)
                        for a in grid.axes))
         compiled = fn.lower(*specs).compile()
-        _store_executable(key, compiled, dev, grid, np_dtype)
+        _store_executable(key, compiled, dev, grid, np_dtype, trees)
     return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start, fast)
 
 
@@ -206,7 +210,7 @@ def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
                               for n in graph.nodes if n.primitive is not None})
     identity = repr((graph.structure_key(), implementations, grid.mode,
                      tuple(len(a.values) for a in grid.axes), dtype, dev.platform,
-                     dev.client.platform_version, chunk_size, kept, fast, jax.__version__,
+                     dev.client.platform_version, chunk_size, kept, fast, KERNEL_FORMAT, jax.__version__,
                      jaxlib.__version__, __version__))
     return hashlib.sha256(identity.encode()).hexdigest()
 
@@ -215,25 +219,25 @@ def _executable_path(key: str) -> Path | None:
     return None if _cache_dir[0] is None else Path(_cache_dir[0]) / f"gradsvc-exec-{key}.bin"
 
 
-def _trees(n_axes: int):
+def _trees(n_axes: int, n_values: int, n_grads: int):
     """The argument and result structure of a chunk function (rebuilt, so nothing is unpickled
     beyond the executable itself)."""
     return (jax.tree_util.tree_structure(((0, (0,) * n_axes), {})),
-            jax.tree_util.tree_structure((0, 0, 0)))
+            jax.tree_util.tree_structure(((0,) * n_values, (0,) * n_grads, 0)))
 
 
-def _load_executable(key: str, dev, n_axes: int):
+def _load_executable(key: str, dev, trees):
     path = _executable_path(key)
     if path is None or not path.is_file():
         return None
     try:
-        return serialize_executable.deserialize_and_load(path.read_bytes(), *_trees(n_axes),
+        return serialize_executable.deserialize_and_load(path.read_bytes(), *trees,
                                                          execution_devices=[dev])
     except Exception:  # a stale or damaged entry only costs a recompilation
         return None
 
 
-def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype) -> None:
+def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, trees) -> None:
     """Keep the executable only if a reloaded copy computes exactly what the original does: an
     executable that JAX itself loaded from its cache does not serialize completely."""
     path = _executable_path(key)
@@ -241,7 +245,7 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype) -> None:
         return
     try:
         payload, _, _ = serialize_executable.serialize(compiled)
-        reloaded = serialize_executable.deserialize_and_load(payload, *_trees(len(grid.axes)),
+        reloaded = serialize_executable.deserialize_and_load(payload, *trees,
                                                              execution_devices=[dev])
         args = (np.int64(0), tuple(jax.device_put(a.values.astype(np_dtype), dev)
                                    for a in grid.axes))
@@ -259,7 +263,8 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype) -> None:
 
 def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable
                ) -> int:
-    """Evaluate every point chunk by chunk, calling on_chunk(start, stop, values, grads).
+    """Evaluate every point chunk by chunk, calling on_chunk(start, stop, values, grads) with one
+    array per kept node and one per (output, wrt) pair.
 
     Chunk k+1 is dispatched before chunk k's results are handed over, so the host writes results
     while the device computes. A chunk whose fast sin/cos saw an argument beyond its accurate range
@@ -287,5 +292,6 @@ def _deliver(pending, on_chunk, compiled: Compiled, axes, recompile_exact) -> in
             compiled.exact = recompile_exact()
         values, grads, _ = compiled.exact.call(np.int64(start), axes)
     count = stop - start
-    on_chunk(start, stop, np.asarray(values)[:count], np.asarray(grads)[:count])
+    on_chunk(start, stop, [np.asarray(v)[:count] for v in values],
+             [np.asarray(g)[:count] for g in grads])
     return int(redo)

@@ -100,12 +100,10 @@ class DiskSink:
         self.grads = [[_NpyColumn(folder / "grads" / out / f"{n}.npy", size, dtype)
                        for n in graph.wrt] for out in graph.outputs]
 
-    def write(self, start: int, stop: int, values: np.ndarray, grads: np.ndarray) -> None:
-        for j, column in enumerate(self.values):
-            column.write(values[:, j])
-        for o, row in enumerate(self.grads):
-            for w, column in enumerate(row):
-                column.write(grads[:, o, w])
+    def write(self, start: int, stop: int, values: list, grads: list) -> None:
+        for column, chunk in zip(self.values + [c for row in self.grads for c in row],
+                                 list(values) + list(grads)):
+            column.write(chunk)
 
     def close(self) -> None:
         for column in self.values + [c for row in self.grads for c in row]:

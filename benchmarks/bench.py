@@ -1,0 +1,340 @@
+"""gradsvc against its peers, in one process, on the same grid (`make bench`).
+
+For the seed graph z = (a+b)*(c*d) and the "medium" graph (sin, exp, log, tanh, then 8 layers of
+tanh/sqrt/cos), 4 inputs sampled uniformly in [0.5, 2] (a zip grid), gradients of the output with
+respect to the 4 inputs, at 1e4, 1e6 and 1e7 points, float32 and float64:
+
+  gradsvc            gradsvc's engine (compiled once; time of the run phase, results in host memory)
+  jax                hand-written jax.jit(jax.vmap(jax.grad(f))) on the same arrays
+  torch              torch batched f(...).sum().backward() (2 threads)
+  reference          gradsvc's pure-Python backprop, timed on 2,000 points and extrapolated
+
+gradsvc runs with `wrt: inputs` and `keep_values: none`, the same work as the peers (gradients
+only); a second gradsvc row also keeps the output's value. Times are the minimum of several runs.
+
+Also measured: the cold wall time of `gradsvc run jobs/seed_chain.yaml` against a minimal JAX
+script, the compile time of a second process (persistent caches), the accuracy and speed of
+fast_math, and a 1e8-point batch run's peak RSS and throughput. Writes benchmarks/results/bench.json
+and bench.png, and prints the tables benchmarks/README.md shows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MEDIUM_LAYERS = 8
+REFERENCE_POINTS = 2000
+
+
+def seed_formula() -> dict:
+    return {"x": "a + b", "y": "c * d", "z": "x * y"}
+
+
+def medium_formula() -> dict:
+    graph = {"h0": "sin(a) * exp(-b) + log(c + 1) * tanh(d)"}
+    for i in range(1, MEDIUM_LAYERS + 1):
+        graph[f"h{i}"] = f"tanh(h{i-1} * a + b) + sqrt(h{i-1} * h{i-1} + c) - d * cos(h{i-1})"
+    return graph
+
+
+GRAPHS = {"seed": (seed_formula, "z"), "medium": (medium_formula, f"h{MEDIUM_LAYERS}")}
+
+
+def seed_f(a, b, c, d, m=None):
+    return (a + b) * (c * d)
+
+
+def medium_f(a, b, c, d, m):
+    h = m.sin(a) * m.exp(-b) + m.log(c + 1.0) * m.tanh(d)
+    for _ in range(MEDIUM_LAYERS):
+        h = m.tanh(h * a + b) + m.sqrt(h * h + c) - d * m.cos(h)
+    return h
+
+
+PEER_FUNCTIONS = {"seed": seed_f, "medium": medium_f}
+
+
+def min_time(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def job_dict(graph: str, n: int, dtype: str, keep: str, fast: bool = True) -> dict:
+    formula, output = GRAPHS[graph]
+    return {"name": f"bench-{graph}", "grid": "zip",
+            "inputs": {name: {"uniform": [0.5, 2.0], "n": n, "seed": i}
+                       for i, name in enumerate("abcd")},
+            "graph": formula(), "outputs": [output], "wrt": "inputs",
+            "settings": {"dtype": dtype, "keep_values": keep, "fast_math": fast,
+                         "verify_points": 64, "fd_points": 4}}
+
+
+def grid_arrays(job) -> list[np.ndarray]:
+    from gradsvc.jaxrun import DTYPES
+    return [axis.values.astype(DTYPES[job.settings.dtype]) for axis in job.grid.axes]
+
+
+def time_gradsvc(job, reps: int) -> tuple[float, dict]:
+    from gradsvc.api import MemorySink, execute
+    first = execute(job, MemorySink(job))  # compiles, and verifies like every run
+    best = min_time(lambda: execute_run_only(job), reps)
+    return best, {"verify_ok": first.verify.ok, "max_rel_err": first.verify.max_rel_err,
+                  "checked_points": first.verify.checked_points,
+                  "chunks_recomputed_exact": first.timings["chunks_recomputed_exact"]}
+
+
+def execute_run_only(job) -> None:
+    """The run phase alone: every chunk computed and its results delivered to host memory."""
+    from gradsvc.api import MemorySink, _compiled_for, _exact_twin
+    from gradsvc.jaxrun import run_chunks
+    compiled, _ = _compiled_for(job, min(job.settings.chunk_size, job.grid.size))
+    sink = MemorySink(job)
+    run_chunks(compiled, job.grid, sink.write, _exact_twin(job, compiled))
+
+
+def time_jax(graph: str, arrays, reps: int) -> float:
+    import jax
+    import jax.numpy as jnp
+    f = PEER_FUNCTIONS[graph]
+    g = jax.jit(jax.vmap(jax.grad(lambda a, b, c, d: f(a, b, c, d, jnp), argnums=(0, 1, 2, 3))))
+    args = [jnp.asarray(v) for v in arrays]
+    return min_time(lambda: jax.block_until_ready(g(*args)), reps)
+
+
+def time_torch(graph: str, arrays, reps: int) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    f = PEER_FUNCTIONS[graph]
+    tensors = [torch.from_numpy(v) for v in arrays]
+
+    def run():
+        xs = [t.clone().requires_grad_(True) for t in tensors]
+        f(*xs, torch).sum().backward()
+        return [x.grad for x in xs]
+    return min_time(run, reps)
+
+
+def time_reference(job) -> float:
+    from gradsvc.reference import run_point
+    coords = job.grid.coords(np.arange(min(REFERENCE_POINTS, job.grid.size)))
+    names = job.graph.inputs
+    start = time.perf_counter()
+    for row in coords:
+        run_point(job.graph, dict(zip(names, map(float, row))))
+    return (time.perf_counter() - start) * job.grid.size / len(coords)
+
+
+def throughput_table(sizes, dtypes, reps_for) -> list[dict]:
+    from gradsvc.spec import job_from_dict
+    rows = []
+    for graph in GRAPHS:
+        for dtype in dtypes:
+            for n in sizes:
+                job = job_from_dict(job_dict(graph, n, dtype, "none"))
+                reps = reps_for(n)
+                arrays = grid_arrays(job)
+                t_gradsvc, info = time_gradsvc(job, reps)
+                t_values, _ = time_gradsvc(job_from_dict(job_dict(graph, n, dtype, "outputs")), reps)
+                t_jax = time_jax(graph, arrays, reps)
+                t_torch = time_torch(graph, arrays, reps)
+                t_ref = time_reference(job)
+                row = {"graph": graph, "dtype": dtype, "points": n, "gradsvc_s": t_gradsvc,
+                       "gradsvc_with_value_s": t_values, "jax_s": t_jax, "torch_s": t_torch,
+                       "reference_s": t_ref, "vs_jax": t_jax / t_gradsvc,
+                       "vs_torch": (t_torch / t_gradsvc) if t_torch else None, **info}
+                rows.append(row)
+                print(_row_text(row), flush=True)
+    return rows
+
+
+def _row_text(r: dict) -> str:
+    torch_part = (f"torch {r['torch_s'] * 1e3:9.2f} ms  gradsvc/torch {r['vs_torch']:5.2f}x"
+                  if r["torch_s"] else "torch (not installed)")
+    return (f"{r['graph']:6s} {r['dtype']:7s} {r['points']:>10,}  gradsvc {r['gradsvc_s'] * 1e3:9.2f} ms"
+            f"  (+value {r['gradsvc_with_value_s'] * 1e3:8.2f})  jax {r['jax_s'] * 1e3:9.2f} ms"
+            f"  gradsvc/jax {r['vs_jax']:5.2f}x  {torch_part}  reference {r['reference_s']:9.1f} s")
+
+
+def fast_math_table(n: int = 1_000_000) -> list[dict]:
+    """Accuracy (vs numpy float64) and speed of fastmath sin/cos against XLA's, per range."""
+    import jax
+    import jax.numpy as jnp
+
+    from gradsvc import fastmath
+    rows = []
+    for dtype in ("float32", "float64"):
+        for bound in (1.0, 50.0, 1e4, fastmath.ACCURATE_UP_TO[dtype]):
+            x = np.random.default_rng(0).uniform(-bound, bound, n).astype(dtype)
+            exact = np.sin(x.astype(np.float64)), np.cos(x.astype(np.float64))
+            row = {"dtype": dtype, "abs_x_up_to": bound}
+            for label, (s_fn, c_fn) in {"fast": (fastmath.sin, fastmath.cos),
+                                        "xla": (jnp.sin, jnp.cos)}.items():
+                s, c = jax.jit(s_fn), jax.jit(c_fn)
+                xj = jnp.asarray(x)
+                row[f"{label}_max_abs_err"] = float(max(np.abs(np.asarray(s(xj)) - exact[0]).max(),
+                                                        np.abs(np.asarray(c(xj)) - exact[1]).max()))
+                row[f"{label}_ms"] = 1e3 * min_time(lambda: (s(xj).block_until_ready(),
+                                                             c(xj).block_until_ready()), 5) / 2
+            rows.append(row)
+            print(f"fast_math {dtype} |x|<={bound:g}: fast err {row['fast_max_abs_err']:.2e} "
+                  f"{row['fast_ms']:.2f} ms, xla err {row['xla_max_abs_err']:.2e} "
+                  f"{row['xla_ms']:.2f} ms", flush=True)
+    return rows
+
+
+def fast_math_on_medium(n: int = 1_000_000) -> dict:
+    from gradsvc.spec import job_from_dict
+    out = {}
+    for dtype in ("float32", "float64"):
+        for fast in (True, False):
+            job = job_from_dict(job_dict("medium", n, dtype, "none", fast))
+            t, info = time_gradsvc(job, 3)
+            out[f"{dtype}_{'fast' if fast else 'xla'}"] = {"s": t, **info}
+            print(f"medium {dtype} fast_math={fast}: {t * 1e3:.1f} ms, verified "
+                  f"{info['verify_ok']}, max rel err {info['max_rel_err']:.2e}", flush=True)
+    return out
+
+
+def cold_start(reps: int = 3) -> dict:
+    """Wall time of fresh processes: gradsvc run vs a minimal JAX script doing the same."""
+    minimal = ("import jax\njax.config.update('jax_enable_x64', True)\n"
+               "f = jax.jit(jax.value_and_grad(lambda a, b, d: (a * b) * d, argnums=(0, 1, 2)))\n"
+               "print(f(2.0, 3.0, 4.0))\n")
+    gradsvc_cmd = [sys.executable, "-m", "gradsvc", "run", "jobs/seed_chain.yaml"]
+    with tempfile.TemporaryDirectory() as cache:
+        config = Path(cache) / "config.yaml"
+        config.write_text(f"compile_cache: {cache}/jax\n")
+        first = _wall([*gradsvc_cmd, "--config", str(config)])  # empty caches
+        warm = min(_wall([*gradsvc_cmd, "--config", str(config)]) for _ in range(reps))
+        compile_first = _compile_s(gradsvc_cmd, config, fresh=True, cache=cache)
+        compile_second = _compile_s(gradsvc_cmd, config, fresh=False, cache=cache)
+    jax_wall = min(_wall([sys.executable, "-c", minimal]) for _ in range(reps))
+    result = {"gradsvc_first_s": first, "gradsvc_s": warm, "minimal_jax_s": jax_wall,
+              "ratio": warm / jax_wall, "ratio_first": first / jax_wall,
+              "compile_first_process_s": compile_first, "compile_second_process_s": compile_second,
+              "compile_ratio": compile_second / compile_first}
+    print(f"cold run: gradsvc {warm:.3f} s (empty caches {first:.3f} s), minimal JAX {jax_wall:.3f} s"
+          f" -> {result['ratio']:.2f}x; compile: first process {compile_first:.3f} s, second "
+          f"{compile_second:.4f} s -> {result['compile_ratio']:.3f}x", flush=True)
+    return result
+
+
+def _wall(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _compile_s(cmd, config: Path, fresh: bool, cache: str) -> float:
+    if fresh:
+        shutil.rmtree(Path(cache) / "jax", ignore_errors=True)
+    out = subprocess.run([*cmd[:-1], "jobs/damped_oscillator.yaml", "--format", "json", "--config",
+                          str(config)], cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)["timings"]["compile_s"]
+
+
+def big_batch(points_big: int) -> dict:
+    """A product grid of `points_big` points through `gradsvc batch` in a child process: peak RSS
+    and throughput, against the same job at 1e6 points."""
+    side = int(round(points_big ** 0.5))
+    results = {}
+    with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
+        for label, (na, nb) in {"1e6": (1000, 1000), "big": (side, points_big // side)}.items():
+            job = Path(tmp) / f"{label}.yaml"
+            job.write_text(f"name: scale-{label}\ninputs:\n  a: {{linspace: [0.5, 2, {na}]}}\n"
+                           f"  b: {{linspace: [0.5, 2, {nb}]}}\n  c: 1.5\n  d: 0.75\n"
+                           "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\nwrt: inputs\n"
+                           "settings: {dtype: float32, keep_values: outputs}\n")
+            out = Path(tmp) / "out"
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "gradsvc", "batch", str(job), "--out", str(out),
+                            "--force"], cwd=ROOT, check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            summary = json.loads((out / f"scale-{label}" / "summary.json").read_text())
+            results[label] = {"points": na * nb, "wall_s": wall,
+                              "points_per_s": summary["timings"]["points_per_s"],
+                              "peak_rss_mb": peak_kb / 1024 if peak_kb > before else None,
+                              "verify_ok": summary["verify"]["ok"]}
+            shutil.rmtree(out)
+    results["throughput_ratio"] = results["big"]["points_per_s"] / results["1e6"]["points_per_s"]
+    print(f"batch {results['big']['points']:,} points: peak RSS {results['big']['peak_rss_mb']} MB, "
+          f"{results['big']['points_per_s']:,.0f} points/s = {results['throughput_ratio']:.2f}x the "
+          f"1e6 run ({results['1e6']['points_per_s']:,.0f} points/s)", flush=True)
+    return results
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    panels = [(g, d) for g in GRAPHS for d in ("float32", "float64")]
+    for ax, (graph, dtype) in zip(axes, panels):
+        sel = [r for r in rows if r["graph"] == graph and r["dtype"] == dtype]
+        if not sel:
+            continue
+        n = [r["points"] for r in sel]
+        for key, label in [("gradsvc_s", "gradsvc"), ("jax_s", "jit(vmap(grad))"),
+                           ("torch_s", "torch backward"), ("reference_s", "pure-Python reference")]:
+            ys = [r["points"] / r[key] if r[key] else None for r in sel]
+            if any(ys):
+                ax.loglog(n, ys, marker="o", label=label)
+        ax.set_title(f"{graph}, {dtype}")
+        ax.set_xlabel("points")
+        ax.set_ylabel("points / s")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1e4,1e6,1e7")
+    parser.add_argument("--big", type=float, default=1e8, help="points of the scale run (0: skip)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, no scale run")
+    args = parser.parse_args()
+    sizes = [int(float(s)) for s in args.sizes.split(",")] if not args.quick else [10_000, 100_000]
+    os.chdir(ROOT)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    import jax
+    report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "processor": platform.processor() or platform.machine(),
+                          "jax": jax.__version__}}
+    report["throughput"] = throughput_table(sizes, ["float32", "float64"],
+                                            lambda n: 5 if n <= 1_000_000 else 3)
+    report["fast_math"] = fast_math_table()
+    report["fast_math_medium"] = fast_math_on_medium()
+    report["cold_start"] = cold_start()
+    if args.big and not args.quick:
+        report["scale"] = big_batch(int(args.big))
+    (RESULTS / "bench.json").write_text(json.dumps(report, indent=2))
+    plot(report["throughput"], RESULTS / "bench.png")
+    print(f"wrote {RESULTS / 'bench.json'} and {RESULTS / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()
