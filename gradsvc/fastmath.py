@@ -3,14 +3,14 @@
 Why: XLA's CPU sin/cos cost ~2 ms (float32) to ~5 ms (float64) per million values on this project's
 machines, 5-10x any other op; these take ~0.5 ms (float32) and ~1.3 ms (float64).
 
-How: k = round(x·2/π) and r = x - k·π/2, with π/2 split in three parts (fdlibm's pio2_1/2/3, 33
-significant bits each) so that k·pio2_1 is exact; the reduction runs in float64 for both dtypes.
+How: k = round(x·2/π) and r = x - k·π/2, with π/2 split in three parts so that the leading
+products are exact: fdlibm's pio2_1/2/3 (33 significant bits each) in float64, Cephes' split in
+float32, each in the job's own dtype.
 Then fdlibm's (float64) or Cephes' (float32) minimax polynomials for sin and cos on |r| <= π/4, and the
 quadrant k mod 4 picks the sign and which polynomial.
 
-Accuracy (measured against numpy's float64 sin/cos over a million uniform points, see
-benchmarks/README.md): float32 max abs error 9.2e-8 (XLA: 3.2e-8) for |x| up to 1e6; float64 2.2e-16
-(XLA: 0) for |x| up to 1e4 and 1.3e-15 up to 1e5. Beyond `ACCURATE_UP_TO[dtype]` the reduction loses
+Accuracy: measured against numpy's float64 sin/cos over a million uniform points by `make bench`
+(benchmarks/README.md has the table), within |x| <= ACCURATE_UP_TO. Beyond `ACCURATE_UP_TO[dtype]` the reduction loses
 accuracy, so the kernel also reports whether any argument in a chunk went past it, and such a chunk
 is recomputed with XLA's own sin/cos (see jaxrun). Derivatives are defined with custom_jvp
 (sin' = cos, cos' = -sin, both fast), as JAX's own rules are.
@@ -32,7 +32,7 @@ COS64 = (4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.480158728947
 SIN32 = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
 COS32 = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
 
-ACCURATE_UP_TO = {"float32": 1e6, "float64": 1e5}
+ACCURATE_UP_TO = {"float32": 8192.0, "float64": 1e5}
 
 
 def _horner(z, coefficients):
@@ -42,13 +42,24 @@ def _horner(z, coefficients):
     return result
 
 
+# Cephes' float32 split of pi/2: 9 + 11 + 24 significant bits, so k·PIO2F_1 and k·PIO2F_2 are
+# exact for k < 2**13, |x| < 8192 (float32 arithmetic throughout: widening to float64 would halve
+# the vector width and cancel the gain)
+PIO2F_1, PIO2F_2, PIO2F_3 = 1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8
+
+
 def _reduce(x):
     """r in [-π/4, π/4] (in x's dtype) and the quadrant k mod 4."""
-    wide = x.astype(jnp.float64)
-    k = jnp.round(wide * TWO_OVER_PI)
-    r = ((wide - k * PIO2_1) - k * PIO2_2) - k * PIO2_3
+    if x.dtype == jnp.float32:
+        parts = (PIO2F_1, PIO2F_2, PIO2F_3)
+    else:
+        parts = (PIO2_1, PIO2_2, PIO2_3)
+    k = jnp.round(x * jnp.asarray(TWO_OVER_PI, x.dtype))
+    r = x
+    for part in parts:
+        r = r - k * jnp.asarray(part, x.dtype)
     quadrant = jnp.remainder(k, 4.0).astype(jnp.int32)  # exact for any finite k
-    return r.astype(x.dtype), quadrant
+    return r, quadrant
 
 
 def _sin_cos_of_reduced(r):

@@ -32,7 +32,19 @@ from .ops import op_for
 jax.config.update("jax_enable_x64", True)  # float64 jobs need it; float32 jobs cast explicitly
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-KERNEL_FORMAT = 2  # bump when the chunk function's arguments or results change shape
+
+
+def _kernel_source_hash() -> str:
+    """Digest of the code that shapes a kernel: a cached executable from other code is stale."""
+    from . import ops
+    digest = hashlib.sha256()
+    for module in (ops, fastmath):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()
+
+
+KERNEL_SOURCE = _kernel_source_hash()
 
 
 @lru_cache(maxsize=None)
@@ -50,7 +62,7 @@ def jax_function(node) -> Callable:
 
 
 def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Callable:
-    """f(x) for one point: x holds the inputs in grid order; returns (values, grads, flag).
+    """f(*x) for one point: one scalar per input, in grid order; returns (values, grads, flag).
 
     values: the `kept` nodes' values; grads: d output/d wrt for every (output, wrt) pair, output
     major; flag: whether a fast sin/cos saw an argument beyond its accurate range (the chunk is
@@ -70,7 +82,7 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
         env, flags = {}, []
         for name, op, const, args, fn in steps:
             if op == "input":
-                value = x[input_slot[name]]
+                value = x[input_slot[name]]  # x and eps are tuples of scalars: see per_point
             elif op == "const":
                 value = jnp.asarray(const, dtype)
             else:
@@ -84,8 +96,10 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
         flag = jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
         return env[graph.outputs[output]], (tuple(env[n] for n in kept), flag)
 
-    def per_point(x):
-        eps = jnp.zeros((len(perturbed),), dtype)
+    def per_point(*x):
+        # Tuples of scalars, not vectors: the gradient with respect to a vector element is a
+        # scatter into a zero vector per use, which XLA CPU materialises (4x slower on the seed)
+        eps = tuple(jnp.zeros((), dtype) for _ in perturbed)
         grads = []
         for k in range(len(graph.outputs)):
             # One gradient per output, not a vjp vmapped over one-hot cotangents: a zero cotangent
@@ -116,8 +130,9 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
     """f(start, axes) for the chunk of points start .. start + chunk_size - 1.
 
     The coordinates are made on the device from the point index (product grids: digit j of the
-    index in the mixed radix of the axis lengths; zip grids: the index itself), so no grid and no
-    coordinates cross from the host. Indices past the end repeat the last point (padding).
+    index in the mixed radix of the axis lengths, looked up in the axis; zip grids: a slice of the
+    axis, padded on the host to whole chunks), so no coordinates cross from the host per chunk.
+    Indices past the end repeat the last point (padding).
     """
     per_point = point_function(graph, dtype, kept, fast)
     lengths = [len(axis.values) for axis in grid.axes]
@@ -131,10 +146,10 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
             if length == 1:
                 columns.append(jnp.broadcast_to(axis[0], (chunk_size,)))
             elif grid.mode == "zip":
-                columns.append(axis[index])
+                columns.append(jax.lax.dynamic_slice_in_dim(axis, start, chunk_size))
             else:
                 columns.append(axis[(index // stride) % length])
-        values, grads, flags = jax.vmap(per_point)(jnp.stack(columns, axis=1))
+        values, grads, flags = jax.vmap(per_point)(*columns)
         return values, grads, jnp.any(flags)
 
     return chunk
@@ -195,10 +210,10 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
         fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size))
         sharding = jax.sharding.SingleDeviceSharding(dev)
         specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
-                 tuple(jax.ShapeDtypeStruct((len(a.values),), np_dtype, sharding=sharding)
-                       for a in grid.axes))
+                 tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding)
+                       for a in device_axes(grid, np_dtype, chunk_size)))
         compiled = fn.lower(*specs).compile()
-        _store_executable(key, compiled, dev, grid, np_dtype, trees)
+        _store_executable(key, compiled, dev, grid, np_dtype, chunk_size, trees)
     return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start, fast)
 
 
@@ -210,7 +225,7 @@ def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
                               for n in graph.nodes if n.primitive is not None})
     identity = repr((graph.structure_key(), implementations, grid.mode,
                      tuple(len(a.values) for a in grid.axes), dtype, dev.platform,
-                     dev.client.platform_version, chunk_size, kept, fast, KERNEL_FORMAT, jax.__version__,
+                     dev.client.platform_version, chunk_size, kept, fast, KERNEL_SOURCE, jax.__version__,
                      jaxlib.__version__, __version__))
     return hashlib.sha256(identity.encode()).hexdigest()
 
@@ -237,7 +252,8 @@ def _load_executable(key: str, dev, trees):
         return None
 
 
-def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, trees) -> None:
+def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size: int,
+                      trees) -> None:
     """Keep the executable only if a reloaded copy computes exactly what the original does: an
     executable that JAX itself loaded from its cache does not serialize completely."""
     path = _executable_path(key)
@@ -247,8 +263,8 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, trees) -> N
         payload, _, _ = serialize_executable.serialize(compiled)
         reloaded = serialize_executable.deserialize_and_load(payload, *trees,
                                                              execution_devices=[dev])
-        args = (np.int64(0), tuple(jax.device_put(a.values.astype(np_dtype), dev)
-                                   for a in grid.axes))
+        args = (np.int64(0), tuple(jax.device_put(a, dev)
+                                   for a in device_axes(grid, np_dtype, chunk_size)))
         for a, b in zip(jax.tree_util.tree_leaves(compiled(*args)),
                         jax.tree_util.tree_leaves(reloaded(*args))):
             if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
@@ -261,6 +277,34 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, trees) -> N
         return
 
 
+def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:
+    """The axes as the chunk function takes them: zip axes padded with their last value to whole
+    chunks (so every chunk is a plain slice), product axes as they are."""
+    out = []
+    for axis in grid.axes:
+        values = axis.values.astype(np_dtype)
+        if grid.mode == "zip" and len(values) > 1:
+            padded = -(-len(values) // chunk_size) * chunk_size
+            values = np.concatenate([values, np.repeat(values[-1:], padded - len(values))])
+        out.append(values)
+    return out
+
+
+_AXES_ON_DEVICE: dict = {}  # (grid, dtype, chunk, device) -> device arrays, for repeated runs
+
+
+def _axes_on_device(compiled: Compiled, grid: Grid) -> tuple:
+    key = (id(grid), compiled.dtype, compiled.chunk_size, str(compiled.device))
+    cached = _AXES_ON_DEVICE.get(key)
+    if cached is None or cached[0] is not grid:
+        arrays = tuple(jax.device_put(a, compiled.device)
+                       for a in device_axes(grid, DTYPES[compiled.dtype], compiled.chunk_size))
+        if len(_AXES_ON_DEVICE) > 8:
+            _AXES_ON_DEVICE.clear()
+        cached = _AXES_ON_DEVICE[key] = (grid, arrays)
+    return cached[1]
+
+
 def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable
                ) -> int:
     """Evaluate every point chunk by chunk, calling on_chunk(start, stop, values, grads) with one
@@ -271,8 +315,7 @@ def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exa
     is recomputed with XLA's own (`recompile_exact()` builds that function once). Returns how many
     chunks were recomputed.
     """
-    np_dtype = DTYPES[compiled.dtype]
-    axes = tuple(jax.device_put(a.values.astype(np_dtype), compiled.device) for a in grid.axes)
+    axes = _axes_on_device(compiled, grid)
     n, recomputed, pending = compiled.chunk_size, 0, None
     for start in range(0, grid.size, n):
         dispatched = (start, min(start + n, grid.size), compiled.call(np.int64(start), axes))
