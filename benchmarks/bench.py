@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -77,6 +76,25 @@ def min_time(fn, reps: int) -> float:
     return best
 
 
+def interleaved_min_times(fns: dict, budget_s: float = 2.0, min_rounds: int = 5,
+                          max_rounds: int = 40) -> dict:
+    """Minimum time of each function, timing them in turn, round after round, so that a noisy
+    spell of the machine hits every contender alike; fast ones get more rounds."""
+    for fn in fns.values():
+        fn()  # warm up
+    best = {name: float("inf") for name in fns}
+    spent, rounds = 0.0, 0
+    while rounds < min_rounds or (spent < budget_s and rounds < max_rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            best[name] = min(best[name], elapsed)
+            spent += elapsed
+        rounds += 1
+    return best
+
+
 def job_dict(graph: str, n: int, dtype: str, keep: str, fast: bool = True) -> dict:
     formula, output = GRAPHS[graph]
     return {"name": f"bench-{graph}", "grid": "zip",
@@ -92,34 +110,44 @@ def grid_arrays(job) -> list[np.ndarray]:
     return [axis.values.astype(DTYPES[job.settings.dtype]) for axis in job.grid.axes]
 
 
-def time_gradsvc(job, reps: int) -> tuple[float, dict]:
+def gradsvc_runner(job):
+    """A callable running the job's run phase, after one full run (compile, verify)."""
     from gradsvc.api import MemorySink, execute
-    first = execute(job, MemorySink(job))  # compiles, and verifies like every run
-    best = min_time(lambda: execute_run_only(job), reps)
-    return best, {"verify_ok": first.verify.ok, "max_rel_err": first.verify.max_rel_err,
-                  "checked_points": first.verify.checked_points,
-                  "chunks_recomputed_exact": first.timings["chunks_recomputed_exact"]}
+    first = execute(job, MemorySink(job))
+    info = {"verify_ok": first.verify.ok, "max_rel_err": first.verify.max_rel_err,
+            "checked_points": first.verify.checked_points,
+            "chunks_recomputed_exact": first.timings["chunks_recomputed_exact"]}
+    return (lambda: execute_run_only(job)), info
+
+
+def time_gradsvc(job, reps: int) -> tuple[float, dict]:
+    run, info = gradsvc_runner(job)
+    return min_time(run, reps), info
 
 
 def execute_run_only(job) -> None:
     """The run phase alone: every chunk computed and its results delivered to host memory."""
-    from gradsvc.api import MemorySink, _compiled_for, _exact_twin
+    from gradsvc.api import MemorySink, _compiled_for, _exact_twin, chunk_size_for
     from gradsvc.jaxrun import run_chunks
-    compiled, _ = _compiled_for(job, min(job.settings.chunk_size, job.grid.size))
+    compiled, _ = _compiled_for(job, chunk_size_for(job))
     sink = MemorySink(job)
     run_chunks(compiled, job.grid, sink.write, _exact_twin(job, compiled))
 
 
-def time_jax(graph: str, arrays, reps: int) -> float:
+def jax_runner(graph: str, arrays):
     import jax
     import jax.numpy as jnp
     f = PEER_FUNCTIONS[graph]
     g = jax.jit(jax.vmap(jax.grad(lambda a, b, c, d: f(a, b, c, d, jnp), argnums=(0, 1, 2, 3))))
     args = [jnp.asarray(v) for v in arrays]
-    return min_time(lambda: jax.block_until_ready(g(*args)), reps)
+    return lambda: jax.block_until_ready(g(*args))
 
 
-def time_torch(graph: str, arrays, reps: int) -> float | None:
+def time_jax(graph: str, arrays, reps: int) -> float:
+    return min_time(jax_runner(graph, arrays), reps)
+
+
+def torch_runner(graph: str, arrays):
     try:
         import torch
     except ImportError:
@@ -132,7 +160,7 @@ def time_torch(graph: str, arrays, reps: int) -> float | None:
         xs = [t.clone().requires_grad_(True) for t in tensors]
         f(*xs, torch).sum().backward()
         return [x.grad for x in xs]
-    return min_time(run, reps)
+    return run
 
 
 def time_reference(job) -> float:
@@ -145,23 +173,28 @@ def time_reference(job) -> float:
     return (time.perf_counter() - start) * job.grid.size / len(coords)
 
 
-def throughput_table(sizes, dtypes, reps_for) -> list[dict]:
+def throughput_table(sizes, dtypes) -> list[dict]:
     from gradsvc.spec import job_from_dict
     rows = []
     for graph in GRAPHS:
         for dtype in dtypes:
             for n in sizes:
                 job = job_from_dict(job_dict(graph, n, dtype, "none"))
-                reps = reps_for(n)
                 arrays = grid_arrays(job)
-                t_gradsvc, info = time_gradsvc(job, reps)
-                t_values, _ = time_gradsvc(job_from_dict(job_dict(graph, n, dtype, "outputs")), reps)
-                t_jax = time_jax(graph, arrays, reps)
-                t_torch = time_torch(graph, arrays, reps)
-                t_ref = time_reference(job)
+                run, info = gradsvc_runner(job)
+                run_value, _ = gradsvc_runner(job_from_dict(job_dict(graph, n, dtype, "outputs")))
+                contenders = {"gradsvc": run, "gradsvc_with_value": run_value,
+                              "jax": jax_runner(graph, arrays)}
+                torch_run = torch_runner(graph, arrays)
+                if torch_run:
+                    contenders["torch"] = torch_run
+                best = interleaved_min_times(contenders, budget_s=3.0 if n <= 1_000_000 else 8.0,
+                                             min_rounds=5 if n <= 1_000_000 else 3)
+                t_gradsvc, t_torch = best["gradsvc"], best.get("torch")
                 row = {"graph": graph, "dtype": dtype, "points": n, "gradsvc_s": t_gradsvc,
-                       "gradsvc_with_value_s": t_values, "jax_s": t_jax, "torch_s": t_torch,
-                       "reference_s": t_ref, "vs_jax": t_jax / t_gradsvc,
+                       "gradsvc_with_value_s": best["gradsvc_with_value"], "jax_s": best["jax"],
+                       "torch_s": t_torch, "reference_s": time_reference(job),
+                       "vs_jax": best["jax"] / t_gradsvc,
                        "vs_torch": (t_torch / t_gradsvc) if t_torch else None, **info}
                 rows.append(row)
                 print(_row_text(row), flush=True)
@@ -267,23 +300,82 @@ def big_batch(points_big: int) -> dict:
                            "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\nwrt: inputs\n"
                            "settings: {dtype: float32, keep_values: outputs}\n")
             out = Path(tmp) / "out"
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "gradsvc", "batch", str(job), "--out", str(out),
-                            "--force"], cwd=ROOT, check=True, capture_output=True)
+            peak_kb = _peak_rss_kb([sys.executable, "-m", "gradsvc", "batch", str(job), "--out",
+                                    str(out), "--force"])
             wall = time.perf_counter() - start
-            peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             summary = json.loads((out / f"scale-{label}" / "summary.json").read_text())
             results[label] = {"points": na * nb, "wall_s": wall,
                               "points_per_s": summary["timings"]["points_per_s"],
-                              "peak_rss_mb": peak_kb / 1024 if peak_kb > before else None,
-                              "verify_ok": summary["verify"]["ok"]}
+                              "run_s": summary["timings"]["run_s"],
+                              "peak_rss_mb": peak_kb / 1024, "verify_ok": summary["verify"]["ok"],
+                              "bytes_written": sum(p.stat().st_size for p in out.rglob("*.npy"))}
             shutil.rmtree(out)
     results["throughput_ratio"] = results["big"]["points_per_s"] / results["1e6"]["points_per_s"]
     print(f"batch {results['big']['points']:,} points: peak RSS {results['big']['peak_rss_mb']} MB, "
           f"{results['big']['points_per_s']:,.0f} points/s = {results['throughput_ratio']:.2f}x the "
           f"1e6 run ({results['1e6']['points_per_s']:,.0f} points/s)", flush=True)
     return results
+
+
+def _peak_rss_kb(cmd: list[str]) -> int:
+    """Peak resident memory of `cmd`, measured in a fresh process whose only child it is."""
+    probe = ("import resource, subprocess, sys\n"
+             "subprocess.run(sys.argv[1:], check=True, capture_output=True)\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], cwd=ROOT, check=True,
+                         capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def engine_scale(points_big: int) -> dict:
+    """Engine throughput with results discarded (no disk), 1e6 vs `points_big` points."""
+    from gradsvc.api import execute
+    from gradsvc.spec import job_from_text
+
+    class Discard:
+        def write(self, *args):
+            pass
+    out = {}
+    for label, n in {"1e6": 1_000_000, "big": points_big}.items():
+        side = int(round(n ** 0.5))
+        job = job_from_text(f"inputs:\n  a: {{linspace: [0.5, 2, {side}]}}\n"
+                            f"  b: {{linspace: [0.5, 2, {n // side}]}}\n  c: 1.5\n  d: 0.75\n"
+                            "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\nwrt: inputs\n"
+                            "settings: {dtype: float32, keep_values: outputs}\n")
+        execute(job, Discard())
+        best = min(execute(job, Discard()).timings["run_s"] for _ in range(3))
+        out[label] = {"points": job.grid.size, "points_per_s": job.grid.size / best}
+    out["throughput_ratio"] = out["big"]["points_per_s"] / out["1e6"]["points_per_s"]
+    print(f"engine, results discarded: {out['big']['points_per_s']:,.0f} points/s at "
+          f"{out['big']['points']:,} points = {out['throughput_ratio']:.2f}x the 1e6 run", flush=True)
+    return out
+
+
+def verify_share(n: int = 1_000_000) -> dict:
+    """What verification costs at 1e6 points with the default policy, through the CLI."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for graph in GRAPHS:
+            path = Path(tmp) / f"{graph}.yaml"
+            job = job_dict(graph, n, "float32", "all")
+            del job["settings"]["verify_points"], job["settings"]["fd_points"]
+            path.write_text(json.dumps(job))  # JSON is YAML
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "gradsvc", "run", str(path), "-f", "json"],
+                                  cwd=ROOT, capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - start
+            doc = json.loads(done.stdout)
+            t = doc["timings"]
+            out[graph] = {"wall_s": wall, "verify_s": t["verify_s"], "job_s": t["total_s"],
+                          "share_of_wall": t["verify_s"] / wall,
+                          "share_of_job": t["verify_s"] / t["total_s"],
+                          "checked_points": doc["verify"]["checked_points"]}
+            print(f"verification at {n:,} points ({graph}): {t['verify_s'] * 1e3:.0f} ms of "
+                  f"{wall:.2f} s wall ({out[graph]['share_of_wall']:.1%}; of the job's own "
+                  f"{t['total_s']:.3f} s: {out[graph]['share_of_job']:.0%}), "
+                  f"{doc['verify']['checked_points']} points checked", flush=True)
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -324,12 +416,13 @@ def main() -> None:
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "processor": platform.processor() or platform.machine(),
                           "jax": jax.__version__}}
-    report["throughput"] = throughput_table(sizes, ["float32", "float64"],
-                                            lambda n: 5 if n <= 1_000_000 else 3)
+    report["throughput"] = throughput_table(sizes, ["float32", "float64"])
     report["fast_math"] = fast_math_table()
     report["fast_math_medium"] = fast_math_on_medium()
     report["cold_start"] = cold_start()
+    report["verify_share"] = verify_share()
     if args.big and not args.quick:
+        report["engine_scale"] = engine_scale(int(args.big))
         report["scale"] = big_batch(int(args.big))
     (RESULTS / "bench.json").write_text(json.dumps(report, indent=2))
     plot(report["throughput"], RESULTS / "bench.png")

@@ -70,6 +70,22 @@ def kept_nodes(job: Job) -> tuple[str, ...]:
     return ()
 
 
+SMALL_GRAPH_OPS = 32  # up to this many primitive ops a graph is memory-bound: big chunks win
+CACHE_CHUNK, BIG_CHUNK = 1 << 16, 1 << 20
+
+
+def chunk_size_for(job: Job) -> int:
+    """Points per compiled call. Measured on the seed and medium graphs (benchmarks/README.md):
+    a graph with many intermediates runs fastest in chunks of 65536, whose intermediates stay in
+    cache; a small graph is bound by memory traffic, and one big chunk spares the per-chunk
+    dispatch and the copy of chunks into one array."""
+    size = job.grid.size
+    if job.settings.chunk_size != "auto":
+        return min(job.settings.chunk_size, size)
+    ops = sum(1 for n in job.graph.nodes if n.primitive is not None)
+    return min(BIG_CHUNK if ops <= SMALL_GRAPH_OPS else CACHE_CHUNK, size)
+
+
 def _compiled_for(job: Job, chunk_size: int) -> tuple[Compiled, bool]:
     s, grid = job.settings, job.grid
     kept = kept_nodes(job)
@@ -149,7 +165,7 @@ def execute(job: Job, sink, progress=None) -> Execution:
     """
     s, graph, grid = job.settings, job.graph, job.grid
     start = time.perf_counter()
-    compiled, reused = _compiled_for(job, min(s.chunk_size, grid.size))
+    compiled, reused = _compiled_for(job, chunk_size_for(job))
     compile_s = 0.0 if reused else compiled.compile_s
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
     kept = kept_nodes(job)

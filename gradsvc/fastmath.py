@@ -78,7 +78,8 @@ def sin(x):
     r, q = _reduce(x)
     s, c = _sin_cos_of_reduced(r)
     v = jnp.where((q & 1) == 0, s, c)  # quadrants: sin r, cos r, -sin r, -cos r
-    return jnp.where((q & 2) == 0, v, -v)
+    v = jnp.where((q & 2) == 0, v, -v)
+    return jnp.where(x == 0, x, v)  # sin(-0.0) = -0.0, which the polynomial's sum loses
 
 
 @jax.custom_jvp

@@ -317,8 +317,8 @@ def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exa
     """
     axes = _axes_on_device(compiled, grid)
     n, recomputed, pending = compiled.chunk_size, 0, None
-    for start in range(0, grid.size, n):
-        dispatched = (start, min(start + n, grid.size), compiled.call(np.int64(start), axes))
+    for start, stop in grid.chunks(n):
+        dispatched = (start, stop, compiled.call(np.int64(start), axes))
         if pending is not None:
             recomputed += _deliver(pending, on_chunk, compiled, axes, recompile_exact)
         pending = dispatched

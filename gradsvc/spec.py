@@ -110,8 +110,9 @@ class Settings(_Strict):
     """Runtime settings; every field may be set in configs/default.yaml, a job, or on the CLI."""
     dtype: Literal["float32", "float64"] = "float64"
     device: Literal["cpu", "gpu", "tpu"] = "cpu"
-    chunk_size: Count = Field(1 << 16, ge=1, le=1 << 24, description="points per compiled call; "
-                              "65536 keeps a chunk's intermediates in cache (measured fastest)")
+    chunk_size: Union[Literal["auto"], Annotated[Count, Field(ge=1, le=1 << 24)]] = Field(
+        "auto", description="points per compiled call; auto: 65536 for graphs with many "
+        "intermediates (they stay in cache), up to 1,048,576 for small memory-bound graphs")
     verify_points: Count = Field(2000, ge=1, description="check every point up to this many; "
                                  "above it, a seeded random sample of at most this many points")
     verify_budget: Number = Field(0.1, ge=0, description="for sampled grids: stop checking once "

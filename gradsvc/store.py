@@ -80,7 +80,7 @@ class _NpyColumn:
         np.lib.format.write_array_header_1_0(self.file, header)
 
     def write(self, data: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(data).tobytes())
+        self.file.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no intermediate copy
 
     def close(self) -> None:
         self.file.flush()

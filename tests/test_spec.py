@@ -150,7 +150,7 @@ def test_settings_precedence(tmp_path):
     job = job_from_text(BASE + "settings: {verify_points: 9}\n", config=config,
                         overrides={"fd_points": 1})
     s = job.settings
-    assert (s.dtype, s.verify_points, s.fd_points, s.chunk_size) == ("float32", 9, 1, 1 << 16)
+    assert (s.dtype, s.verify_points, s.fd_points, s.chunk_size) == ("float32", 9, 1, "auto")
 
 
 def test_shipped_default_config_is_valid_and_complete():

@@ -1,0 +1,69 @@
+"""fast_math: fused polynomial sin/cos, accurate within their range, exact fallback beyond it."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradsvc
+from gradsvc import fastmath, jaxrun  # noqa: F401  (jaxrun turns on float64)
+
+# Measured bounds (benchmarks/README.md), with a little room: max abs error over |x| <= bound
+ERROR = {"float32": 1.2e-7, "float64": 4.5e-16}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bound", [1.0, 100.0, "limit"])
+def test_accuracy_against_numpy_float64(dtype, bound):
+    bound = fastmath.ACCURATE_UP_TO[dtype] if bound == "limit" else bound
+    x = np.random.default_rng(1).uniform(-bound, bound, 200_000).astype(dtype)
+    exact = x.astype(np.float64)
+    assert np.abs(np.asarray(jax.jit(fastmath.sin)(x)) - np.sin(exact)).max() < ERROR[dtype]
+    assert np.abs(np.asarray(jax.jit(fastmath.cos)(x)) - np.cos(exact)).max() < ERROR[dtype]
+
+
+@pytest.mark.parametrize("x", [0.0, -0.0, math.pi / 2, -math.pi, 1e-30, 3 * math.pi / 4])
+def test_special_points(x):
+    x64 = jnp.float64(x)
+    assert float(fastmath.sin(x64)) == pytest.approx(math.sin(x), abs=3e-16)
+    assert float(fastmath.cos(x64)) == pytest.approx(math.cos(x), abs=3e-16)
+    assert math.copysign(1.0, float(fastmath.sin(jnp.float64(-0.0)))) == -1.0
+
+
+def test_non_finite_gives_nan():
+    for x in (math.inf, -math.inf, math.nan):
+        assert math.isnan(float(fastmath.sin(jnp.float32(x))))
+        assert math.isnan(float(fastmath.cos(jnp.float64(x))))
+
+
+def test_derivatives_are_cos_and_minus_sin():
+    x = jnp.float64(0.7)
+    assert float(jax.grad(fastmath.sin)(x)) == pytest.approx(math.cos(0.7), rel=1e-15)
+    assert float(jax.grad(fastmath.cos)(x)) == pytest.approx(-math.sin(0.7), rel=1e-15)
+
+
+def test_chunks_beyond_the_range_are_recomputed_exactly():
+    job = {"inputs": {"x": {"linspace": [-3.0e4, 3.0e4, 7]}}, "graph": {"f": "sin(x) * cos(x)"},
+           "outputs": ["f"], "settings": {"dtype": "float32", "chunk_size": 4}}
+    fast = gradsvc.run(job)
+    exact = gradsvc.run(job, fast_math=False)
+    assert fast.ok and fast.timings["chunks_recomputed_exact"] == 2  # both chunks hold |x| > 8192
+    np.testing.assert_array_equal(fast.values["f"], exact.values["f"])
+    np.testing.assert_array_equal(fast.grads["f"]["x"], exact.grads["f"]["x"])
+
+
+def test_chunks_within_the_range_stay_fast():
+    r = gradsvc.run({"inputs": {"x": {"linspace": [-10, 10, 101]}}, "graph": {"f": "sin(x)"},
+                     "outputs": ["f"]})
+    assert r.ok and r.timings["chunks_recomputed_exact"] == 0
+    np.testing.assert_allclose(r.values["f"], np.sin(np.linspace(-10, 10, 101)), atol=4.5e-16)
+
+
+@pytest.mark.parametrize("keep, expected", [("all", ["x", "s", "f"]), ("outputs", ["x", "f"]),
+                                            ("none", ["x"])])
+def test_keep_values(keep, expected):
+    r = gradsvc.run({"inputs": {"x": [0.5, 1.0]}, "graph": {"s": "sin(x)", "f": "s * x"},
+                     "outputs": ["f"], "settings": {"keep_values": keep}})
+    assert r.ok and list(r.values) == expected
+    assert r.grads["f"]["x"][1] == pytest.approx(math.sin(1.0) + math.cos(1.0))
