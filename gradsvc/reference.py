@@ -144,7 +144,8 @@ def _value_errors(graph: Graph, values: dict[str, float], unit: float
 
 
 def _crosses_domain(op, args: tuple, args_err: tuple, value: float) -> bool:
-    """Could arguments within (a widened) rounding error make this op's value non-finite, or finite?
+    """Could arguments within (a widened) rounding error make this op's value non-finite, finite,
+    or an infinity of the other sign ((-0.0) ** -1 is -inf, (-0.0) ** -0.9999 is +inf)?
 
     Besides the interval ends it tries the integers inside each interval: domain edges of the
     table's ops sit at integers (0 for log, sqrt and division; every integer for a negative base's
@@ -164,9 +165,16 @@ def _crosses_domain(op, args: tuple, args_err: tuple, value: float) -> bool:
                            if abs(k - a) <= width)
         choices.append(options)
     for moved in _combinations(choices):
-        if math.isfinite(op.value(*moved)) != math.isfinite(value):
+        if _kind(op.value(*moved)) != _kind(value):
             return True
     return False
+
+
+def _kind(x: float) -> str:
+    """What rounding must not change: finite, nan, +inf or -inf."""
+    if math.isfinite(x):
+        return "finite"
+    return "nan" if math.isnan(x) else ("+inf" if x > 0 else "-inf")
 
 
 def _combinations(choices: list) -> list[tuple]:

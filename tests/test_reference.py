@@ -60,3 +60,11 @@ def test_domain_edge_within_rounding_marks_the_value_unstable():
     g = job_from_text("inputs: {x: 8.0}\ngraph: {t: tanh(x), p: (-1.0) ** t}\noutputs: [p]").graph
     assert "p" in run_point(g, {"x": 8.0}, unit=2.0 ** -24).unstable
     assert "p" not in run_point(g, {"x": 0.5}, unit=2.0 ** -24).unstable
+
+
+def test_infinity_whose_sign_rounding_can_flip_is_unstable():
+    """Found by the fuzzer: (-0.0) ** tanh(-19.5) is -inf when tanh rounds to -1, +inf when it
+    stops a hair short; the reference must not hold JAX to either sign."""
+    g = job_from_text("inputs: {x: -0.0, y: -6.5}\ngraph: {t: tanh(3.0 * y), p: x ** t}\n"
+                      "outputs: [p]").graph
+    assert "p" in run_point(g, {"x": -0.0, "y": -6.5}, unit=2.0 ** -53).unstable
