@@ -129,7 +129,7 @@ def execute_run_only(job) -> None:
     """The run phase alone: every chunk computed and its results delivered to host memory."""
     from gradsvc.api import MemorySink, _compiled_for, _exact_twin, chunk_size_for
     from gradsvc.jaxrun import run_chunks
-    compiled, _ = _compiled_for(job, chunk_size_for(job))
+    compiled, _ = _compiled_for(job, chunk_size_for(job, whole=True))
     sink = MemorySink(job)
     run_chunks(compiled, job.grid, sink.write, _exact_twin(job, compiled))
 

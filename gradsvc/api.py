@@ -71,19 +71,22 @@ def kept_nodes(job: Job) -> tuple[str, ...]:
 
 
 SMALL_GRAPH_OPS = 32  # up to this many primitive ops a graph is memory-bound: big chunks win
-CACHE_CHUNK, BIG_CHUNK = 1 << 16, 1 << 20
+CACHE_CHUNK = 1 << 16  # graphs with many intermediates: they stay in cache
+STREAM_CHUNK = 1 << 20  # small graphs, results streamed (to disk): bounded memory per chunk
+WHOLE_CHUNK = 1 << 24  # small graphs, results kept in memory: one chunk is the final array
 
 
-def chunk_size_for(job: Job) -> int:
+def chunk_size_for(job: Job, whole: bool) -> int:
     """Points per compiled call. Measured on the seed and medium graphs (benchmarks/README.md):
     a graph with many intermediates runs fastest in chunks of 65536, whose intermediates stay in
-    cache; a small graph is bound by memory traffic, and one big chunk spares the per-chunk
-    dispatch and the copy of chunks into one array."""
+    cache; a small graph is bound by memory traffic, and when the results stay in memory (`whole`)
+    one chunk spares the per-chunk dispatch and the copy of chunks into one array per result."""
     size = job.grid.size
     if job.settings.chunk_size != "auto":
         return min(job.settings.chunk_size, size)
-    ops = sum(1 for n in job.graph.nodes if n.primitive is not None)
-    return min(BIG_CHUNK if ops <= SMALL_GRAPH_OPS else CACHE_CHUNK, size)
+    if sum(1 for n in job.graph.nodes if n.primitive is not None) > SMALL_GRAPH_OPS:
+        return min(CACHE_CHUNK, size)
+    return min(WHOLE_CHUNK if whole else STREAM_CHUNK, size)
 
 
 def _compiled_for(job: Job, chunk_size: int) -> tuple[Compiled, bool]:
@@ -125,6 +128,8 @@ def as_job(job, overrides: dict | None = None, config=None) -> Job:
 class MemorySink:
     """Keeps every point's values and gradients in memory, one array per node and per gradient."""
 
+    whole = True  # everything is kept: the bigger the chunk, the fewer copies
+
     def __init__(self, job: Job):
         graph, size, dtype = job.graph, job.grid.size, DTYPES[job.settings.dtype]
         n_values, n_grads = len(kept_nodes(job)), len(graph.outputs) * len(graph.wrt)
@@ -165,7 +170,7 @@ def execute(job: Job, sink, progress=None) -> Execution:
     """
     s, graph, grid = job.settings, job.graph, job.grid
     start = time.perf_counter()
-    compiled, reused = _compiled_for(job, chunk_size_for(job))
+    compiled, reused = _compiled_for(job, chunk_size_for(job, getattr(sink, "whole", False)))
     compile_s = 0.0 if reused else compiled.compile_s
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
     kept = kept_nodes(job)

@@ -112,7 +112,8 @@ class Settings(_Strict):
     device: Literal["cpu", "gpu", "tpu"] = "cpu"
     chunk_size: Union[Literal["auto"], Annotated[Count, Field(ge=1, le=1 << 24)]] = Field(
         "auto", description="points per compiled call; auto: 65536 for graphs with many "
-        "intermediates (they stay in cache), up to 1,048,576 for small memory-bound graphs")
+        "intermediates (they stay in cache); for small memory-bound graphs 1,048,576 when results "
+        "stream to disk, up to 16,777,216 when they are kept in memory")
     verify_points: Count = Field(2000, ge=1, description="check every point up to this many; "
                                  "above it, a seeded random sample of at most this many points")
     verify_budget: Number = Field(0.1, ge=0, description="for sampled grids: stop checking once "
