@@ -90,18 +90,8 @@ def print_table(result, console: Console) -> None:
 
 
 def _point_table(result, i: int) -> Table:
-    graph = result.job.graph
     title = f"point {i}" if result.points > 1 else None
-    table = Table(title=title, title_justify="left")
-    table.add_column("node")
-    table.add_column("formula", style="dim")
-    table.add_column("value", justify="right")
-    for out in graph.outputs:
-        table.add_column(f"d{out}/d(node)", justify="right")
-    for name in graph.visible:
-        grads = [_fmt(result.grads[o][name][i]) if name in result.grads[o] else "" for o in graph.outputs]
-        table.add_row(name, graph.formulas.get(name, "input"), _fmt(result.values[name][i]), *grads)
-    return table
+    return _node_table(result, title, lambda a: _fmt(a[i]))
 
 
 def _range(a: np.ndarray) -> str:
@@ -113,16 +103,22 @@ def _range(a: np.ndarray) -> str:
 
 
 def _summary_table(result) -> Table:
+    return _node_table(result, "over the grid: min .. max", _range)
+
+
+def _node_table(result, title: str | None, cell) -> Table:
+    """One row per input and node: formula, value and d(output)/d(node), each shown by `cell`."""
     graph = result.job.graph
-    table = Table(title="over the grid: min .. max", title_justify="left")
+    table = Table(title=title, title_justify="left")
     table.add_column("node")
     table.add_column("formula", style="dim")
     table.add_column("value", justify="right")
     for out in graph.outputs:
         table.add_column(f"d{out}/d(node)", justify="right")
     for name in graph.visible:
-        grads = [_range(result.grads[o][name]) if name in result.grads[o] else "" for o in graph.outputs]
-        table.add_row(name, graph.formulas.get(name, "input"), _range(result.values[name]), *grads)
+        value = cell(result.values[name]) if name in result.values else "(not kept)"
+        grads = [cell(result.grads[o][name]) if name in result.grads[o] else "" for o in graph.outputs]
+        table.add_row(name, graph.formulas.get(name, "input"), value, *grads)
     return table
 
 

@@ -109,3 +109,12 @@ def test_console_script_exit_codes_and_no_traceback(tmp_path):
     bad.write_text("inputs: {a: 1}\ngraph: {z: __import__('os')}\noutputs: [z]\n")
     out = subprocess.run([*exe, "run", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_table_marks_values_that_were_not_kept(write_job):
+    path = write_job("inputs: {a: 2.0}\ngraph: {x: a * 3, z: x + 1}\noutputs: [z]\n"
+                     "settings: {keep_values: outputs}\n")
+    result = cli("run", path)
+    assert result.exit_code == 0
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│ x"))
+    assert "(not kept)" in row and row.rstrip("│ ").endswith("1")
