@@ -227,8 +227,8 @@ def fast_math_table(n: int = 1_000_000) -> list[dict]:
                 xj = jnp.asarray(x)
                 row[f"{label}_max_abs_err"] = float(max(np.abs(np.asarray(s(xj)) - exact[0]).max(),
                                                         np.abs(np.asarray(c(xj)) - exact[1]).max()))
-                row[f"{label}_ms"] = 1e3 * min_time(lambda: (s(xj).block_until_ready(),
-                                                             c(xj).block_until_ready()), 5) / 2
+                row[f"{label}_ms"] = 1e3 * min_time(lambda s=s, c=c, xj=xj: (
+                    s(xj).block_until_ready(), c(xj).block_until_ready()), 5) / 2
             rows.append(row)
             print(f"fast_math {dtype} |x|<={bound:g}: fast err {row['fast_max_abs_err']:.2e} "
                   f"{row['fast_ms']:.2f} ms, xla err {row['xla_max_abs_err']:.2e} "

@@ -125,7 +125,7 @@ def batch(
     except KeyboardInterrupt:
         err.print(f"interrupted: finished results are kept in {out_dir}; the job in progress was "
                   "discarded; run the same command again to resume", markup=False)
-        raise typer.Exit(code=EXIT_INTERRUPTED)
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
     for outcome in outcomes:
         if outcome.message and outcome.status not in ("skipped", "ok"):
             err.print(outcome.message, markup=False)

@@ -10,9 +10,9 @@ Then fdlibm's (float64) or Cephes' (float32) minimax polynomials for sin and cos
 quadrant k mod 4 picks the sign and which polynomial.
 
 Accuracy: measured against numpy's float64 sin/cos over a million uniform points by `make bench`
-(benchmarks/README.md has the table), within |x| <= ACCURATE_UP_TO. Beyond `ACCURATE_UP_TO[dtype]` the reduction loses
-accuracy, so the kernel also reports whether any argument in a chunk went past it, and such a chunk
-is recomputed with XLA's own sin/cos (see jaxrun). Derivatives are defined with custom_jvp
+(benchmarks/README.md has the table) within |x| <= ACCURATE_UP_TO[dtype]. Beyond it the reduction
+loses accuracy, so the kernel also reports whether any argument in a chunk went past it, and such a
+chunk is recomputed with XLA's own sin/cos (see jaxrun). Derivatives are defined with custom_jvp
 (sin' = cos, cos' = -sin, both fast), as JAX's own rules are.
 """
 from __future__ import annotations

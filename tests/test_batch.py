@@ -1,7 +1,6 @@
 """`gradsvc batch`: results on disk, atomic folders, resume, failures recorded, interrupts."""
 import fcntl
 import json
-import os
 import signal
 import subprocess
 import sys
