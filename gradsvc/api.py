@@ -191,7 +191,9 @@ def execute(job: Job, sink, progress=None) -> Execution:
                     factor=s.tolerance.factor, fd_points=s.fd_points, fd_rtol=s.tolerance.fd_rtol,
                     budget_s=budget, min_points=s.verify_min_points)
     verify_s = time.perf_counter() - verify_start
-    timings = {"compile_s": compile_s, "run_s": run_s, "verify_s": verify_s,
+    timings = {"compile_s": compile_s,
+               "compiled_from": "this process" if reused else compiled.source,
+               "run_s": run_s, "verify_s": verify_s,
                "total_s": time.perf_counter() - start,
                "points_per_s": grid.size / run_s if run_s > 0 else float("inf"),
                "chunks": -(-grid.size // compiled.chunk_size), "chunks_recomputed_exact": recomputed}

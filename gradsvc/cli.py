@@ -70,6 +70,8 @@ def run(
                                                    "configs/default.yaml")] = None,
     verify_points: Annotated[Optional[int], typer.Option(min=1, help="points checked against the "
                                                          "reference (all up to this many)")] = None,
+    compile_cache: Annotated[Optional[str], typer.Option(help="compiled-kernel cache folder, or "
+                                                         "off")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(min=1, help="points per compiled call")] = None,
 ) -> None:
     """Run jobs: every node's value and d(output)/d(node), verified against the reference."""
@@ -77,7 +79,8 @@ def run(
     from .report import print_table, to_json
 
     overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
-                 "verify_points": verify_points, "chunk_size": chunk_size}
+                 "verify_points": verify_points, "chunk_size": chunk_size,
+                 "compile_cache": compile_cache}
     documents, worst = [], EXIT_OK
     for path in jobs:
         try:
@@ -112,11 +115,14 @@ def batch(
     device: Annotated[Optional[Device], typer.Option(help="override every job's device")] = None,
     config: Annotated[Optional[Path], typer.Option(help="settings file instead of "
                                                    "configs/default.yaml")] = None,
+    compile_cache: Annotated[Optional[str], typer.Option(help="compiled-kernel cache folder, or "
+                                                         "off")] = None,
 ) -> None:
     """Run many jobs into one folder each under --out, with progress; skips finished jobs."""
     from .batch import EXIT_INTERRUPTED, exit_code, run_batch, summary_table
 
-    overrides = {"dtype": dtype and dtype.value, "device": device and device.value}
+    overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
+                 "compile_cache": compile_cache}
     try:
         outcomes = run_batch(paths, out_dir, force=force, overrides=overrides, config=config,
                              console=err)

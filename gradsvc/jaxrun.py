@@ -173,6 +173,7 @@ class Compiled:
     device: object
     compile_s: float
     fast: bool
+    source: str = "compiled"  # or "executable cache": loaded from disk, nothing traced
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
 
 
@@ -206,6 +207,7 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     key = _executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
     trees = _trees(len(grid.axes), len(kept), len(graph.outputs) * len(graph.wrt))
     compiled = _load_executable(key, dev, trees)
+    source = "executable cache" if compiled is not None else "compiled"
     if compiled is None:
         fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size))
         sharding = jax.sharding.SingleDeviceSharding(dev)
@@ -214,7 +216,8 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
                        for a in device_axes(grid, np_dtype, chunk_size)))
         compiled = fn.lower(*specs).compile()
         _store_executable(key, compiled, dev, grid, np_dtype, chunk_size, trees)
-    return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start, fast)
+    return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start, fast,
+                    source=source)
 
 
 def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,

@@ -180,3 +180,16 @@ def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
 def test_missing_path_is_a_usage_error(tmp_path):
     result = cli("batch", tmp_path / "nope", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "no such job file or folder" in result.stderr
+
+
+def test_jobs_with_the_same_graph_structure_compile_once(tmp_path):
+    text = ("name: {name}\ninputs: {{a: [1.0, 2.0], b: {b}}}\ngraph: {{z: sin(a) * b}}\n"
+            "outputs: [z]\nsettings: {{compile_cache: 'off'}}\n")
+    (tmp_path / "one.yaml").write_text(text.format(name="one", b=3.0))
+    (tmp_path / "two.yaml").write_text(text.format(name="two", b=5.0))
+    outcomes = run_batch([tmp_path / "one.yaml", tmp_path / "two.yaml"], tmp_path / "out")
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert outcomes[1].timings["compiled_from"] == "this process"
+    assert outcomes[1].timings["compile_s"] == 0.0
+    assert np.load(tmp_path / "out" / "two" / "values" / "z.npy").tolist() == \
+        pytest.approx([5 * np.sin(1.0), 5 * np.sin(2.0)])

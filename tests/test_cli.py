@@ -118,3 +118,17 @@ def test_table_marks_values_that_were_not_kept(write_job):
     assert result.exit_code == 0
     row = next(line for line in result.stdout.splitlines() if line.startswith("│ x"))
     assert "(not kept)" in row and row.rstrip("│ ").endswith("1")
+
+
+def test_a_second_process_loads_the_compiled_kernel_from_the_cache(tmp_path):
+    """The compile cache is on by default and shared by processes; `off` turns it off."""
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "gradsvc", "run", "jobs/damped_oscillator.yaml", "-f", "json",
+           "--compile-cache", str(cache)]
+    sources = [json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                         check=True).stdout)["timings"]["compiled_from"]
+               for _ in range(2)]
+    assert sources == ["compiled", "executable cache"]
+    assert any(cache.glob("gradsvc-exec-*.bin"))
+    off = subprocess.run([*cmd[:-1], "off"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(off.stdout)["timings"]["compiled_from"] == "compiled"
