@@ -167,8 +167,6 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                 outcome.message = f"{outcome.file}: internal error: {type(error).__name__}: {error}"
             else:
                 _record(outcome, written.summary)
-            finally:
-                progress.remove_task(task)
 
 
 def _record(outcome: JobOutcome, summary: dict) -> None:
