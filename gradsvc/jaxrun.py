@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import time
 from pathlib import Path
@@ -126,13 +127,17 @@ def _implementation(node, fast: bool) -> Callable | None:
 
 
 def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast: bool,
-                   chunk_size: int) -> Callable:
+                   chunk_size: int, layout: list) -> Callable:
     """f(start, axes) for the chunk of points start .. start + chunk_size - 1.
 
     The coordinates are made on the device from the point index (product grids: digit j of the
     index in the mixed radix of the axis lengths, looked up in the axis; zip grids: a slice of the
     axis, padded on the host to whole chunks), so no coordinates cross from the host per chunk.
     Indices past the end repeat the last point (padding).
+
+    Results that are the very same traced value (the seed's dz/da and dz/db are both c*d) are
+    returned once: distinct outputs would make XLA copy one into a second buffer. `layout` is
+    filled while tracing with, for each kept value then gradient, the index of its array.
     """
     per_point = point_function(graph, dtype, kept, fast)
     lengths = [len(axis.values) for axis in grid.axes]
@@ -150,9 +155,19 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
             else:
                 columns.append(axis[(index // stride) % length])
         values, grads, flags = jax.vmap(per_point)(*columns)
-        return values, grads, jnp.any(flags)
+        unique: list = []
+        layout[:] = [_index_of(unique, result) for result in (*values, *grads)]
+        return tuple(unique), jnp.any(flags)
 
     return chunk
+
+
+def _index_of(unique: list, result) -> int:
+    for i, seen in enumerate(unique):
+        if seen is result:
+            return i
+    unique.append(result)
+    return len(unique) - 1
 
 
 def get_device(kind: str):
@@ -167,13 +182,15 @@ def get_device(kind: str):
 @dataclass
 class Compiled:
     """A job's compiled chunk function and how it was built."""
-    call: Callable  # (start index, axes) -> (values, grads, any argument beyond fast range)
+    call: Callable  # (start index, axes) -> (distinct result arrays, any argument beyond range)
     chunk_size: int
     dtype: str
     device: object
     compile_s: float
     fast: bool
-    source: str = "compiled"  # or "executable cache": loaded from disk, nothing traced
+    layout: tuple[int, ...]  # for each kept value, then each gradient: which returned array
+    source: str  # "compiled", or "executable cache": loaded from disk, nothing traced
+    n_grads: int
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
 
 
@@ -205,19 +222,23 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     dev = get_device(device)
     start = time.perf_counter()
     key = _executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
-    trees = _trees(len(grid.axes), len(kept), len(graph.outputs) * len(graph.wrt))
-    compiled = _load_executable(key, dev, trees)
-    source = "executable cache" if compiled is not None else "compiled"
-    if compiled is None:
-        fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size))
-        sharding = jax.sharding.SingleDeviceSharding(dev)
-        specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
-                 tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding)
-                       for a in device_axes(grid, np_dtype, chunk_size)))
-        compiled = fn.lower(*specs).compile()
-        _store_executable(key, compiled, dev, grid, np_dtype, chunk_size, trees)
-    return Compiled(compiled, chunk_size, dtype, dev, time.perf_counter() - start, fast,
-                    source=source)
+    n_grads = len(graph.outputs) * len(graph.wrt)
+    loaded = _load_executable(key, dev, len(grid.axes))
+    if loaded is not None:
+        executable, layout = loaded
+        return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
+                        layout, "executable cache", n_grads)
+    traced_layout: list = []
+    fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size, traced_layout))
+    sharding = jax.sharding.SingleDeviceSharding(dev)
+    specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
+             tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding)
+                   for a in device_axes(grid, np_dtype, chunk_size)))
+    executable = fn.lower(*specs).compile()
+    layout = tuple(traced_layout)
+    _store_executable(key, executable, dev, grid, np_dtype, chunk_size, layout)
+    return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
+                    "compiled", n_grads)
 
 
 def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
@@ -237,26 +258,29 @@ def _executable_path(key: str) -> Path | None:
     return None if _cache_dir[0] is None else Path(_cache_dir[0]) / f"gradsvc-exec-{key}.bin"
 
 
-def _trees(n_axes: int, n_values: int, n_grads: int):
+def _trees(n_axes: int, n_arrays: int):
     """The argument and result structure of a chunk function (rebuilt, so nothing is unpickled
     beyond the executable itself)."""
     return (jax.tree_util.tree_structure(((0, (0,) * n_axes), {})),
-            jax.tree_util.tree_structure(((0,) * n_values, (0,) * n_grads, 0)))
+            jax.tree_util.tree_structure(((0,) * n_arrays, 0)))
 
 
-def _load_executable(key: str, dev, trees):
+def _load_executable(key: str, dev, n_axes: int):
+    """(executable, layout) from the cache folder, or None. The layout travels beside it."""
     path = _executable_path(key)
     if path is None or not path.is_file():
         return None
     try:
+        layout = tuple(json.loads(path.with_suffix(".json").read_text())["layout"])
+        trees = _trees(n_axes, max(layout, default=-1) + 1)
         return serialize_executable.deserialize_and_load(path.read_bytes(), *trees,
-                                                         execution_devices=[dev])
-    except Exception:  # a stale or damaged entry only costs a recompilation
+                                                         execution_devices=[dev]), layout
+    except Exception:  # a stale, partial or damaged entry only costs a recompilation
         return None
 
 
 def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size: int,
-                      trees) -> None:
+                      layout: tuple[int, ...]) -> None:
     """Keep the executable only if a reloaded copy computes exactly what the original does: an
     executable that JAX itself loaded from its cache does not serialize completely."""
     path = _executable_path(key)
@@ -264,6 +288,7 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size:
         return
     try:
         payload, _, _ = serialize_executable.serialize(compiled)
+        trees = _trees(len(grid.axes), max(layout, default=-1) + 1)
         reloaded = serialize_executable.deserialize_and_load(payload, *trees,
                                                              execution_devices=[dev])
         args = (np.int64(0), tuple(jax.device_put(a, dev)
@@ -273,9 +298,12 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size:
             if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
                 return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
+        sidecar = path.with_suffix(".json")
+        for target, data in ((sidecar, json.dumps({"layout": list(layout)}).encode()),
+                             (path, payload)):  # the executable last: it marks a whole entry
+            tmp = target.with_name(f".{target.name}.{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
     except Exception:  # caching is an optimisation; never fail a run over it
         return
 
@@ -331,13 +359,17 @@ def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exa
 
 
 def _deliver(pending, on_chunk, compiled: Compiled, axes, recompile_exact) -> int:
-    start, stop, (values, grads, beyond) = pending
+    start, stop, (arrays, beyond) = pending
     redo = bool(beyond)
+    layout = compiled.layout
     if redo:
         if compiled.exact is None:
             compiled.exact = recompile_exact()
-        values, grads, _ = compiled.exact.call(np.int64(start), axes)
+        arrays, _ = compiled.exact.call(np.int64(start), axes)
+        layout = compiled.exact.layout
     count = stop - start
-    on_chunk(start, stop, [np.asarray(v)[:count] for v in values],
-             [np.asarray(g)[:count] for g in grads])
+    host = [np.asarray(a)[:count] for a in arrays]
+    results = [host[i] for i in layout]  # a shared result is one array, named twice
+    n_values = len(results) - compiled.n_grads
+    on_chunk(start, stop, results[:n_values], results[n_values:])
     return int(redo)
