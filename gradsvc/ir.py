@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .errors import GraphError, Location
 from .ops import op_for, Op
@@ -53,10 +54,15 @@ class Graph:
     def node(self, name: str) -> Node:
         return self.nodes[self.position[name]]
 
-    def structure_key(self) -> tuple:
-        """Hashable description of the computation (no locations): equal keys compile identically."""
+    @cached_property
+    def _structure(self) -> tuple:
         return (tuple((n.name, n.op, n.args, n.const, n.param) for n in self.nodes),
                 self.inputs, self.named, self.outputs, self.wrt)
+
+    def structure_key(self) -> tuple:
+        """Hashable description of the computation (no locations): equal keys compile identically.
+        Computed once per graph: it keys the compiled-function cache on every run."""
+        return self._structure
 
 
 def did_you_mean(name: str, candidates) -> str | None:

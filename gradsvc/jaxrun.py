@@ -191,6 +191,7 @@ class Compiled:
     layout: tuple[int, ...]  # for each kept value, then each gradient: which returned array
     source: str  # "compiled", or "executable cache": loaded from disk, nothing traced
     n_grads: int
+    fast_ops: bool  # whether any fast sin/cos is in the kernel (else its flag needs no reading)
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
 
 
@@ -223,11 +224,12 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     start = time.perf_counter()
     key = _executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
     n_grads = len(graph.outputs) * len(graph.wrt)
+    fast_ops = fast and any(n.op in FAST_OPS for n in graph.nodes)
     loaded = _load_executable(key, dev, len(grid.axes))
     if loaded is not None:
         executable, layout = loaded
         return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
-                        layout, "executable cache", n_grads)
+                        layout, "executable cache", n_grads, fast_ops)
     traced_layout: list = []
     fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size, traced_layout))
     sharding = jax.sharding.SingleDeviceSharding(dev)
@@ -238,7 +240,7 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     layout = tuple(traced_layout)
     _store_executable(key, executable, dev, grid, np_dtype, chunk_size, layout)
     return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
-                    "compiled", n_grads)
+                    "compiled", n_grads, fast_ops)
 
 
 def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
@@ -360,7 +362,7 @@ def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exa
 
 def _deliver(pending, on_chunk, compiled: Compiled, axes, recompile_exact) -> int:
     start, stop, (arrays, beyond) = pending
-    redo = bool(beyond)
+    redo = compiled.fast_ops and bool(beyond)  # without fast sin/cos the flag is always False
     layout = compiled.layout
     if redo:
         if compiled.exact is None:
