@@ -22,13 +22,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-from .errors import (EXIT_INVALID, EXIT_MISMATCH, EXIT_OK, GradsvcError, UsageError)
+from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_IO, EXIT_MISMATCH,
+                     EXIT_OK, GradsvcError, UsageError)
 from .spec import Job, load_job
 from .store import (is_complete, existing_summary, remove_stale_temporaries, safe_folder_name,
                     write_json_atomic, write_result)
 
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 JOB_SUFFIXES = (".yaml", ".yml")
 
 
@@ -36,7 +35,7 @@ JOB_SUFFIXES = (".yaml", ".yml")
 class JobOutcome:
     file: str
     name: str
-    status: str  # ok, mismatch, skipped, invalid, device, error, interrupted, not run
+    status: str  # ok, mismatch, skipped, invalid, device, write error, error, interrupted, not run
     points: int = 0
     max_rel_err: float | None = None
     timings: dict = field(default_factory=dict)
@@ -64,8 +63,13 @@ def collect_job_files(paths: list[Path]) -> list[Path]:
 @contextmanager
 def locked(out: Path):
     """One batch at a time per output folder: two writers would race on the same results."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".gradsvc.lock", "w") as handle:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / ".gradsvc.lock", "w")
+    except OSError as error:
+        raise UsageError(f"cannot write results to {out}: {error.strerror}",
+                         hint="choose an --out folder you can create and write to") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -160,7 +164,7 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                 outcome.status = "device" if error.exit_code == 3 else "invalid"
                 outcome.message, outcome.exit_code = str(error), error.exit_code
             except OSError as error:  # disk full, permissions: the job failed, the batch goes on
-                outcome.status, outcome.exit_code = "error", EXIT_INTERNAL
+                outcome.status, outcome.exit_code = "write error", EXIT_IO
                 outcome.message = f"{outcome.file}: error: could not write the result: {error}"
             except Exception as error:  # a bug: record it, keep the other jobs going
                 outcome.status, outcome.exit_code = "error", EXIT_INTERNAL
@@ -202,7 +206,8 @@ def summary_table(outcomes: list[JobOutcome]) -> Table:
                             ("verify s", "right")]:
         table.add_column(column, justify=justify)
     styles = {"ok": "green", "skipped": "cyan", "mismatch": "red", "invalid": "red",
-              "device": "red", "error": "red", "interrupted": "yellow", "not run": "yellow"}
+              "device": "red", "write error": "red", "error": "red", "interrupted": "yellow",
+              "not run": "yellow"}
     for o in outcomes:
         t = o.timings or {}
         err = "" if o.max_rel_err is None else f"{o.max_rel_err:.2g}"

@@ -1,7 +1,8 @@
 """The `gradsvc` command line: thin typer commands over the library.
 
 Exit codes: 0 verified, 1 verification mismatch, 2 invalid job or usage, 3 device unavailable,
-70 internal error (a bug in gradsvc: please report it), 130 interrupted.
+4 results could not be written, 70 internal error (a bug in gradsvc: please report it),
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .errors import EXIT_INVALID, EXIT_MISMATCH, EXIT_OK, GradsvcError
+from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_MISMATCH, EXIT_OK,
+                     GradsvcError)
 
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 
 app = typer.Typer(help="gradsvc: values and verified gradients of formula graphs, from YAML jobs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -119,7 +119,7 @@ def batch(
                                                          "off")] = None,
 ) -> None:
     """Run many jobs into one folder each under --out, with progress; skips finished jobs."""
-    from .batch import EXIT_INTERRUPTED, exit_code, run_batch, summary_table
+    from .batch import exit_code, run_batch, summary_table
 
     overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
                  "compile_cache": compile_cache}

@@ -12,6 +12,9 @@ EXIT_OK = 0
 EXIT_MISMATCH = 1  # the job ran, but JAX and the reference (or finite differences) disagree
 EXIT_INVALID = 2  # the job file, a formula or the command line is wrong
 EXIT_DEVICE = 3  # the job is fine but the requested device is not available here
+EXIT_IO = 4  # results could not be written (disk full, permissions, a vanished folder)
+EXIT_INTERNAL = 70  # a bug in gradsvc, not the user's doing (EX_SOFTWARE)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 @dataclass(frozen=True)

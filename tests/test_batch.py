@@ -213,3 +213,29 @@ def test_a_big_batch_streams_in_bounded_memory(tmp_path):
     written = sum(p.stat().st_size for p in (tmp_path / "out" / "big").rglob("*.npy"))
     assert written > 1_000_000_000
     assert peak_mb < 700, f"peak RSS {peak_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("make_out", [lambda tmp: tmp / "a_file", lambda tmp: Path("/proc/nope")])
+def test_an_unusable_out_folder_is_a_usage_error(tmp_path, make_out):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = cli("batch", "jobs/seed_chain.yaml", "--out", make_out(tmp_path))
+    assert result.exit_code == 2 and "cannot write results to" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_a_write_failure_is_recorded_with_its_own_exit_code(tmp_path, monkeypatch):
+    """A job whose result cannot be written (here: the disk says it is full) fails alone."""
+    from gradsvc import store
+
+    real = store._NpyColumn.write
+
+    def full(self, data):
+        if "seed_sum" in str(self.file.name) or "seed-sum" in str(self.file.name):
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+    monkeypatch.setattr(store._NpyColumn, "write", full)
+    outcomes = run_batch([ROOT / "jobs/seed_chain.yaml", ROOT / "jobs/seed_sum_product.yaml"],
+                         tmp_path)
+    assert [o.status for o in outcomes] == ["ok", "write error"]
+    assert outcomes[1].exit_code == 4 and "No space left on device" in outcomes[1].message
+    assert not (tmp_path / "seed-sum-product").exists() and not list(tmp_path.glob(".*.tmp-*"))
