@@ -10,6 +10,7 @@ compiles once.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 import importlib
 import json
 import os
@@ -231,16 +232,40 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
         return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
                         layout, "executable cache", n_grads, fast_ops)
     traced_layout: list = []
-    fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size, traced_layout))
     sharding = jax.sharding.SingleDeviceSharding(dev)
     specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
              tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding)
                    for a in device_axes(grid, np_dtype, chunk_size)))
-    executable = fn.lower(*specs).compile()
+
+    def build():
+        fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size, traced_layout))
+        return fn.lower(*specs).compile()
+    executable = build()
     layout = tuple(traced_layout)
-    _store_executable(key, executable, dev, grid, np_dtype, chunk_size, layout)
+    stored = _store_executable(key, executable, dev, grid, np_dtype, chunk_size, layout)
+    if not stored and _cache_dir[0] is not None:
+        # JAX's own cache served this compile, and such an executable does not serialize whole:
+        # compile once more past that cache, so that later processes load ours and skip tracing
+        with _jax_cache_off():
+            executable = build()
+        _store_executable(key, executable, dev, grid, np_dtype, chunk_size, layout)
     return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
                     "compiled", n_grads, fast_ops)
+
+
+@contextmanager
+def _jax_cache_off():
+    """JAX's persistent cache out of the way for one compilation (its state is read once, so
+    the cache is reset and pointed nowhere, then back)."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+    folder = _cache_dir[0]
+    cc.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        yield
+    finally:
+        cc.reset_cache()
+        jax.config.update("jax_compilation_cache_dir", folder)
 
 
 def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
@@ -282,12 +307,13 @@ def _load_executable(key: str, dev, n_axes: int):
 
 
 def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size: int,
-                      layout: tuple[int, ...]) -> None:
+                      layout: tuple[int, ...]) -> bool:
     """Keep the executable only if a reloaded copy computes exactly what the original does: an
-    executable that JAX itself loaded from its cache does not serialize completely."""
+    executable that JAX itself loaded from its cache does not serialize completely. Returns
+    whether it was kept (False also when there is no cache folder)."""
     path = _executable_path(key)
     if path is None:
-        return
+        return False
     try:
         payload, _, _ = serialize_executable.serialize(compiled)
         trees = _trees(len(grid.axes), max(layout, default=-1) + 1)
@@ -298,7 +324,7 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size:
         for a, b in zip(jax.tree_util.tree_leaves(compiled(*args)),
                         jax.tree_util.tree_leaves(reloaded(*args))):
             if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
-                return
+                return False
         path.parent.mkdir(parents=True, exist_ok=True)
         sidecar = path.with_suffix(".json")
         for target, data in ((sidecar, json.dumps({"layout": list(layout)}).encode()),
@@ -306,8 +332,9 @@ def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size:
             tmp = target.with_name(f".{target.name}.{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, target)
+        return True
     except Exception:  # caching is an optimisation; never fail a run over it
-        return
+        return False
 
 
 def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:
