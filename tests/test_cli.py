@@ -130,5 +130,13 @@ def test_a_second_process_loads_the_compiled_kernel_from_the_cache(tmp_path):
                for _ in range(2)]
     assert sources == ["compiled", "executable cache"]
     assert any(cache.glob("gradsvc-exec-*.bin"))
+    # with only JAX's own cache left (whose executables do not serialize whole), the next run
+    # compiles once more and refills gradsvc's cache
+    for entry in cache.glob("gradsvc-exec-*"):
+        entry.unlink()
+    again = [json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                       check=True).stdout)["timings"]["compiled_from"]
+             for _ in range(2)]
+    assert again == ["compiled", "executable cache"]
     off = subprocess.run([*cmd[:-1], "off"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(off.stdout)["timings"]["compiled_from"] == "compiled"
