@@ -16,7 +16,8 @@ import numpy as np
 
 from . import limits
 from .errors import LimitError, UsageError
-from .jaxrun import DTYPES, Compiled, compile_graph, run_chunks, use_compile_cache
+from .jaxrun import DTYPES, Compiled, compile_graph, run_chunks
+from .kcache import use_compile_cache
 from .spec import Job, job_from_dict, job_from_text, load_job
 from .verify import VerifyReport, candidate_points, verify
 

@@ -9,13 +9,8 @@ compiles once.
 """
 from __future__ import annotations
 
-import hashlib
-from contextlib import contextmanager
 import importlib
-import json
-import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Callable
@@ -23,10 +18,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import serialize_executable
 
+from . import fastmath, kcache
 from .errors import DeviceError
-from . import fastmath
 from .grid import Grid
 from .ir import Graph
 from .ops import op_for
@@ -34,19 +28,6 @@ from .ops import op_for
 jax.config.update("jax_enable_x64", True)  # float64 jobs need it; float32 jobs cast explicitly
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def _kernel_source_hash() -> str:
-    """Digest of the code that shapes a kernel: a cached executable from other code is stale."""
-    from . import ops
-    digest = hashlib.sha256()
-    for module in (ops, fastmath):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()
-
-
-KERNEL_SOURCE = _kernel_source_hash()
 
 
 @lru_cache(maxsize=None)
@@ -196,23 +177,6 @@ class Compiled:
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
 
 
-_cache_dir: list = [None]  # the persistent cache folder this process uses
-
-
-def use_compile_cache(folder: str) -> None:
-    """Point JAX's persistent compilation cache at `folder` ("off": none). Every compilation is
-    cached, however quick: even small graphs take a sizeable share of a cold run to compile."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    path = None if folder == "off" else str(Path(folder).expanduser())
-    if path == _cache_dir[0]:
-        return
-    cc.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _cache_dir[0] = path
-
-
 def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
                   kept: tuple[str, ...], fast: bool) -> Compiled:
     """Trace, lower and compile the chunk function for one job shape (ahead of time).
@@ -223,10 +187,10 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     np_dtype = DTYPES[dtype]
     dev = get_device(device)
     start = time.perf_counter()
-    key = _executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
+    key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
     n_grads = len(graph.outputs) * len(graph.wrt)
     fast_ops = fast and any(n.op in FAST_OPS for n in graph.nodes)
-    loaded = _load_executable(key, dev, len(grid.axes))
+    loaded = kcache.load_executable(key, dev, len(grid.axes))
     if loaded is not None:
         executable, layout = loaded
         return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
@@ -242,99 +206,17 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
         return fn.lower(*specs).compile()
     executable = build()
     layout = tuple(traced_layout)
-    stored = _store_executable(key, executable, dev, grid, np_dtype, chunk_size, layout)
-    if not stored and _cache_dir[0] is not None:
+    probe = (np.int64(0), tuple(jax.device_put(a, dev)
+                                for a in device_axes(grid, np_dtype, chunk_size)))
+    stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout)
+    if not stored and kcache.cache_folder() is not None:
         # JAX's own cache served this compile, and such an executable does not serialize whole:
         # compile once more past that cache, so that later processes load ours and skip tracing
-        with _jax_cache_off():
+        with kcache.jax_cache_off():
             executable = build()
-        _store_executable(key, executable, dev, grid, np_dtype, chunk_size, layout)
+        kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout)
     return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
                     "compiled", n_grads, fast_ops)
-
-
-@contextmanager
-def _jax_cache_off():
-    """JAX's persistent cache out of the way for one compilation (its state is read once, so
-    the cache is reset and pointed nowhere, then back)."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    folder = _cache_dir[0]
-    cc.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", None)
-    try:
-        yield
-    finally:
-        cc.reset_cache()
-        jax.config.update("jax_compilation_cache_dir", folder)
-
-
-def _executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
-                    kept: tuple[str, ...], fast: bool) -> str:
-    from . import __version__
-    import jaxlib
-    implementations = sorted({(n.op, n.param, op_for(n.op, n.param).jax)
-                              for n in graph.nodes if n.primitive is not None})
-    identity = repr((graph.structure_key(), implementations, grid.mode,
-                     tuple(len(a.values) for a in grid.axes), dtype, dev.platform,
-                     dev.client.platform_version, chunk_size, kept, fast, KERNEL_SOURCE, jax.__version__,
-                     jaxlib.__version__, __version__))
-    return hashlib.sha256(identity.encode()).hexdigest()
-
-
-def _executable_path(key: str) -> Path | None:
-    return None if _cache_dir[0] is None else Path(_cache_dir[0]) / f"gradsvc-exec-{key}.bin"
-
-
-def _trees(n_axes: int, n_arrays: int):
-    """The argument and result structure of a chunk function (rebuilt, so nothing is unpickled
-    beyond the executable itself)."""
-    return (jax.tree_util.tree_structure(((0, (0,) * n_axes), {})),
-            jax.tree_util.tree_structure(((0,) * n_arrays, 0)))
-
-
-def _load_executable(key: str, dev, n_axes: int):
-    """(executable, layout) from the cache folder, or None. The layout travels beside it."""
-    path = _executable_path(key)
-    if path is None or not path.is_file():
-        return None
-    try:
-        layout = tuple(json.loads(path.with_suffix(".json").read_text())["layout"])
-        trees = _trees(n_axes, max(layout, default=-1) + 1)
-        return serialize_executable.deserialize_and_load(path.read_bytes(), *trees,
-                                                         execution_devices=[dev]), layout
-    except Exception:  # a stale, partial or damaged entry only costs a recompilation
-        return None
-
-
-def _store_executable(key: str, compiled, dev, grid: Grid, np_dtype, chunk_size: int,
-                      layout: tuple[int, ...]) -> bool:
-    """Keep the executable only if a reloaded copy computes exactly what the original does: an
-    executable that JAX itself loaded from its cache does not serialize completely. Returns
-    whether it was kept (False also when there is no cache folder)."""
-    path = _executable_path(key)
-    if path is None:
-        return False
-    try:
-        payload, _, _ = serialize_executable.serialize(compiled)
-        trees = _trees(len(grid.axes), max(layout, default=-1) + 1)
-        reloaded = serialize_executable.deserialize_and_load(payload, *trees,
-                                                             execution_devices=[dev])
-        args = (np.int64(0), tuple(jax.device_put(a, dev)
-                                   for a in device_axes(grid, np_dtype, chunk_size)))
-        for a, b in zip(jax.tree_util.tree_leaves(compiled(*args)),
-                        jax.tree_util.tree_leaves(reloaded(*args))):
-            if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
-                return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sidecar = path.with_suffix(".json")
-        for target, data in ((sidecar, json.dumps({"layout": list(layout)}).encode()),
-                             (path, payload)):  # the executable last: it marks a whole entry
-            tmp = target.with_name(f".{target.name}.{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        return True
-    except Exception:  # caching is an optimisation; never fail a run over it
-        return False
 
 
 def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:

@@ -36,10 +36,10 @@ def test_a_wrong_jax_implementation_is_caught(patched_op):
 
 
 def test_a_wrong_fast_sin_is_caught(monkeypatch):
-    from gradsvc import fastmath, jaxrun
+    from gradsvc import fastmath, jaxrun, kcache
     monkeypatch.setitem(jaxrun.FAST_OPS, "sin", fastmath.cos)
     monkeypatch.setattr(api, "_COMPILED", {})
-    monkeypatch.setattr(jaxrun, "_cache_dir", [None])  # no executable cache: really recompile
+    monkeypatch.setattr(kcache, "_cache_dir", [None])  # no executable cache: really recompile
     r = gradsvc.run(JOB, compile_cache="off")
     assert not r.ok and r.verify.mismatches > 0
 
