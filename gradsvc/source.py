@@ -52,46 +52,48 @@ class Document:
         return None
 
 
-def read_job_text(path: str | Path) -> str:
-    """The job file's text, refusing what is too large before reading it."""
-    p = Path(path)
-    if not p.exists() or p.is_dir():
-        raise JobFileError(f"no such job file: {p}", where=Location(str(p)),
-                           hint="check the path; globs like jobs/*.yaml are expanded by the shell")
-    too_big = LimitError(f"job file is more than {limits.MAX_JOB_FILE_BYTES:,} bytes",
-                         where=Location(str(p)), hint="split it into several jobs (MAX_JOB_FILE_BYTES)")
-    if p.is_file() and p.stat().st_size > limits.MAX_JOB_FILE_BYTES:
-        raise too_big
-    try:
-        with open(p, "rb") as f:  # also a pipe, such as bash's <(...): read at most the limit
-            data = f.read(limits.MAX_JOB_FILE_BYTES + 1)
-    except OSError as exc:
-        raise JobFileError(f"cannot read the job file: {exc.strerror}", where=Location(str(p))) from None
+def _too_big(where: Location) -> LimitError:
+    return LimitError(f"the job is more than {limits.MAX_JOB_FILE_BYTES:,} bytes", where=where,
+                      hint="split it into several jobs (MAX_JOB_FILE_BYTES)")
+
+
+def _read_capped(stream, where: Location) -> str:
+    """At most the size limit from a binary stream (file, pipe, stdin), as UTF-8 text."""
+    data = stream.read(limits.MAX_JOB_FILE_BYTES + 1)
     if len(data) > limits.MAX_JOB_FILE_BYTES:
-        raise too_big
+        raise _too_big(where)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise JobFileError(f"job file is not UTF-8 text (byte {exc.start})",
-                           where=Location(str(p))) from None
+        raise JobFileError(f"the job is not UTF-8 text (byte {exc.start})", where=where) from None
+
+
+def read_job_text(path: str | Path) -> str:
+    """The job file's text, refusing what is too large before reading it."""
+    p = Path(path)
+    where = Location(str(p))
+    if not p.exists() or p.is_dir():
+        raise JobFileError(f"no such job file: {p}", where=where,
+                           hint="check the path; globs like jobs/*.yaml are expanded by the shell")
+    if p.is_file() and p.stat().st_size > limits.MAX_JOB_FILE_BYTES:
+        raise _too_big(where)
+    try:
+        with open(p, "rb") as f:  # also a pipe, such as bash's <(...): read at most the limit
+            return _read_capped(f, where)
+    except OSError as exc:
+        raise JobFileError(f"cannot read the job file: {exc.strerror}", where=where) from None
 
 
 def read_stdin_text() -> str:
     """A job from standard input, refusing what is too large without reading all of it."""
     import sys
-    data = sys.stdin.read(limits.MAX_JOB_FILE_BYTES + 1)
-    if len(data.encode("utf-8", "surrogatepass")) > limits.MAX_JOB_FILE_BYTES:
-        raise LimitError(f"the job on stdin is more than {limits.MAX_JOB_FILE_BYTES:,} bytes",
-                         where=Location("<stdin>"), hint="split it into several jobs "
-                         "(MAX_JOB_FILE_BYTES)")
-    return data
+    return _read_capped(sys.stdin.buffer, Location("<stdin>"))
 
 
 def load_yaml(text: str, file: str) -> Document:
     """Parse YAML text safely; see the module docstring for what is checked."""
     if len(text.encode("utf-8", "surrogatepass")) > limits.MAX_JOB_FILE_BYTES:
-        raise LimitError(f"job text is more than {limits.MAX_JOB_FILE_BYTES:,} bytes",
-                         where=Location(file), hint="split it into several jobs (MAX_JOB_FILE_BYTES)")
+        raise _too_big(Location(file))
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
