@@ -118,7 +118,6 @@ class Written:
 
 def write_result(out: Path, job: Job, execute, progress=None) -> Written:
     """Run `execute(job, sink, progress)` into a temporary folder, then move it into place."""
-    from .report import json_safe
     final = out / safe_folder_name(job.name)
     tmp = out / f".{final.name}{TMP_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -134,7 +133,7 @@ def write_result(out: Path, job: Job, execute, progress=None) -> Written:
             np.save(tmp / "axes" / f"{axis.name}.npy", axis.values)
         if job.grid.size <= CSV_MAX_POINTS:
             _write_csv(tmp, job, done.kept)
-        summary = _summary(job, done, json_safe)
+        summary = _summary(job, done)
         _write_json(tmp / "summary.json", summary)
         _swap_into_place(tmp, final)
     except BaseException:
@@ -143,7 +142,8 @@ def write_result(out: Path, job: Job, execute, progress=None) -> Written:
     return Written(final, summary)
 
 
-def _summary(job: Job, done, json_safe) -> dict:
+def _summary(job: Job, done) -> dict:
+    from .report import json_safe
     graph, grid = job.graph, job.grid
     return json_safe({
         "complete": True,

@@ -167,7 +167,7 @@ def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, kept: tuple[str,
     rep = cmp.report
     coords_all = grid.coords(indices).astype(dtype).astype(np.float64)  # what JAX saw, exactly
     fd_every = max(1, math.ceil(len(indices) / fd_points)) if fd_points else 0
-    fd = _FiniteDifferences(graph, fd_rtol)
+    fd = _FiniteDifferences(graph, fd_rtol, EPS64 / cmp.unit)
     start = time.perf_counter()
     for k, index in enumerate(indices):
         if budget_s is not None and k >= min_points and time.perf_counter() - start > budget_s:
@@ -187,7 +187,7 @@ def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, kept: tuple[str,
                             result.grads[out][name], result.grad_err[out][name], excuse.get(out))
         _classify(rep, cmp, graph, index, inputs, result, kept, values[k], grads[k])
         if fd_every and k % fd_every == 0 and fd.counts["checked_points"] < fd_points:
-            fd.check(inputs, result, index, EPS64 / cmp.unit)
+            fd.check(inputs, result, index)
         rep.checked_points = k + 1
     rep.sampled = rep.checked_points < grid.size
     rep.fd = fd.summary()
@@ -231,17 +231,16 @@ def _classify(rep: VerifyReport, cmp: _Comparer, graph: Graph, index: int, input
 
 
 class _FiniteDifferences:
-    def __init__(self, graph: Graph, rtol: float):
-        self.graph, self.rtol = graph, rtol
+    def __init__(self, graph: Graph, rtol: float, to_float64: float):
+        """`to_float64` rescales the reference's error bounds (first order: linear in the unit
+        roundoff) from the job's dtype to float64, the precision the differences are taken in."""
+        self.graph, self.rtol, self.to_float64 = graph, rtol, to_float64
         self.counts = {"checked_points": 0, "checked": 0, "mismatches": 0, "skipped_kink": 0,
                        "skipped_nonfinite": 0, "inconclusive": 0}
         self.max_rel_err = 0.0
         self.points: list[dict] = []
 
-    def check(self, inputs: dict, result: PointResult, index: int, to_float64: float) -> None:
-        """`to_float64` rescales the reference's error bounds (first order: linear in the unit
-        roundoff) from the job's dtype to float64, the precision the differences are taken in."""
-        self.to_float64 = to_float64
+    def check(self, inputs: dict, result: PointResult, index: int) -> None:
         self.counts["checked_points"] += 1
         for out in self.graph.outputs:
             for name in self.graph.wrt:
