@@ -100,6 +100,11 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
 FAST_OPS = {"sin": fastmath.sin, "cos": fastmath.cos}
 
 
+def uses_fast_ops(graph: Graph, fast: bool) -> bool:
+    """Whether the kernel holds a fast sin/cos (else its beyond-range flag is always False)."""
+    return fast and any(n.op in FAST_OPS for n in graph.nodes)
+
+
 def _implementation(node, fast: bool) -> Callable | None:
     if node.op in ("input", "const"):
         return None
@@ -125,6 +130,7 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
     lengths = [len(axis.values) for axis in grid.axes]
     strides = [int(np.prod(lengths[j + 1:])) for j in range(len(lengths))]
     last = grid.size - 1
+    flagged = uses_fast_ops(graph, fast)
 
     def chunk(start, axes):
         index = jnp.minimum(start + jnp.arange(chunk_size, dtype=jnp.int64), last)
@@ -139,7 +145,8 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
         values, grads, flags = jax.vmap(per_point)(*columns)
         unique: list = []
         layout[:] = [_index_of(unique, result) for result in (*values, *grads)]
-        return tuple(unique), jnp.any(flags)
+        # without fast sin/cos the flag is a constant that XLA would still copy out on every call
+        return tuple(unique), (jnp.any(flags) if flagged else None)
 
     return chunk
 
@@ -189,7 +196,7 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     start = time.perf_counter()
     key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
     n_grads = len(graph.outputs) * len(graph.wrt)
-    fast_ops = fast and any(n.op in FAST_OPS for n in graph.nodes)
+    fast_ops = uses_fast_ops(graph, fast)
     loaded = kcache.load_executable(key, dev, len(grid.axes))
     if loaded is not None:
         executable, layout = loaded
@@ -241,10 +248,12 @@ def _axes_on_device(compiled: Compiled, grid: Grid) -> tuple:
     if cached is None or cached[0] is not grid:
         arrays = tuple(jax.device_put(a, compiled.device)
                        for a in device_axes(grid, DTYPES[compiled.dtype], compiled.chunk_size))
+        # the first chunk's start, already on the device: a one-chunk job then copies nothing in
+        zero = jax.device_put(np.int64(0), compiled.device)
         if len(_AXES_ON_DEVICE) > 8:
             _AXES_ON_DEVICE.clear()
-        cached = _AXES_ON_DEVICE[key] = (grid, arrays)
-    return cached[1]
+        cached = _AXES_ON_DEVICE[key] = (grid, arrays, zero)
+    return cached[1], cached[2]
 
 
 def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable
@@ -257,10 +266,10 @@ def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exa
     is recomputed with XLA's own (`recompile_exact()` builds that function once). Returns how many
     chunks were recomputed.
     """
-    axes = _axes_on_device(compiled, grid)
+    axes, zero = _axes_on_device(compiled, grid)
     n, recomputed, pending = compiled.chunk_size, 0, None
     for start, stop in grid.chunks(n):
-        dispatched = (start, stop, compiled.call(np.int64(start), axes))
+        dispatched = (start, stop, compiled.call(np.int64(start) if start else zero, axes))
         if pending is not None:
             recomputed += _deliver(pending, on_chunk, compiled, axes, recompile_exact)
         pending = dispatched
@@ -271,7 +280,7 @@ def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exa
 
 def _deliver(pending, on_chunk, compiled: Compiled, axes, recompile_exact) -> int:
     start, stop, (arrays, beyond) = pending
-    redo = compiled.fast_ops and bool(beyond)  # without fast sin/cos the flag is always False
+    redo = compiled.fast_ops and bool(beyond)  # without fast sin/cos there is no flag (None)
     layout = compiled.layout
     if redo:
         if compiled.exact is None:
