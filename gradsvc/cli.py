@@ -160,6 +160,45 @@ def validate(jobs: JobFiles,
     raise typer.Exit(code=EXIT_INVALID if bad else EXIT_OK)
 
 
+class Lang(str, Enum):
+    en = "en"
+    id = "id"
+
+
+PointOption = Annotated[int, typer.Option("--point", "-p", min=0,
+                                          help="grid point index (0 is the first)")]
+
+
+@app.command()
+def explain(
+    job: Annotated[Path, typer.Argument(help="job file (YAML); - reads it from stdin",
+                                        show_default=False)],
+    point: PointOption = 0,
+    lang: Annotated[Lang, typer.Option("--lang", help="en (English) or id (Indonesian)")] = Lang.en,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (text) or json")] =
+    Format.table,
+    config: Annotated[Optional[Path], typer.Option(help="settings file")] = None,
+) -> None:
+    """Explain every gradient at one point through the chain rule, with numbers and a check."""
+    from .explain import explain as explain_job
+    from .report import json_safe
+
+    try:
+        ex = explain_job(_load(job, None, config), point, lang.value)
+    except GradsvcError as error:
+        fail(error)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(json_safe(ex.to_dict()), allow_nan=False) + "\n")
+    else:
+        _write_text(ex.text)
+
+
+def _write_text(text: str) -> None:
+    """Plain text as is (no markup), degrading characters the terminal's encoding lacks."""
+    encoding = sys.stdout.encoding or "utf-8"
+    sys.stdout.write(text.encode(encoding, errors="replace").decode(encoding))
+
+
 @app.command()
 def ops() -> None:
     """List the formula language: operators, functions, constants and their derivative rules."""

@@ -8,7 +8,11 @@ Each `Op` carries
     reference backprop uses. They follow IEEE-754 (inf/nan propagate, x/0 is ±inf) instead of raising,
     and they follow JAX's conventions at kinks and domain edges, so both backends must agree everywhere:
     abs'(0) = 1, relu'(0) = 0, sqrt'(0) = inf, d(x**y)/dy = log(x)·x**y with log(0) read as 0;
-  - `rule`: the derivative rule as people write it, for `gradsvc ops` and explanations;
+  - `rule`: the derivative rule as people write it, for `gradsvc ops`;
+  - `partial_texts`: each local derivative as a formula in the arguments ({0}, {1}), for `gradsvc
+    explain` ("dc/da = b = 3"); `affine`: how the result depends on arguments that vary together
+    ("sum": affine in each, "product": affine in one factor while the other is fixed, "quotient":
+    affine in the numerator), which tells explanations when a bump by one is exact;
   - `branch`: for ops with kinks, which side of the kink the arguments are on (0 = on it). Points on a
     kink are flagged, and finite differences that straddle one are not compared.
 
@@ -116,6 +120,8 @@ class Op:
     # (not even 0 * inf), as if the edge were absent.
     no_gradient: bool = False
     jax_params: tuple = ()  # keyword arguments for the JAX function, e.g. (("y", 3),)
+    partial_texts: tuple[str, ...] = ()
+    affine: str = ""  # "sum", "product", "quotient", or "" (not affine in its arguments)
     # vjp(bar, args, out) -> the adjoint contributions to each argument, where JAX's rule is not a
     # plain product bar * partial and the difference shows with inf (inf + inf*0 = nan).
     vjp: Callable[[float, tuple, float], tuple] | None = None
@@ -151,37 +157,45 @@ def _ipow_partials(n: int) -> Callable[[tuple, float], tuple]:
 
 OPS: dict[str, Op] = {op.name: op for op in [
     Op("add", 2, "jax.numpy.add", lambda a, b: a + b, lambda a, o: (1.0, 1.0),
-       "d(a+b)/da = 1, d(a+b)/db = 1", symbol="+"),
+       "d(a+b)/da = 1, d(a+b)/db = 1", symbol="+", partial_texts=("1", "1"), affine="sum"),
     Op("sub", 2, "jax.numpy.subtract", lambda a, b: a - b, lambda a, o: (1.0, -1.0),
-       "d(a-b)/da = 1, d(a-b)/db = -1", symbol="-"),
+       "d(a-b)/da = 1, d(a-b)/db = -1", symbol="-", partial_texts=("1", "-1"), affine="sum"),
     Op("mul", 2, "jax.numpy.multiply", lambda a, b: a * b, lambda a, o: (a[1], a[0]),
-       "d(a*b)/da = b, d(a*b)/db = a", symbol="*"),
+       "d(a*b)/da = b, d(a*b)/db = a", symbol="*", partial_texts=("{1}", "{0}"), affine="product"),
     Op("div", 2, "jax.numpy.divide", ieee_div,
        lambda a, o: (ieee_div(1.0, a[1]), -(a[0] * ieee_pow(a[1], -2.0))),
-       "d(a/b)/da = 1/b, d(a/b)/db = -a/b**2", symbol="/"),
+       "d(a/b)/da = 1/b, d(a/b)/db = -a/b**2", symbol="/", partial_texts=("1/{1}", "-{0}/{1}**2"),
+       affine="quotient"),
     Op("pow", 2, "jax.lax.pow", ieee_pow, _pow_partials,
        "d(a**b)/da = b*a**(b-1), d(a**b)/db = log(a)*a**b  (log(0) read as 0)", symbol="**",
+       partial_texts=("{1}*{0}**({1}-1)", "log({0})*{0}**{1}"),
        doc="a ** b with a non-integer or large exponent; pow(a, b) is the same"),
-    Op("id", 1, "", lambda a: a, lambda a, o: (1.0,), "d(x)/dx = 1",
+    Op("id", 1, "", lambda a: a, lambda a, o: (1.0,), "d(x)/dx = 1", partial_texts=("1",), affine="sum",
        doc="a node defined as another name, e.g. `y: x`; not callable"),
-    Op("neg", 1, "jax.numpy.negative", lambda a: -a, lambda a, o: (-1.0,), "d(-a)/da = -1", symbol="-"),
-    Op("exp", 1, "jax.numpy.exp", ieee_exp, lambda a, o: (o,), "d exp(x)/dx = exp(x)"),
+    Op("neg", 1, "jax.numpy.negative", lambda a: -a, lambda a, o: (-1.0,), "d(-a)/da = -1", symbol="-",
+       partial_texts=("-1",), affine="sum"),
+    Op("exp", 1, "jax.numpy.exp", ieee_exp, lambda a, o: (o,), "d exp(x)/dx = exp(x)", partial_texts=("exp({0})",)),
     Op("log", 1, "jax.numpy.log", ieee_log, lambda a, o: (ieee_div(1.0, a[0]),),
-       "d log(x)/dx = 1/x  (natural log; nan for x < 0, -inf at 0)"),
-    Op("sin", 1, "jax.numpy.sin", ieee_sin, lambda a, o: (ieee_cos(a[0]),), "d sin(x)/dx = cos(x)"),
-    Op("cos", 1, "jax.numpy.cos", ieee_cos, lambda a, o: (-ieee_sin(a[0]),), "d cos(x)/dx = -sin(x)"),
-    Op("tan", 1, "jax.numpy.tan", ieee_tan, lambda a, o: (1.0 + o * o,), "d tan(x)/dx = 1 + tan(x)**2"),
+       "d log(x)/dx = 1/x  (natural log; nan for x < 0, -inf at 0)", partial_texts=("1/{0}",)),
+    Op("sin", 1, "jax.numpy.sin", ieee_sin, lambda a, o: (ieee_cos(a[0]),), "d sin(x)/dx = cos(x)",
+       partial_texts=("cos({0})",)),
+    Op("cos", 1, "jax.numpy.cos", ieee_cos, lambda a, o: (-ieee_sin(a[0]),), "d cos(x)/dx = -sin(x)",
+       partial_texts=("-sin({0})",)),
+    Op("tan", 1, "jax.numpy.tan", ieee_tan, lambda a, o: (1.0 + o * o,), "d tan(x)/dx = 1 + tan(x)**2",
+       partial_texts=("1 + tan({0})**2",)),
     Op("tanh", 1, "jax.numpy.tanh", math.tanh, lambda a, o: (1.0 - o * o,), "d tanh(x)/dx = 1 - tanh(x)**2",
-       vjp=_tanh_vjp),
+       vjp=_tanh_vjp, partial_texts=("1 - tanh({0})**2",)),
     Op("sigmoid", 1, "jax.nn.sigmoid", sigmoid, lambda a, o: (o * (1.0 - o),),
-       "d sigmoid(x)/dx = sigmoid(x)*(1-sigmoid(x)),  sigmoid(x) = 1/(1+exp(-x))"),
+       "d sigmoid(x)/dx = sigmoid(x)*(1-sigmoid(x)),  sigmoid(x) = 1/(1+exp(-x))",
+       partial_texts=("sigmoid({0})*(1 - sigmoid({0}))",)),
     Op("relu", 1, "jax.nn.relu", relu, lambda a, o: (1.0 if a[0] > 0 else 0.0,),
        "d relu(x)/dx = 1 if x > 0 else 0  (0 at the kink x = 0)", branch=_sign_branch,
-       zero_blocks=True),
+       zero_blocks=True, partial_texts=("(1 if {0} > 0 else 0)",)),
     Op("sqrt", 1, "jax.numpy.sqrt", ieee_sqrt, lambda a, o: (ieee_div(0.5, o),),
-       "d sqrt(x)/dx = 1/(2*sqrt(x))  (inf at 0, nan for x < 0)"),
+       "d sqrt(x)/dx = 1/(2*sqrt(x))  (inf at 0, nan for x < 0)", partial_texts=("1/(2*sqrt({0}))",)),
     Op("abs", 1, "jax.numpy.abs", abs, lambda a, o: (1.0 if a[0] >= 0 else -1.0,),
-       "d abs(x)/dx = 1 if x >= 0 else -1  (1 at the kink x = 0)", branch=_sign_branch),
+       "d abs(x)/dx = 1 if x >= 0 else -1  (1 at the kink x = 0)", branch=_sign_branch,
+       partial_texts=("(1 if {0} >= 0 else -1)",)),
 ]}
 
 # Functions callable by name in formulas (`neg` is only reachable as unary minus, `id` as `y: x`).
@@ -194,9 +208,11 @@ CONSTANTS = {"pi": math.pi}
 @lru_cache(maxsize=None)
 def ipow(n: int) -> Op:
     """`x ** n` for a literal integer n: exact repeated multiplication, like JAX's integer_pow."""
-    rule = f"d(x**{n})/dx = {n}*x**{n - 1}" if n not in (0, 1) else f"d(x**{n})/dx = {n}"
+    partial = {0: "0", 1: "1", 2: "2*{0}"}.get(n, f"{n}*{{0}}**{n - 1}")
+    rule = f"d(x**{n})/dx = " + partial.replace("{0}", "x")
     return Op("ipow", 1, "jax.lax.integer_pow", lambda x: ieee_pow(x, float(n)), _ipow_partials(n),
-              rule, symbol="**", no_gradient=(n == 0), jax_params=(("y", n),))
+              rule, symbol="**", no_gradient=(n == 0), jax_params=(("y", n),),
+              partial_texts=(partial,), affine="sum" if n == 1 else "")
 
 
 def op_for(name: str, param: int | None = None) -> Op:
