@@ -21,7 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Peers for the benchmark (torch CPU build, matplotlib) are an extra, not needed to run or test.
+# Peers for the benchmark (torch CPU build) are an extra, not needed to run or test.
 $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	touch $(VENV)/.bench

@@ -193,6 +193,36 @@ def explain(
         _write_text(ex.text)
 
 
+@app.command()
+def graph(
+    job: Annotated[Path, typer.Argument(help="job file (YAML); - reads it from stdin",
+                                        show_default=False)],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="picture file: .svg, .png or "
+                                           ".dot", show_default=False)],
+    point: PointOption = 0,
+    output: Annotated[Optional[str], typer.Option(help="whose gradient the labels show (default: "
+                                                  "the first output)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="settings file")] = None,
+) -> None:
+    """Draw the computational graph, each node labelled with its value and gradient at a point."""
+    from .picture import build_picture, write_picture
+
+    try:
+        picture = build_picture(_load(job, None, config), point, output)
+        write_picture(picture, out_file)
+    except GradsvcError as error:
+        fail(error)
+    except OSError as error:
+        fail(_write_error(out_file, error))
+    out.print(f"wrote {out_file} ({len(picture.shown)} boxes and operations)", markup=False)
+
+
+def _write_error(path: Path, error: OSError) -> GradsvcError:
+    from .errors import OutputError
+    return OutputError(f"cannot write {path}: {error.strerror or error}",
+                       hint="check that the folder exists and is writable, and the disk has room")
+
+
 def _write_text(text: str) -> None:
     """Plain text as is (no markup), degrading characters the terminal's encoding lacks."""
     encoding = sys.stdout.encoding or "utf-8"

@@ -84,3 +84,9 @@ class DeviceError(GradsvcError):
     """The requested device (gpu, tpu) has no JAX backend on this machine."""
 
     exit_code = EXIT_DEVICE
+
+
+class OutputError(GradsvcError):
+    """A result or picture could not be written (disk full, permissions, a vanished folder)."""
+
+    exit_code = EXIT_IO

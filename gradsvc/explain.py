@@ -194,7 +194,7 @@ def _local_text(graph: Graph, values: dict, consumer: str, name: str) -> str | N
     own = [n for n in graph.nodes if n.owner == consumer and n.op != "const"]
     if len(own) != 1 or node.op == "input":
         return None  # a formula of several operations: its local derivative is shown as a number
-    shown = [_fmt(graph.node(a).const) if graph.node(a).op == "const" else a for a in node.args]
+    shown = [number_text(graph.node(a).const) if graph.node(a).op == "const" else a for a in node.args]
     texts = [t.format(*shown) for a, t in zip(node.args, node.primitive.partial_texts) if a == name]
     return " + ".join(texts) if len(texts) > 1 else texts[0]  # x*x: d/dx = x + x
 
@@ -289,7 +289,7 @@ TEXT = {
 }
 
 
-def _fmt(x: float) -> str:
+def number_text(x: float) -> str:
     """Numbers as people write them: 12, not 12.0; six significant digits otherwise."""
     if math.isnan(x):
         return "nan"
@@ -302,12 +302,12 @@ def _fmt(x: float) -> str:
 
 def _factor(x: float) -> str:
     """A number inside a product: negative ones in parentheses."""
-    text = _fmt(x)
+    text = number_text(x)
     return f"({text})" if text.startswith("-") else text
 
 
 def _signed(x: float) -> str:
-    return _fmt(x) if x < 0 or not math.isfinite(x) else "+" + _fmt(x)
+    return number_text(x) if x < 0 or not math.isfinite(x) else "+" + number_text(x)
 
 
 def _substituted(formula: str, values: dict) -> str:
@@ -328,21 +328,21 @@ def _substituted(formula: str, values: dict) -> str:
         alone = (0 < k < len(tokens) - 1 and tokens[k - 1].string in "(," and
                  tokens[k + 1].string in "),")
         value = values[tok.string]
-        out.append(_fmt(value) if alone else _factor(value))
+        out.append(number_text(value) if alone else _factor(value))
     return "".join(out).strip()
 
 
 def render(ex: Explanation, graph: Graph) -> str:
     t = TEXT[ex.lang]
-    coords = ", ".join(f"{n} = {_fmt(v)}" for n, v in ex.coords.items())
+    coords = ", ".join(f"{n} = {number_text(v)}" for n, v in ex.coords.items())
     lines = [t["title"].format(job=ex.job, point=ex.point, points=f"{ex.points:,}", coords=coords)]
     if ex.forward:
         lines += ["", t["forward"]]
         values = {**ex.coords, **{n: v for n, _, v in ex.forward}}
         for name, formula, value in ex.forward:
             shown = _substituted(formula, values)
-            middle = f" = {shown}" if shown not in (formula, _fmt(value)) else ""
-            lines.append(f"  {name} = {formula}{middle} = {_fmt(value)}")
+            middle = f" = {shown}" if shown not in (formula, number_text(value)) else ""
+            lines.append(f"  {name} = {formula}{middle} = {number_text(value)}")
     for out, steps in ex.steps.items():
         lines += ["", t["backward"].format(out=out)]
         for step in steps:
@@ -361,14 +361,14 @@ def _frac(top: str, bottom: str) -> str:
 
 
 def _step_lines(t: dict, graph: Graph, out: str, step: Step) -> list[str]:
-    name, lines = step.name, [f"  {step.name} = {_fmt(step.value)}"]
+    name, lines = step.name, [f"  {step.name} = {number_text(step.value)}"]
     if name == out:
         return lines + ["    " + t["self"].format(out=out)]
     for p in step.paths:
-        if p.local_text is not None and p.local_text != _fmt(p.local):
-            text = f"{p.local_text} = {_fmt(p.local)}"
+        if p.local_text is not None and p.local_text != number_text(p.local):
+            text = f"{p.local_text} = {number_text(p.local)}"
         else:
-            text = _fmt(p.local)
+            text = number_text(p.local)
         local = t["local"].format(frac=_frac(p.consumer, name), text=text)
         lines.append(f"    {local}   ({p.consumer} = {graph.formulas[p.consumer]})")
     lines.append("    " + _chain(out, step))
@@ -382,13 +382,13 @@ def _chain(out: str, step: Step) -> str:
     from the output is its partial derivative, written ∂z/∂a."""
     target = _frac(out, step.name)
     if len(step.paths) == 1 and step.paths[0].consumer == out:
-        return f"{target} = {_fmt(step.grad)}"
+        return f"{target} = {number_text(step.grad)}"
     symbols = " + ".join(f"∂{out}/∂{step.name}" if p.consumer == out else
                          f"{_frac(out, p.consumer)} · {_frac(p.consumer, step.name)}"
                          for p in step.paths)
     numbers = " + ".join(_factor(p.local) if p.consumer == out else
                          f"{_factor(p.outer)} · {_factor(p.local)}" for p in step.paths)
-    return f"{target} = {symbols} = {numbers} = {_fmt(step.grad)}"
+    return f"{target} = {symbols} = {numbers} = {number_text(step.grad)}"
 
 
 def _meaning(t: dict, out: str, step: Step) -> str:
@@ -399,18 +399,18 @@ def _meaning(t: dict, out: str, step: Step) -> str:
         return t["flat"].format(out=out, name=step.name)
     about = "" if step.affine else t["about"]
     key = "raises" if g > 0 else "lowers"
-    return t[key].format(name=step.name, out=out, about=about, amount=_fmt(abs(g)))
+    return t[key].format(name=step.name, out=out, about=about, amount=number_text(abs(g)))
 
 
 def _check(t: dict, out: str, step: Step) -> str:
-    fields = dict(name=step.name, out=out, old=_fmt(step.value), new=_fmt(step.value + 1.0),
-                  before=_fmt(step.output_value), after=_fmt(step.bumped),
+    fields = dict(name=step.name, out=out, old=number_text(step.value), new=number_text(step.value + 1.0),
+                  before=number_text(step.output_value), after=number_text(step.bumped),
                   delta=_signed(step.bumped - step.output_value))
     if step.affine:
         return t["check_exact"].format(**fields)
     c = step.central
     close = math.isfinite(c) and math.isclose(c, step.grad, rel_tol=1e-4, abs_tol=1e-9)
     verdict = t["agrees" if close else "differs"].format(frac=_frac(out, step.name),
-                                                          grad=_fmt(step.grad))
+                                                          grad=number_text(step.grad))
     h = CENTRAL_STEP * max(1.0, abs(step.value))
-    return t["check_curved"].format(**fields, h=f"{h:.2g}", central=_fmt(c), verdict=verdict)
+    return t["check_curved"].format(**fields, h=f"{h:.2g}", central=number_text(c), verdict=verdict)
