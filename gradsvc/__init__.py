@@ -14,15 +14,15 @@ from __future__ import annotations
 import importlib
 
 from .errors import (DeviceError, FormulaError, GradsvcError, GraphError, JobFileError, LimitError,
-                     Location, UsageError)
+                     Location, OutputError, UsageError)
 
 __version__ = "0.1.0"
 
 _LAZY = {"run": "api", "Result": "api", "Job": "spec", "load_job": "spec", "job_from_text": "spec",
-         "job_from_dict": "spec", "job_schema": "spec"}
+         "job_from_dict": "spec", "job_schema": "spec", "explain": "explain", "load_result": "store"}
 
 __all__ = [*_LAZY, "GradsvcError", "JobFileError", "FormulaError", "GraphError", "LimitError",
-           "UsageError", "DeviceError", "Location", "__version__"]
+           "UsageError", "DeviceError", "OutputError", "Location", "__version__"]
 
 
 def __getattr__(name: str):

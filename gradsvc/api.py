@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import limits
-from .errors import LimitError, UsageError
+from .errors import LimitError
 from .jaxrun import DTYPES, Compiled, compile_graph, run_chunks
 from .kcache import use_compile_cache
-from .spec import Job, job_from_dict, job_from_text, load_job
+from .spec import Job, as_job
 from .verify import VerifyReport, candidate_points, verify
 
 
@@ -110,20 +109,6 @@ def _exact_twin(job: Job, compiled: Compiled) -> Callable[[], Compiled]:
         return compile_graph(job.graph, job.grid, s.dtype, s.device, compiled.chunk_size,
                              kept_nodes(job), fast=False)
     return build
-
-
-def as_job(job, overrides: dict | None = None, config=None) -> Job:
-    """Accept a Job, a path, a dict shaped like a job file, or YAML text."""
-    if isinstance(job, Job):
-        return job
-    if isinstance(job, dict):
-        return job_from_dict(job, overrides, config)
-    if isinstance(job, Path) or (isinstance(job, str) and "\n" not in job and
-                                 (job.endswith((".yaml", ".yml")) or Path(job).is_file())):
-        return load_job(job, overrides, config)
-    if isinstance(job, str):
-        return job_from_text(job, "<text>", overrides, config)
-    raise UsageError(f"cannot run a {type(job).__name__}: give a path, YAML text, a dict or a Job")
 
 
 class MemorySink:

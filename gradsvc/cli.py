@@ -217,6 +217,28 @@ def graph(
     out.print(f"wrote {out_file} ({len(picture.shown)} boxes and operations)", markup=False)
 
 
+@app.command()
+def plot(
+    source: Annotated[Path, typer.Argument(help="job file (YAML, - for stdin), or a result "
+                                           "folder written by `gradsvc batch`",
+                                           show_default=False)],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="plot file: .png, .svg or .pdf",
+                                           show_default=False)],
+    config: Annotated[Optional[Path], typer.Option(help="settings file")] = None,
+) -> None:
+    """Plot values and gradients over a 1-D grid, or heatmaps over a 2-D product grid."""
+    from .plot import from_folder, from_job, plot as draw
+
+    try:
+        grids = from_folder(source) if source.is_dir() else from_job(_load(source, None, config))
+        what = draw(grids, out_file)
+    except GradsvcError as error:
+        fail(error)
+    except OSError as error:
+        fail(_write_error(out_file, error))
+    out.print(f"wrote {out_file}: {what}", markup=False)
+
+
 def _write_error(path: Path, error: OSError) -> GradsvcError:
     from .errors import OutputError
     return OutputError(f"cannot write {path}: {error.strerror or error}",

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from .errors import UsageError
 from .ir import Graph
 from .reference import backward, forward, run_point
-from .spec import Job
+from .spec import as_job
 
 LANGS = ("en", "id")
 CENTRAL_STEP = 1e-6  # relative step of the central difference shown where a bump is not exact
@@ -68,14 +68,20 @@ class Explanation:
         return asdict(self)
 
 
-def explain(job: Job, point: int = 0, lang: str = "en") -> Explanation:
-    """The chain-rule explanation of every output at grid point `point`.
+def explain(job, point: int = 0, lang: str = "en") -> Explanation:
+    """The chain-rule explanation of every output at grid point `point`; `.text` is the words.
+
+    Args:
+      job: a job file path, YAML text, a dict shaped like a job file, or a loaded `Job`.
+      point: the grid point's index.
+      lang: "en" (English) or "id" (Indonesian, the seed notebook's language).
 
     >>> from gradsvc.spec import job_from_text
     >>> job = job_from_text("inputs: {a: 2, b: 3, d: 4}\\ngraph: {c: a * b, e: c * d}\\noutputs: [e]")
     >>> [line.strip() for line in explain(job).text.splitlines() if "de/da =" in line]
     ['de/da = de/dc · dc/da = 4 · 3 = 12']
     """
+    job = as_job(job)
     if lang not in LANGS:
         raise UsageError(f"unknown language '{lang}'", hint=f"use one of: {', '.join(LANGS)}")
     if not 0 <= point < job.grid.size:
@@ -146,7 +152,7 @@ def _uses(graph: Graph, consumer: str) -> list[str]:
 def _explain_order(graph: Graph, out: str, users: dict) -> list[str]:
     """The output first, then each name once every name using it (on a path to out) is done;
     among those ready, in the order formulas mention them: e, then c and d, then a and b."""
-    relevant = _ancestors(graph, out)
+    relevant = ancestors(graph, out)
     waiting = {n: sum(1 for u in users[n] if u in relevant) for n in relevant}
     order, queue = [], [out]
     while queue:
@@ -161,7 +167,7 @@ def _explain_order(graph: Graph, out: str, users: dict) -> list[str]:
     return order
 
 
-def _ancestors(graph: Graph, out: str) -> set[str]:
+def ancestors(graph: Graph, out: str) -> set[str]:
     """Visible names the output's value is computed from (and the output itself)."""
     found, stack = {out}, [out]
     while stack:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .explain import number_text
+from .plot import pyplot
 from .reference import backward, forward
 from .spec import Job
 
@@ -222,12 +223,10 @@ MAX_SIDE = 60.0  # bigger graphs still render, scaled down to this many inches p
 
 
 def _draw(picture: Picture, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
     from matplotlib.patches import Ellipse, FancyArrowPatch, FancyBboxPatch
 
+    plt = pyplot()
     layers = picture.layers()
     height = max(len(row) for row in layers)
     width_in, height_in = len(layers) * COLUMN + 0.5, height * ROW + 1.0
@@ -277,7 +276,9 @@ def _draw(picture: Picture, path: Path) -> None:
                                       zorder=1))
     ax.add_collection(LineCollection(polylines, colors=color, linewidths=0.9, zorder=1),
                       autolim=False)
-    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    suffix = path.suffix.lower().lstrip(".")
+    # no creation date in SVG/PDF metadata: the same graph gives the same file
+    fig.savefig(path, format=suffix, dpi=120, metadata={"Date": None} if suffix != "png" else None)
     plt.close(fig)
 
 

@@ -371,3 +371,17 @@ def job_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "gradsvc job"
     return schema
+
+
+def as_job(job, overrides: dict | None = None, config=None) -> Job:
+    """Accept a Job, a path, a dict shaped like a job file, or YAML text."""
+    if isinstance(job, Job):
+        return job
+    if isinstance(job, dict):
+        return job_from_dict(job, overrides, config)
+    if isinstance(job, Path) or (isinstance(job, str) and "\n" not in job and
+                                 (job.endswith((".yaml", ".yml")) or Path(job).is_file())):
+        return load_job(job, overrides, config)
+    if isinstance(job, str):
+        return job_from_text(job, "<text>", overrides, config)
+    raise UsageError(f"cannot run a {type(job).__name__}: give a path, YAML text, a dict or a Job")

@@ -124,3 +124,15 @@ def test_point_outside_the_grid_is_a_usage_error():
 def test_unknown_language_is_refused_by_the_option():
     result = cli("explain", "jobs/seed_chain.yaml", "--lang", "fr")
     assert result.exit_code == 2
+
+
+def test_explain_is_a_notebook_call_that_never_imports_jax():
+    """Explaining is the reference's work: a notebook gets the words without loading JAX."""
+    import subprocess
+    import sys
+    code = ("import sys, gradsvc\n"
+            "ex = gradsvc.explain({'inputs': {'a': 2, 'b': 3}, 'graph': {'z': 'a * b'}, "
+            "'outputs': ['z']}, lang='id')\n"
+            "assert 'dz/da = 3' in ex.text, ex.text\n"
+            "assert 'jax' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
