@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench fuzz clean
 
 install: $(STAMP)
 
@@ -28,6 +28,15 @@ $(VENV)/.bench: $(STAMP)
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench.py
+
+# A long differential-fuzz campaign (random graphs: JAX vs the reference vs finite differences);
+# FUZZ_EXAMPLES=N to change its size. Prints the campaign's counts (tests/fuzz_report.py).
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	rm -f .fuzz.jsonl
+	GRADSVC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GRADSVC_FUZZ_LOG=.fuzz.jsonl $(BIN)/python -m pytest -q \
+		tests/test_fuzz.py --hypothesis-show-statistics
+	$(BIN)/python tests/fuzz_report.py .fuzz.jsonl
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -265,7 +265,7 @@ def ops() -> None:
         elif op.symbol:
             syntax = f"{op.symbol}x"
         else:
-            syntax = f"{op.name}(x)"
+            syntax = f"{op.name}({ {1: 'x', 2: 'a, b', 3: 'x > 0, a, b'}[op.arity] })"
         rows.append((syntax, op.name, op.rule))
     rows.append(("x ** n", "ipow", "n a literal integer: d(x**n)/dx = n*x**(n-1), exact powers"))
     rows += [(name, "constant", f"{value!r} (unless an input or node is named {name})")

@@ -1,7 +1,8 @@
 """Formula text -> primitive IR nodes, through an `ast` allow-list. Nothing is ever evaluated.
 
-The language: numbers, names, `+ - * / **`, unary `-` and `+`, parentheses, and calls of the functions
-in `ops.CALLABLE`; `pi` is a constant unless an input or node takes that name. Every other Python
+The language: numbers, names, `+ - * / **`, unary `-` and `+`, the comparisons `> >= < <=` (1 or 0,
+no gradient), parentheses, and calls of the functions in `ops.CALLABLE` (`where`'s condition must be
+a comparison); `pi` is a constant unless an input or node takes that name. Every other Python
 construct (attributes, subscripts, lambdas, comprehensions, strings, keywords, unknown functions...) is
 rejected with its column and a hint. Length and nesting depth are bounded by `limits`.
 
@@ -16,13 +17,14 @@ import math
 from . import limits
 from .errors import FormulaError, LimitError, Location
 from .ir import Node, did_you_mean
-from .ops import BINARY_SYMBOLS, CALLABLE, CONSTANTS
+from .ops import BINARY_SYMBOLS, CALLABLE, COMPARISONS, CONSTANTS
 
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+_COMPARE = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
 
 _WHY_NOT = {  # friendlier words for constructs people try
     ast.Attribute: "attribute access (`a.b`)", ast.Subscript: "indexing (`a[i]`)",
-    ast.Lambda: "lambda", ast.Compare: "comparisons", ast.BoolOp: "`and`/`or`",
+    ast.Lambda: "lambda", ast.BoolOp: "`and`/`or`",
     ast.IfExp: "`x if c else y`", ast.NamedExpr: "`:=`", ast.Starred: "`*args`",
     ast.ListComp: "comprehensions", ast.GeneratorExp: "comprehensions", ast.SetComp: "comprehensions",
     ast.DictComp: "comprehensions", ast.JoinedStr: "f-strings", ast.List: "lists", ast.Tuple: "tuples",
@@ -87,6 +89,18 @@ class _Flattener:
             return self.emit("ipow", (base,), node, param=n)
         return self.emit("pow", (base, self.visit(exponent, depth)), node)
 
+    def visit_compare(self, node: ast.Compare, depth: int) -> str:
+        if len(node.ops) > 1:
+            raise self.error("chained comparisons (a < b < c) are not allowed", node,
+                             "compare two things at a time, e.g. where(a < b, where(b < c, ...), ...)")
+        symbol = _COMPARE.get(type(node.ops[0]))
+        if symbol is None:
+            raise self.error("only the comparisons > >= < <= are allowed", node,
+                             "floating-point == and != are fragile; compare with a tolerance, "
+                             "e.g. abs(a - b) < 1e-9")
+        left, right = self.visit(node.left, depth), self.visit(node.comparators[0], depth)
+        return self.emit(COMPARISONS[symbol].name, (left, right), node)
+
     def visit_unary(self, node: ast.UnaryOp, depth: int) -> str:
         operand = self.visit(node.operand, depth)
         if isinstance(node.op, ast.UAdd):
@@ -111,6 +125,10 @@ class _Flattener:
                              f"got {len(node.args)}", node, f"rule: {op.rule}")
         if fname == "pow":
             return self.power(self.visit(node.args[0], depth), node.args[1], node, depth)
+        if fname == "where" and not isinstance(node.args[0], ast.Compare):
+            raise self.error("where() needs a comparison as its condition", node.args[0],
+                             "write it like where(x > 0, a, b): the switch points are then known "
+                             "and reported as kinks")
         args = tuple(self.visit(arg, depth) for arg in node.args)
         return self.emit(op.name, args, node)
 
@@ -138,6 +156,7 @@ class _Flattener:
 
 
 _VISITORS = {ast.BinOp: _Flattener.visit_binop, ast.UnaryOp: _Flattener.visit_unary,
+             ast.Compare: _Flattener.visit_compare,
              ast.Call: _Flattener.visit_call, ast.Name: _Flattener.visit_name,
              ast.Constant: _Flattener.visit_constant}
 

@@ -100,6 +100,52 @@ def _sign_branch(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
+def _order_branch(a: float, b: float) -> int:
+    """1 if a > b, -1 if a < b, 0 on the tie (the kink); 2 when unordered (a nan: no kink)."""
+    if a != a or b != b:
+        return 2
+    return (a > b) - (a < b)
+
+
+def ieee_max(a: float, b: float) -> float:
+    if a != a or b != b:
+        return NAN
+    if a == b:  # max(-0.0, 0.0) is 0.0, as in IEEE and XLA
+        return a if math.copysign(1.0, a) > 0 else b
+    return a if a > b else b
+
+
+def ieee_min(a: float, b: float) -> float:
+    if a != a or b != b:
+        return NAN
+    if a == b:  # min(-0.0, 0.0) is -0.0
+        return a if math.copysign(1.0, a) < 0 else b
+    return a if a < b else b
+
+
+def _extremum_partials(larger: bool) -> Callable[[tuple, float], tuple]:
+    """JAX's rule: the selected argument gets 1, a tie splits 0.5/0.5, a nan gives 0 to both."""
+    def partials(args: tuple, out: float) -> tuple:
+        a, b = args
+        side = _order_branch(a, b)
+        if side == 2:
+            return 0.0, 0.0
+        if side == 0:
+            return 0.5, 0.5
+        return (1.0, 0.0) if (side > 0) == larger else (0.0, 1.0)
+    return partials
+
+
+def _where_partials(args: tuple, out: float) -> tuple:
+    return (0.0, 1.0, 0.0) if args[0] != 0 else (0.0, 0.0, 1.0)
+
+
+def _comparison(name: str, symbol: str, jax_name: str, test: Callable[[float, float], bool]) -> "Op":
+    return Op(name, 2, f"gradsvc.jaxops.{jax_name}", lambda a, b: 1.0 if test(a, b) else 0.0,
+              lambda a, o: (0.0, 0.0), f"a {symbol} b is 1 or 0: no gradient (the edge is cut)",
+              symbol=symbol, branch=_order_branch, no_gradient=True, partial_texts=("0", "0"))
+
+
 # --- the table ---
 
 @dataclass(frozen=True)
@@ -194,14 +240,35 @@ OPS: dict[str, Op] = {op.name: op for op in [
        zero_blocks=True, partial_texts=("(1 if {0} > 0 else 0)",)),
     Op("sqrt", 1, "jax.numpy.sqrt", ieee_sqrt, lambda a, o: (ieee_div(0.5, o),),
        "d sqrt(x)/dx = 1/(2*sqrt(x))  (inf at 0, nan for x < 0)", partial_texts=("1/(2*sqrt({0}))",)),
+    Op("max", 2, "jax.numpy.maximum", ieee_max, _extremum_partials(True),
+       "d max(a,b)/da = 1 if a > b, 0 if a < b, 0.5 at the tie a == b (and 1 - that for b)",
+       branch=_order_branch,
+       partial_texts=("(1 if {0} > {1} else 0.5 if {0} == {1} else 0)",
+                      "(1 if {1} > {0} else 0.5 if {0} == {1} else 0)")),
+    Op("min", 2, "jax.numpy.minimum", ieee_min, _extremum_partials(False),
+       "d min(a,b)/da = 1 if a < b, 0 if a > b, 0.5 at the tie a == b (and 1 - that for b)",
+       branch=_order_branch,
+       partial_texts=("(1 if {0} < {1} else 0.5 if {0} == {1} else 0)",
+                      "(1 if {1} < {0} else 0.5 if {0} == {1} else 0)")),
+    Op("where", 3, "gradsvc.jaxops.where", lambda c, a, b: a if c != 0 else b, _where_partials,
+       "d where(c,a,b)/da = 1 where c holds, else 0 (and the other way for b); c is a comparison",
+       zero_blocks=True, partial_texts=("0", "(1 if {0} else 0)", "(0 if {0} else 1)"),
+       doc="where(x > 0, a, b): a where the comparison holds, else b"),
+    _comparison("gt", ">", "greater", lambda a, b: a > b),
+    _comparison("ge", ">=", "greater_equal", lambda a, b: a >= b),
+    _comparison("lt", "<", "less", lambda a, b: a < b),
+    _comparison("le", "<=", "less_equal", lambda a, b: a <= b),
     Op("abs", 1, "jax.numpy.abs", abs, lambda a, o: (1.0 if a[0] >= 0 else -1.0,),
        "d abs(x)/dx = 1 if x >= 0 else -1  (1 at the kink x = 0)", branch=_sign_branch,
        partial_texts=("(1 if {0} >= 0 else -1)",)),
 ]}
 
+COMPARISONS = {op.symbol: op for op in OPS.values() if op.name in ("gt", "ge", "lt", "le")}
+
 # Functions callable by name in formulas (`neg` is only reachable as unary minus, `id` as `y: x`).
 CALLABLE = {name: op for name, op in OPS.items() if (op.symbol is None and name != "id") or name == "pow"}
-BINARY_SYMBOLS = {op.symbol: op for op in OPS.values() if op.arity == 2}
+BINARY_SYMBOLS = {op.symbol: op for op in OPS.values()
+                  if op.arity == 2 and op.symbol and op not in COMPARISONS.values()}
 
 CONSTANTS = {"pi": math.pi}
 

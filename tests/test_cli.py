@@ -78,8 +78,10 @@ def test_ops_lists_every_function_and_rule():
     assert result.exit_code == 0
     for text in ["sin(x)", "d sin(x)/dx = cos(x)", "a ** b, pow(a, b)", "(1 at the kink x = 0)"]:
         assert text in result.stdout
-    assert "callable functions: abs, cos, exp, log, pow, relu, sigmoid, sin, sqrt, tan, tanh" \
-        in result.stdout
+    assert ("callable functions: abs, cos, exp, log, max, min, pow, relu, sigmoid, sin, sqrt, tan, "
+            "tanh, where") in result.stdout
+    for text in ["max(a, b)", "where(x > 0, a, b)", "a >= b", "0.5 at the tie"]:
+        assert text in result.stdout
 
 
 def test_schema_is_valid_json():

@@ -38,6 +38,13 @@ def test_pi_is_a_constant_unless_a_name_shadows_it():
     assert ops_of("pi", names=("pi",)) == [("id", ("pi",), None, None)]
 
 
+def test_comparisons_and_where_become_their_ops():
+    assert [op for op, *_ in ops_of("where(x > y, max(x, y), min(x, 0))")] == [
+        "gt", "max", "const", "min", "where"]
+    assert [op for op, *_ in ops_of("(x >= 1) * (y <= 2) + (x < y)")] == [
+        "const", "ge", "const", "le", "mul", "lt", "add"]
+
+
 def test_e_is_an_ordinary_name():
     assert ops_of("e * 2", names=("e",))[-1][1][0] == "e"
 
@@ -46,7 +53,11 @@ def test_e_is_an_ordinary_name():
     ("x.real", "attribute access", 1),
     ("x[0]", "indexing", 1),
     ("x if y else 1", "`x if c else y`", 1),
-    ("x < y", "comparisons", 1),
+    ("x == y", "only the comparisons > >= < <= are allowed", 1),
+    ("x != y", "only the comparisons > >= < <= are allowed", 1),
+    ("0 < x < y", "chained comparisons", 1),
+    ("where(x, x, y)", "where() needs a comparison as its condition", 7),
+    ("where(x > 0, y)", "where() takes 3 arguments, got 2", 1),
     ("'text'", "not a number", 1),
     ("x + foo(y)", "unknown function 'foo'", 5),
     ("sin(x, y)", "sin() takes 1 argument, got 2", 1),

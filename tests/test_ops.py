@@ -34,11 +34,25 @@ BINARY = {
     "mul": ("x * y", lambda x, y: x * y, (lambda x, y: y, lambda x, y: x)),
     "div": ("x / y", lambda x, y: x / y, (lambda x, y: 1 / y, lambda x, y: -x / y**2)),
     "pow": ("x ** y", lambda x, y: x**y, (lambda x, y: y * x ** (y - 1), lambda x, y: np.log(x) * x**y)),
+    # max/min: JAX splits a tie 0.5/0.5
+    "max": ("max(x, y)", np.maximum, (lambda x, y: np.where(x > y, 1.0, np.where(x == y, 0.5, 0.0)),
+                                      lambda x, y: np.where(y > x, 1.0, np.where(x == y, 0.5, 0.0)))),
+    "min": ("min(x, y)", np.minimum, (lambda x, y: np.where(x < y, 1.0, np.where(x == y, 0.5, 0.0)),
+                                      lambda x, y: np.where(y < x, 1.0, np.where(x == y, 0.5, 0.0)))),
+    # comparisons are 1 or 0 and pass no gradient back
+    "gt": ("x > y", lambda x, y: (x > y) * 1.0, (lambda x, y: 0 * x, lambda x, y: 0 * y)),
+    "ge": ("x >= y", lambda x, y: (x >= y) * 1.0, (lambda x, y: 0 * x, lambda x, y: 0 * y)),
+    "lt": ("x < y", lambda x, y: (x < y) * 1.0, (lambda x, y: 0 * x, lambda x, y: 0 * y)),
+    "le": ("x <= y", lambda x, y: (x <= y) * 1.0, (lambda x, y: 0 * x, lambda x, y: 0 * y)),
+}
+TERNARY = {
+    "where": ("where(x > y, x * y, x - y)", lambda x, y: np.where(x > y, x * y, x - y),
+              (lambda x, y: np.where(x > y, y, 1.0), lambda x, y: np.where(x > y, x, -1.0))),
 }
 
 
 def test_every_op_has_a_test_here():
-    tested = set(UNARY) | set(BINARY) | {"id"}
+    tested = set(UNARY) | set(BINARY) | set(TERNARY) | {"id"}
     assert set(OPS) | {"ipow"} == tested
     assert set(CALLABLE) <= tested
 
@@ -75,9 +89,9 @@ def test_unary_op(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", sorted(BINARY))
+@pytest.mark.parametrize("name", sorted(BINARY) + sorted(TERNARY))
 def test_binary_op(name, dtype):
-    formula, value, (d_dx, d_dy) = BINARY[name]
+    formula, value, (d_dx, d_dy) = {**BINARY, **TERNARY}[name]
     ys = [-2.0, -1.0, 0.0, 0.5, 1.0, 2.5] if name != "pow" else [-1.0, 0.0, 0.5, 1.0, 2.0, 2.5]
     r = gradsvc.run(_job(formula, {"x": SWEEP, "y": ys}, dtype))
     assert r.ok, (r.verify.mismatch_points, r.verify.fd)
@@ -125,3 +139,53 @@ def test_relu_blocks_an_infinite_gradient_like_jax():
                      "outputs": ["f", "g"], "wrt": "inputs"})
     assert r.ok
     assert r.grads["f"]["x"][0] == 0.0 and math.isnan(r.grads["g"]["x"][0])
+
+
+def test_max_and_min_split_a_tie_like_jax_and_flag_it_as_a_kink():
+    r = gradsvc.run({"inputs": {"x": [1.0, 2.0], "y": 1.0}, "graph": {"hi": "max(x, y)",
+                     "lo": "min(x, y)"}, "outputs": ["hi", "lo"], "wrt": "inputs"})
+    assert r.ok
+    assert list(r.grads["hi"]["x"]) == [0.5, 1.0] and list(r.grads["hi"]["y"]) == [0.5, 0.0]
+    assert list(r.grads["lo"]["x"]) == [0.5, 0.0] and list(r.grads["lo"]["y"]) == [0.5, 1.0]
+    assert r.verify.kink_count == 1 and r.verify.kink_points[0]["coords"] == {"x": 1.0, "y": 1.0}
+
+
+def test_where_switch_points_are_kinks_and_finite_differences_skip_them():
+    r = gradsvc.run({"inputs": {"x": {"linspace": [-1, 1, 21]}},
+                     "graph": {"leaky": "where(x > 0, x, 0.1 * x)"}, "outputs": ["leaky"]})
+    assert r.ok
+    g = r.grads["leaky"]["x"]
+    assert list(g[:10]) == pytest.approx([0.1] * 10) and list(g[11:]) == [1.0] * 10
+    assert g[10] == pytest.approx(0.1)  # x = 0: the condition is false, the other branch's slope
+    assert r.verify.kink_count == 1 and r.verify.kink_points[0]["coords"] == {"x": 0.0}
+    assert r.verify.fd["skipped_kink"] >= 1
+
+
+def test_where_does_not_hide_the_nan_of_the_branch_not_taken():
+    """The classic trap: where(x > 0, sqrt(x), 0) at x <= 0 has a nan (or 0*inf) gradient in JAX,
+    because the cotangent 0 still meets sqrt's partial there. gradsvc reports it, and the
+    reference agrees point by point."""
+    r = gradsvc.run({"inputs": {"x": [-1.0, 0.0, 4.0]}, "graph": {"s": "where(x > 0, sqrt(x), 0)"},
+                     "outputs": ["s"]})
+    assert r.ok
+    g = r.grads["s"]["x"]
+    assert math.isnan(g[0]) and math.isnan(g[1]) and g[2] == 0.25
+    assert r.verify.nonfinite_count == 2
+    assert [p["coords"]["x"] for p in r.verify.nonfinite_points] == [-1.0, 0.0]
+
+
+def test_a_comparison_cuts_the_edge_instead_of_multiplying_by_zero():
+    """(sqrt(x) > 0) passes nothing back: at x = 0, sqrt'(0) = inf never meets a zero."""
+    r = gradsvc.run({"inputs": {"x": 0.0}, "graph": {"f": "(sqrt(x) > 0) + x"}, "outputs": ["f"],
+                     "wrt": "inputs"})
+    assert r.ok and r.grads["f"]["x"][0] == 1.0
+
+
+def test_a_comparison_times_infinity_is_nan_as_ieee_says():
+    """XLA would rewrite convert(a > b) * y into select(a > b, y, 0), giving 0 where 0 * inf is
+    nan (the fuzz found it with 0/0); gradsvc keeps IEEE arithmetic, like the reference."""
+    r = gradsvc.run({"inputs": {"x": [0.0, 1.0]}, "graph": {"n0": "0.5 < x", "n2": "n0 / x",
+                     "n3": "(x > 2) * exp(1000 * x)"}, "outputs": ["n2", "n3"]})
+    assert r.ok
+    assert math.isnan(r.values["n2"][0]) and r.values["n2"][1] == 1.0
+    assert r.values["n3"][0] == 0.0 and math.isnan(r.values["n3"][1])
