@@ -8,6 +8,7 @@ JAX's persistent compilation cache serves later processes).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from contextlib import contextmanager
@@ -165,12 +166,34 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                 outcome.message, outcome.exit_code = str(error), error.exit_code
             except OSError as error:  # disk full, permissions: the job failed, the batch goes on
                 outcome.status, outcome.exit_code = "write error", EXIT_IO
-                outcome.message = f"{outcome.file}: error: could not write the result: {error}"
+                outcome.message = write_failure(outcome.file, error)
             except Exception as error:  # a bug: record it, keep the other jobs going
                 outcome.status, outcome.exit_code = "error", EXIT_INTERNAL
                 outcome.message = f"{outcome.file}: internal error: {type(error).__name__}: {error}"
             else:
                 _record(outcome, written.summary)
+                if not Path(outcome.file).is_file():
+                    outcome.message = ("the job file was deleted while the batch ran; this result "
+                                       "is from its text as read when the batch started")
+
+
+WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "a file would pass this process's file size limit (ulimit -f)",
+    errno.EROFS: "the output folder is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def write_failure(file: str, error: OSError) -> str:
+    """One message for a result that could not be written: what happened, and that nothing is lost."""
+    why = WRITE_FAILURES.get(error.errno, error.strerror or str(error))
+    where = f" ({error.filename})" if error.filename else ""
+    return (f"{file}: error: could not write the result: {why}{where}\n"
+            "  hint: nothing partial was kept and finished results are untouched; make room (or "
+            "make the folder writable) and rerun the same command to resume")
 
 
 def _record(outcome: JobOutcome, summary: dict) -> None:

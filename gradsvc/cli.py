@@ -133,8 +133,9 @@ def batch(
                   "discarded; run the same command again to resume", markup=False)
         raise typer.Exit(code=EXIT_INTERRUPTED) from None
     for outcome in outcomes:
-        if outcome.message and outcome.status not in ("skipped", "ok"):
-            err.print(outcome.message, markup=False)
+        if outcome.message and outcome.status != "skipped":
+            note = "" if outcome.status != "ok" else f"{outcome.file}: note: "
+            err.print(note + outcome.message, markup=False)
     out.print(summary_table(outcomes))
     out.print(f"results in {out_dir}/ (batch.json lists every job)", markup=False)
     raise typer.Exit(code=exit_code(outcomes))

@@ -217,15 +217,16 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def remove_stale_temporaries(out: Path) -> list[str]:
-    """Delete what killed runs left behind (only `.name.tmp-*` entries; results are untouched)."""
+    """Delete what killed runs left behind (only `.name.tmp-*` entries; results are untouched).
+    Returns the result names they were for (`big` for `.big.tmp-4242`)."""
     removed = []
-    for entry in out.glob(f".*{TMP_MARK}*"):
+    for entry in sorted(out.glob(f".*{TMP_MARK}*")):
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-        removed.append(entry.name)
-    return removed
+        removed.append(entry.name[1:].split(TMP_MARK)[0])
+    return list(dict.fromkeys(removed))
 
 
 def load_result(folder: str | Path, mmap: bool = True) -> dict:

@@ -1,10 +1,8 @@
 """`gradsvc batch`: results on disk, atomic folders, resume, failures recorded, interrupts."""
 import fcntl
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -146,37 +144,6 @@ def test_a_second_batch_on_the_same_folder_is_refused(tmp_path):
             run_batch([ROOT / "jobs/seed_chain.yaml"], tmp_path)
 
 
-def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
-    """A real kill: the finished job stays byte-identical, nothing half-written looks complete,
-    and the rerun computes only what is missing."""
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    (jobs / "a_small.yaml").write_text(JOBS[0].read_text())
-    (jobs / "b_big.yaml").write_text(
-        "name: big\ninputs:\n  a: {linspace: [0, 1, 20000]}\n  b: {linspace: [0, 1, 1000]}\n"
-        "graph: {z: sin(a) * b + a * a}\noutputs: [z]\nwrt: inputs\n"
-        "settings: {chunk_size: 4096, dtype: float32}\n")
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "gradsvc", "batch", str(jobs), "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    def written() -> int:
-        return sum(p.stat().st_size for p in out.glob(".big.tmp-*/values/z.npy"))
-    while time.time() < deadline and written() < 1_000_000:  # mid-write: some chunks are out
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "big").exists(), "the big job finished before the kill; make it bigger"
-    assert list(out.glob(".big.tmp-*"))  # what the killed run left
-    small = tree_bytes(out / "seed-chain")
-    outcomes = run_batch([jobs], out)
-    assert [o.status for o in outcomes] == ["skipped", "ok"]
-    assert tree_bytes(out / "seed-chain") == small
-    assert not list(out.glob(".*.tmp-*"))
-    z = np.load(out / "big" / "values" / "z.npy", mmap_mode="r")
-    assert z.shape == (20_000_000,) and z.dtype == np.float32
-
-
 def test_missing_path_is_a_usage_error(tmp_path):
     result = cli("batch", tmp_path / "nope", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "no such job file or folder" in result.stderr
@@ -237,5 +204,5 @@ def test_a_write_failure_is_recorded_with_its_own_exit_code(tmp_path, monkeypatc
     outcomes = run_batch([ROOT / "jobs/seed_chain.yaml", ROOT / "jobs/seed_sum_product.yaml"],
                          tmp_path)
     assert [o.status for o in outcomes] == ["ok", "write error"]
-    assert outcomes[1].exit_code == 4 and "No space left on device" in outcomes[1].message
+    assert outcomes[1].exit_code == 4 and "the disk is full" in outcomes[1].message
     assert not (tmp_path / "seed-sum-product").exists() and not list(tmp_path.glob(".*.tmp-*"))

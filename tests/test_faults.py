@@ -1,0 +1,235 @@
+"""Faults in batch runs, each one actually done: a SIGKILL mid-write, a full disk, a file size
+limit, a read-only output folder, a job file deleted mid-batch. After each: earlier results are
+byte-identical, nothing partial looks complete, the message says what happened, and a rerun
+resumes and finishes."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli
+from gradsvc.api import execute as real_execute
+from gradsvc.batch import run_batch
+
+SEED_CHAIN, SEED_SUM = ROOT / "jobs/seed_chain.yaml", ROOT / "jobs/seed_sum_product.yaml"
+BIG = ("name: big\ninputs:\n  a: {linspace: [0, 1, 1000]}\n  b: {linspace: [0, 1, 1000]}\n"
+       "graph: {z: a * b + a}\noutputs: [z]\nwrt: inputs\nsettings: {compile_cache: 'off'}\n")
+BIG_BYTES = 1_000_000 * 8 * 3  # z, dz/da, dz/db in float64
+
+
+def tree_bytes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def results(out: Path) -> dict:
+    """Every finished result folder's bytes (batch.json and the lock aside)."""
+    return {p.name: tree_bytes(p) for p in sorted(out.iterdir()) if (p / "summary.json").is_file()}
+
+
+def no_partial_results(out: Path) -> bool:
+    leftovers = [p for p in out.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+    return not leftovers and all((p / "summary.json").is_file() for p in out.iterdir()
+                                 if p.is_dir() and not p.name.startswith("."))
+
+
+LIMITED = ("import resource, runpy, signal, sys\n"
+           "limit = int(sys.argv.pop(1))\n"
+           "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # refuse the write (EFBIG), do not kill\n"
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+           "sys.argv[0] = 'gradsvc'\n"
+           "runpy.run_module('gradsvc', run_name='__main__')\n")
+
+
+def batch_process(args: list, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """`gradsvc batch ARGS` in a fresh process; with `limit_bytes`, under a file size limit."""
+    start = ([sys.executable, "-m", "gradsvc"] if limit_bytes is None else
+             [sys.executable, "-c", LIMITED, str(limit_bytes)])
+    return subprocess.run([*start, "batch", *map(str, args), "--compile-cache", "off"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real tiny filesystem (tmpfs of 2 MiB), where this machine allows mounting one."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True) if shutil.which("mount") else None
+    if made is None or made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN); the file size "
+                    "limit test covers a full disk's code path")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
+    """A real kill: the finished job stays byte-identical, nothing half-written looks complete,
+    and the rerun computes only what is missing (and says what it removed)."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "a_small.yaml").write_text(SEED_CHAIN.read_text())
+    (jobs / "b_big.yaml").write_text(
+        "name: big\ninputs:\n  a: {linspace: [0, 1, 20000]}\n  b: {linspace: [0, 1, 1000]}\n"
+        "graph: {z: sin(a) * b + a * a}\noutputs: [z]\nwrt: inputs\n"
+        "settings: {chunk_size: 4096, dtype: float32}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "gradsvc", "batch", str(jobs), "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+
+    def written() -> int:
+        return sum(p.stat().st_size for p in out.glob(".big.tmp-*/values/z.npy"))
+    while time.time() < deadline and written() < 1_000_000:  # mid-write: some chunks are out
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "big").exists(), "the big job finished before the kill; make it bigger"
+    assert list(out.glob(".big.tmp-*"))  # what the killed run left
+    small = tree_bytes(out / "seed-chain")
+    rerun = cli("batch", jobs, "--out", out)
+    assert rerun.exit_code == 0
+    assert "removed 1 unfinished result(s) left by an interrupted run: big" in rerun.stderr
+    assert tree_bytes(out / "seed-chain") == small and no_partial_results(out)
+    z = np.load(out / "big" / "values" / "z.npy", mmap_mode="r")
+    assert z.shape == (20_000_000,) and z.dtype == np.float32
+
+
+def _fill_then_resume(out: Path, jobs: Path, run_limited) -> str:
+    """The shared shape of the disk-full tests: a finished job, then a batch that runs out of
+    room on the big job; returns the failing batch's stderr."""
+    first = batch_process([SEED_CHAIN, "--out", out])
+    assert first.returncode == 0, first.stderr
+    before = results(out)
+    failed = run_limited()
+    assert failed.returncode == 4, failed.stderr
+    assert results(out) == before and no_partial_results(out)
+    assert "big" not in os.listdir(out)
+    again = batch_process([SEED_CHAIN, jobs / "big.yaml", "--out", out])
+    assert again.returncode == 0, again.stderr
+    assert results(out)["seed-chain"] == before["seed-chain"]
+    assert np.load(out / "big" / "values" / "z.npy").shape == (1_000_000,)
+    return failed.stderr
+
+
+def test_file_size_limit_fails_the_job_alone_and_a_rerun_finishes(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "big.yaml").write_text(BIG)
+    out = tmp_path / "out"
+    stderr = _fill_then_resume(out, jobs, lambda: batch_process(
+        [SEED_CHAIN, jobs / "big.yaml", "--out", out], limit_bytes=2_000_000))
+    assert "could not write the result: a file would pass this process's file size limit" in stderr
+    assert "nothing partial was kept" in stderr and "Traceback" not in stderr
+
+
+def test_full_disk_fails_the_job_alone_and_a_rerun_finishes(tmp_path, small_filesystem):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "big.yaml").write_text(BIG)
+    out = small_filesystem / "out"
+    first = batch_process([SEED_CHAIN, "--out", out])
+    assert first.returncode == 0, first.stderr
+    before = results(out)
+    failed = batch_process([SEED_CHAIN, jobs / "big.yaml", "--out", out])
+    assert failed.returncode == 4, failed.stderr
+    assert "could not write the result: the disk is full" in failed.stderr
+    assert results(out) == before and no_partial_results(out)
+    # make room: the rerun (into a bigger folder holding the same results) resumes
+    roomy = tmp_path / "roomy"
+    shutil.copytree(out, roomy)
+    again = batch_process([SEED_CHAIN, jobs / "big.yaml", "--out", roomy])
+    assert again.returncode == 0, again.stderr
+    assert results(roomy)["seed-chain"] == before["seed-chain"]
+    assert np.load(roomy / "big" / "values" / "z.npy").shape == (1_000_000,)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Makes a folder read-only for this process: by permissions, or (as root, whom permissions
+    do not stop) by remounting a tmpfs read-only."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "out"
+        folder.mkdir()
+        yield folder, lambda: folder.chmod(0o555), lambda: folder.chmod(0o755)
+        folder.chmod(0o755)
+        return
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("running as root without the right to mount: cannot make a folder read-only")
+
+    def remount(mode: str):
+        return lambda: subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
+    try:
+        yield mount, remount("ro"), remount("rw")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_read_only_output_folder_is_refused_with_nothing_touched(tmp_path, read_only):
+    out, make_read_only, make_writable = read_only
+    first = batch_process([SEED_CHAIN, "--out", out])
+    assert first.returncode == 0, first.stderr
+    before = results(out)
+    make_read_only()
+    refused = batch_process([SEED_CHAIN, SEED_SUM, "--out", out])
+    make_writable()
+    assert refused.returncode == 2
+    assert f"cannot write results to {out}" in refused.stderr
+    assert ("Read-only file system" in refused.stderr or "Permission denied" in refused.stderr)
+    assert results(out) == before and no_partial_results(out)
+    again = batch_process([SEED_CHAIN, SEED_SUM, "--out", out])
+    assert again.returncode == 0, again.stderr
+    assert results(out)["seed-chain"] == before["seed-chain"] and len(results(out)) == 2
+
+
+def test_job_file_deleted_mid_batch(tmp_path):
+    """The batch read every job when it started: a file deleted while an earlier job runs still
+    gets its result (from the text read), and the note says so; a rerun then has nothing to
+    find for it, and the finished results stay as they are."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    first, second = jobs / "a.yaml", jobs / "b.yaml"
+    first.write_text(SEED_CHAIN.read_text())
+    second.write_text(SEED_SUM.read_text())
+
+    def execute(job, sink, progress=None):
+        if job.name == "seed-chain":
+            second.unlink()  # really deleted, while the first job runs
+        return real_execute(job, sink, progress)
+    out = tmp_path / "out"
+    outcomes = run_batch([jobs], out, execute=execute)
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert "deleted while the batch ran" in outcomes[1].message
+    assert (out / "seed-sum-product" / "summary.json").is_file() and no_partial_results(out)
+    before = results(out)
+    rerun = run_batch([jobs], out)
+    assert [o.status for o in rerun] == ["skipped"] and results(out) == before
+
+
+def test_a_job_file_that_vanishes_before_it_is_read_is_reported(tmp_path, monkeypatch):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "a.yaml").write_text(SEED_CHAIN.read_text())
+    (jobs / "b.yaml").write_text(SEED_SUM.read_text())
+    import gradsvc.batch as batch
+    real_collect = batch.collect_job_files
+
+    def collect_then_delete(paths):
+        files = real_collect(paths)
+        (jobs / "b.yaml").unlink()  # gone between listing the folder and reading the file
+        return files
+    monkeypatch.setattr(batch, "collect_job_files", collect_then_delete)
+    outcomes = run_batch([jobs], tmp_path / "out")
+    assert [o.status for o in outcomes] == ["ok", "invalid"]
+    assert "b.yaml" in outcomes[1].message and "hint:" in outcomes[1].message
