@@ -91,7 +91,10 @@ def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs
                                  "define it under `inputs:` or as a node under `graph:`")
     order = _topological_order(by_name, formula_nodes)
     named = tuple(n.name for n in order if n.name in formula_nodes)
-    for out in outputs:
+    for k, out in enumerate(outputs):
+        if out in outputs[:k]:
+            raise GraphError(f"output '{out}' is listed twice", where=output_where.get(out),
+                             hint="list each output once")
         if out not in defined:
             raise GraphError(f"output '{out}' is not an input or a node", where=output_where.get(out),
                              hint=did_you_mean(out, defined) or "outputs must name nodes under `graph:`")

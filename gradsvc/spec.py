@@ -189,6 +189,11 @@ def job_from_text(text: str, file: str = "<job>", overrides: dict | None = None,
 def job_from_dict(data: dict, overrides: dict | None = None, config: str | Path | None = None) -> Job:
     """Like `load_job`, from a dict shaped like a job file (e.g. built in a notebook)."""
     import yaml  # a dict goes through the same path as a file, so it gets the same checks
+    sections = [data.get(key) for key in ("inputs", "graph")] if isinstance(data, dict) else []
+    entries = sum(len(part) for part in sections if isinstance(part, dict))
+    if entries > limits.MAX_GRAPH_NODES:  # refuse before writing a huge dict out as text
+        raise LimitError(f"the job dict has {entries:,} inputs and nodes; the limit is "
+                         f"{limits.MAX_GRAPH_NODES:,}", hint="split the job (MAX_GRAPH_NODES)")
     try:
         text = yaml.safe_dump(data, sort_keys=False)
     except yaml.YAMLError as exc:
@@ -247,6 +252,13 @@ def _schema_error(exc: ValidationError, doc: Document, base: tuple) -> JobFileEr
         message = f"missing required key '{path[-1]}'" + (f" in {'.'.join(map(str, path[:-1]))}"
                                                           if len(path) > 1 else "")
         hint = "see `gradsvc schema` for the job file format"
+    elif first["type"] == "too_short":
+        where = doc.where(path)
+        message = f"{label} is empty"
+        hint = {"inputs": "a job needs at least one input, e.g. `inputs: {a: 2.0}`",
+                "graph": "a job needs at least one node, e.g. `graph: {z: a * b}`",
+                "outputs": "name at least one node, e.g. `outputs: [z]`"}.get(
+            label, "see `gradsvc schema` for the job file format")
     else:
         where = doc.where(path)
         message = f"{label}: {_plain(first['msg'])}"

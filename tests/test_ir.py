@@ -1,7 +1,7 @@
 """Graph linking: topological order, undefined names, cycles, outputs and wrt."""
 import pytest
 
-from gradsvc.errors import GraphError
+from gradsvc.errors import FormulaError, GraphError, JobFileError
 from gradsvc.spec import job_from_text
 
 
@@ -63,3 +63,34 @@ def test_structure_key_ignores_locations_and_grids():
     one = graph_of("  z: a * b\n", inputs="{a: 1.0, b: 2.0}")
     two = graph_of("\n  z: a * b\n", inputs="{a: [5, 6], b: 2.0}")
     assert one.structure_key() == two.structure_key()
+
+
+@pytest.mark.parametrize("text, message, hint", [
+    ("inputs: {a: 1}\ngraph: {}\noutputs: [a]", "graph is empty", "at least one node"),
+    ("inputs: {}\ngraph: {z: 1}\noutputs: [z]", "inputs is empty", "at least one input"),
+    ("inputs: {a: 1}\ngraph: {z: a}\noutputs: []", "outputs is empty", "at least one node"),
+])
+def test_empty_parts_of_a_job_are_named(text, message, hint):
+    with pytest.raises(JobFileError) as info:
+        job_from_text(text, file="job.yaml")
+    assert info.value.message == message and hint in info.value.hint
+
+
+def test_an_output_listed_twice_is_refused():
+    with pytest.raises(GraphError, match="output 'z' is listed twice") as info:
+        job_from_text("inputs: {a: 1}\ngraph: {z: a}\noutputs: [z, z]", file="job.yaml")
+    assert (info.value.where.line, info.value.where.col) == (3, 14)
+
+
+@pytest.mark.parametrize("formula, what", [("[a, a]", "lists"), ("(a, a)", "tuples"),
+                                           ("{'k': a}", "dicts")])
+def test_outputs_are_scalars_a_formula_cannot_make_anything_else(formula, what):
+    """Every node is one number per point: a vector-valued formula is refused where it is written."""
+    with pytest.raises(FormulaError, match=f"{what} is not allowed in formulas") as info:
+        job_from_text(f'inputs: {{a: 1}}\ngraph: {{z: "{formula}"}}\noutputs: [z]', file="job.yaml")
+    assert info.value.where.line == 2
+
+
+def test_a_nested_list_of_outputs_is_a_schema_error():
+    with pytest.raises(JobFileError, match="outputs.0: Input should be a valid string"):
+        job_from_text("inputs: {a: 1}\ngraph: {z: a}\noutputs: [[z]]", file="job.yaml")

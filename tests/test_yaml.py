@@ -1,0 +1,99 @@
+"""YAML: the safe loader's refusals (python tags, alias bombs, duplicate keys, YAML 1.1 booleans as
+keys, numbers written as strings, non-mapping roots, invalid syntax), each with its line and column."""
+import pytest
+
+from gradsvc.errors import GradsvcError, JobFileError, LimitError
+from gradsvc.spec import job_from_text
+from test_security import refused
+
+BASE = "inputs:\n  a: 2.0\n  b: 3.0\ngraph:\n  z: a * b\noutputs: [z]\n"
+
+
+def error_of(text: str, cls=JobFileError):
+    with pytest.raises(cls) as info:
+        job_from_text(text, file="job.yaml")
+    return info.value
+
+
+def test_python_yaml_tags():
+    """!!python/object/apply: refused by the tag allow-list, never constructed."""
+    e = refused("inputs: !!python/object/apply:os.system ['true']\n", JobFileError)
+    assert "not allowed" in e.message
+
+
+def test_python_name_tag_in_a_nested_value():
+    """A python tag deep inside the document is refused too."""
+    refused("inputs:\n  x: !!python/name:os.system\n", JobFileError)
+
+
+def test_custom_local_tag():
+    """!custom tags are refused."""
+    refused("inputs: {x: !thing 1}\n", JobFileError)
+
+
+def test_billion_laughs_alias_bomb():
+    """Nested aliases that would expand to 10^9 nodes stop at MAX_YAML_NODES, fast."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    e = refused("\n".join(lines) + "\ninputs: {x: 1}\n", LimitError, seconds=2.0)
+    assert "MAX_YAML_NODES" in str(e)
+
+
+def test_deeply_nested_yaml():
+    """[[[[...]]]] 10,000 deep: refused, no RecursionError escapes."""
+    refused("inputs: " + "[" * 10_000 + "]" * 10_000 + "\n", GradsvcError)
+
+
+def test_duplicate_keys():
+    """A second `graph:` cannot silently replace the first."""
+    e = refused("inputs: {x: 1}\ngraph: {z: x}\noutputs: [z]\ngraph: {z: x * 2}\n", JobFileError)
+    assert "duplicate key 'graph' (first defined on line 2)" in e.message
+
+
+def test_yaml_11_booleans_as_keys():
+    """`on:` and `no:` would become True/False keys: refused with a hint to quote them."""
+    refused("inputs: {on: 1}\n", JobFileError)
+    refused("no: 1\n", JobFileError)
+
+
+def test_duplicate_key_names_both_lines():
+    e = error_of(BASE.replace("  b: 3.0\n", "  b: 3.0\n  a: 5.0\n"))
+    assert e.message == "duplicate key 'a' (first defined on line 2)"
+    assert (e.where.line, e.where.col) == (4, 3)
+
+
+def test_yaml_11_boolean_key_is_rejected_with_a_quote_hint():
+    e = error_of(BASE.replace("  b: 3.0", "  no: 3.0"))
+    assert "read as bool False" in e.message and (e.where.line, e.where.col) == (3, 3)
+    assert 'quote it: "no":' in e.hint
+
+
+def test_python_tags_are_refused():
+    e = error_of(BASE.replace("2.0", "!!python/object/apply:os.system ['touch /tmp/x']"))
+    assert "tag:yaml.org,2002:python/object/apply:os.system" in e.message and e.where.line == 2
+
+
+def test_1e3_is_a_number_not_a_string():
+    job = job_from_text(BASE.replace("2.0", "1e3"))
+    assert job.grid.axes[0].values[0] == 1000.0
+
+
+def test_quoted_number_stays_an_error():
+    e = error_of(BASE.replace("2.0", '"1e3"'))
+    assert "expected a number" in e.message
+
+
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "a list"), ("just text\n", "the str value"),
+                                        ("42\n", "the int value")])
+def test_root_must_be_a_mapping(text, kind):
+    assert kind in error_of(text).message
+
+
+def test_invalid_yaml_has_line_and_column():
+    e = error_of("inputs:\n  a: [1, 2\ngraph: {z: a}\n")
+    assert e.message.startswith("invalid YAML") and e.where.line == 3
+
+
+def test_empty_file():
+    assert error_of("").message == "the job file is empty"
