@@ -346,6 +346,9 @@ def render(ex: Explanation, graph: Graph) -> str:
         lines += ["", t["forward"]]
         values = {**ex.coords, **{n: v for n, _, v in ex.forward}}
         for name, formula, value in ex.forward:
+            if _is_number(formula):  # `k: 3`
+                lines.append(f"  {name} = {number_text(value)}")
+                continue
             shown = _substituted(formula, values)
             middle = f" = {shown}" if shown not in (formula, number_text(value)) else ""
             lines.append(f"  {name} = {formula}{middle} = {number_text(value)}")
@@ -360,6 +363,14 @@ def render(ex: Explanation, graph: Graph) -> str:
                                         ex.lang == "en" else "")]
     lines += ["", t["source"]]
     return "\n".join(lines) + "\n"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _frac(top: str, bottom: str) -> str:

@@ -91,7 +91,11 @@ def build_picture(job: Job, point: int = 0, output: str | None = None) -> Pictur
             result_of[name] = name
             continue
         if node.op == "const":
-            add(Element(name, "const", number_text(node.const)))
+            if name == node.owner:  # a named constant (`k: 3`): a box with its gradient
+                kind = "output" if name in graph.outputs else "node"
+                add(Element(name, kind, _box_label(name, values[name], out, adjoint.get(name, 0.0))))
+            else:
+                add(Element(name, "const", number_text(node.const)))
             result_of[name] = name
             continue
         op_key = f"op:{name}"

@@ -136,3 +136,11 @@ def test_explain_is_a_notebook_call_that_never_imports_jax():
             "assert 'dz/da = 3' in ex.text, ex.text\n"
             "assert 'jax' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_named_constants_identities_and_an_input_as_output():
+    job = job_from_text("inputs: {a: 2}\ngraph: {k: 3, y: a, z: y * k}\noutputs: [z, a]")
+    text = explain(job).text
+    assert "  k = 3\n  y = a = 2\n  z = y * k = 2 * 3 = 6\n" in text
+    assert "dz/da = dz/dy · dy/da = 3 · 1 = 3" in text and "dz/dk = 2" in text
+    assert "da/da = 1 (the output itself)" in text and "a does not depend on: k, y, z" in text

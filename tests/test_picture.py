@@ -98,3 +98,9 @@ def test_unwritable_picture_is_an_output_error(tmp_path):
 def test_unknown_output_is_named():
     result = cli("graph", "jobs/seed_chain.yaml", "--out", "x.svg", "--output", "nope")
     assert result.exit_code == 2 and "'nope' is not an input or a node" in result.stderr
+
+
+def test_a_named_constant_is_a_box_with_its_gradient():
+    job = job_from_text("inputs: {a: 2}\ngraph: {k: 3, z: a * k}\noutputs: [z]")
+    picture = build_picture(job)
+    assert picture.elements["k"].kind == "node" and picture.elements["k"].label == "k = 3\ndz/dk = 2"
