@@ -112,7 +112,7 @@ def _plot_1d(grids: Grids, x_name: str, out: Path) -> str:
     plt = pyplot()
     x_axis = grids.axes[x_name]
     step = max(1, math.ceil(len(x_axis) / MAX_LINE_POINTS))
-    shown = np.arange(0, len(x_axis), step)
+    shown = line_points(x_axis, step)
     x = x_axis[shown]
     scanned = _kink_mask(grids, _coords_1d(grids, x_name, shown))
     kinks = scanned if scanned is not None else np.zeros(len(shown), dtype=bool)
@@ -150,6 +150,13 @@ def _plot_1d(grids: Grids, x_name: str, out: Path) -> str:
     _legend_and_title(fig, grids, drawn, "dotted line: kink")
     _save(fig, out)
     return drawn
+
+
+def line_points(x_axis: np.ndarray, step: int) -> np.ndarray:
+    """The indices drawn on a 1-D plot: every step-th point, in increasing order of the input (a
+    zip grid of random samples is not sorted, and a line through it would zigzag)."""
+    shown = np.arange(0, len(x_axis), step)
+    return shown[np.argsort(x_axis[shown], kind="stable")]
 
 
 def _coords_1d(grids: Grids, x_name: str, shown: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import JOBS, cli
-from gradsvc.plot import from_folder, from_job, plot
+from gradsvc.plot import from_folder, from_job, line_points, plot
 from gradsvc.spec import job_from_text, load_job
 
 
@@ -94,3 +94,14 @@ def test_batch_folder_points_to_a_job_folder(tmp_path):
 def test_unknown_plot_format(tmp_path):
     result = cli("plot", "jobs/logistic_curve.yaml", "--out", tmp_path / "p.gif")
     assert result.exit_code == 2 and "cannot write a plot as '.gif'" in result.stderr
+
+
+def test_random_samples_are_drawn_in_order_of_the_input(tmp_path):
+    job = job_from_text("inputs: {x: {uniform: [-1, 1], n: 200, seed: 3}}\ngraph: {y: x * x}\n"
+                        "outputs: [y]")
+    x = job.grid.axes[0].values
+    assert (np.diff(x) < 0).any()  # the samples come unsorted
+    shown = line_points(x, 1)
+    assert sorted(shown) == list(range(200)) and (np.diff(x[shown]) >= 0).all()
+    assert (np.diff(x[line_points(x, 7)]) >= 0).all() and len(line_points(x, 7)) == 29
+    assert plot(from_job(job), tmp_path / "u.png").points == 200
