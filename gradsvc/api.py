@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,7 +56,11 @@ class Result:
                 "grads": {o: {n: float(a[index]) for n, a in g.items()} for o, g in self.grads.items()}}
 
 
-_COMPILED: dict[tuple, Compiled] = {}  # jobs with the same graph structure compile once per process
+# Jobs with the same graph structure compile once per process. Least recently used first, and
+# bounded: each compiled kernel holds ~18 memory mappings of machine code, and a process that ran
+# thousands of distinct graphs (a long fuzz campaign did) reached the kernel's limit of 65,530
+# mappings and XLA crashed. Evicted kernels come back from the on-disk executable cache.
+_COMPILED: OrderedDict[tuple, Compiled] = OrderedDict()
 
 
 def kept_nodes(job: Job) -> tuple[str, ...]:
@@ -95,10 +100,13 @@ def _compiled_for(job: Job, chunk_size: int) -> tuple[Compiled, bool]:
     key = (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes), s.dtype,
            s.device, chunk_size, kept, s.fast_math)
     if key in _COMPILED:
+        _COMPILED.move_to_end(key)
         return _COMPILED[key], True
     use_compile_cache(s.compile_cache)
     compiled = compile_graph(job.graph, grid, s.dtype, s.device, chunk_size, kept, s.fast_math)
     _COMPILED[key] = compiled
+    while len(_COMPILED) > limits.MAX_COMPILED_KERNELS:
+        _COMPILED.popitem(last=False)
     return compiled, False
 
 

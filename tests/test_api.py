@@ -51,3 +51,25 @@ def test_results_too_big_for_memory_point_to_batch(monkeypatch):
     monkeypatch.setattr(limits, "MAX_RESULT_BYTES", 100)
     with pytest.raises(LimitError, match="gradsvc batch"):
         gradsvc.run(TEXT)
+
+
+def test_compiled_kernels_kept_per_process_are_bounded(monkeypatch):
+    """Each compiled kernel holds memory mappings; a fuzz campaign of thousands of distinct graphs
+    in one process hit the kernel's 65,530-mapping limit and XLA crashed. The cache is an LRU of
+    MAX_COMPILED_KERNELS; an evicted graph compiles again (or loads from disk) with equal results."""
+    from gradsvc import api, limits
+    monkeypatch.setattr(limits, "MAX_COMPILED_KERNELS", 3)
+    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())
+
+    def job(k: int) -> dict:
+        return {"inputs": {"x": [0.5, 1.5]}, "graph": {"z": f"sin(x) * x ** {k + 2}"},
+                "outputs": ["z"], "settings": {"compile_cache": "off"}}
+    first = gradsvc.run(job(0)).grads["z"]["x"].copy()
+    maps_before = len(open("/proc/self/maps").read().splitlines())
+    for k in range(1, 30):
+        gradsvc.run(job(k))
+    assert len(api._COMPILED) == 3
+    assert len(open("/proc/self/maps").read().splitlines()) - maps_before < 29 * 10
+    again = gradsvc.run(job(0))
+    assert again.timings["compiled_from"] != "this process"
+    assert (again.grads["z"]["x"] == first).all()
