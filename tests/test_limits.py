@@ -95,3 +95,10 @@ def test_grid_of_1e24_points():
     inputs = ", ".join(f"x{i}: {{linspace: [0, 1, 100]}}" for i in range(12))
     e = refused(f"inputs: {{{inputs}}}\ngraph: {{z: x0}}\noutputs: [z]\n", LimitError, seconds=1.0)
     assert "1,000,000,000,000,000,000,000,000 points" in e.message
+
+
+def test_the_readme_lists_every_limit_with_its_value():
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, value in limits.ALL.items():
+        assert f"| `{name}` | {value:,} |" in readme, name
