@@ -257,7 +257,15 @@ class _FiniteDifferences:
         if not (math.isfinite(g) and math.isfinite(x)):
             self.counts["skipped_nonfinite"] += 1
             return
-        outcome = self._converged_difference(inputs, result, out, name, x)
+        # where g is zero to within the reference's own rounding bound (in float64), say because
+        # it is a difference of O(1) terms (d(sin x - x)/dx at 0 is 1 - 1), so is its finite
+        # difference, whose rounding the outputs' tiny magnitude alone would understate
+        # (only for an output whose value is itself accurate: sin(exp(6) ** 6) is all rounding, and
+        # a finite difference there says nothing, "zero" included)
+        floor = self.to_float64 * result.grad_err[out][name]
+        accurate = self.to_float64 * result.value_err[out] <= 1e-6 * (1.0 + abs(result.values[out]))
+        outcome = self._converged_difference(inputs, result, out, name, x,
+                                             floor if abs(g) <= floor and accurate else 0.0)
         if isinstance(outcome, str):
             self.counts[outcome] += 1
             return
@@ -272,7 +280,7 @@ class _FiniteDifferences:
                 self.points.append({"index": index, "coords": inputs, "quantity": f"d{out}/d{name}",
                                     "reference": g, "finite_difference": estimate, "tolerance": tol})
 
-    def _converged_difference(self, inputs, result, out, name, x):
+    def _converged_difference(self, inputs, result, out, name, x, floor: float):
         """Richardson-extrapolated central differences at shrinking steps until two agree.
 
         Returns (estimate, spread between the last two, rounding error) or the name of the counter
@@ -295,14 +303,15 @@ class _FiniteDifferences:
             # (log(tanh(9)) is tiny, but carries the rounding of tanh(9) ~ 1)
             f_err = 2 * EPS64 * max(abs(f_plus), abs(f_minus)) + \
                 self.to_float64 * result.value_err[out]
-            rounding = 4 * f_err / h
+            rounding = 4 * f_err / h + floor
             if central is not None:
                 estimate = (4 * finer - central) / 3  # cancels the h**2 error term
                 if previous is not None:
                     spread = abs(estimate - previous)
                     # agreement only counts above the rounding noise: estimates that all drown in
                     # it (a step far wider than the output's oscillation) agree by accident
-                    resolved = rounding <= 0.1 * abs(estimate) or estimate == previous == 0.0
+                    resolved = (rounding <= 0.1 * abs(estimate) or estimate == previous == 0.0
+                                or max(abs(estimate), abs(previous)) <= floor)  # zero, to rounding
                     if resolved and spread <= self.rtol * abs(estimate) + rounding:
                         return estimate, spread, rounding
                 previous = estimate
