@@ -25,7 +25,8 @@ from .spec import Job
 
 FORMATS = (".svg", ".png", ".dot", ".gv")
 SWEEPS = 4  # barycenter passes each way
-SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "pow": "pow", "neg": "−x", "id": "="}
+SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "pow": "pow", "neg": "−x", "id": "=",
+           "gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
 COLORS = {"input": "#dbeafe", "node": "#f3f4f6", "output": "#fde68a", "op": "#ffffff",
           "const": "#ffffff"}
 
