@@ -197,7 +197,7 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
     n_grads = len(graph.outputs) * len(graph.wrt)
     fast_ops = uses_fast_ops(graph, fast)
-    loaded = kcache.load_executable(key, dev, len(grid.axes))
+    loaded = kcache.load_executable(key, dev, len(grid.axes), fast_ops)
     if loaded is not None:
         executable, layout = loaded
         return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
@@ -215,13 +215,13 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
     layout = tuple(traced_layout)
     probe = (np.int64(0), tuple(jax.device_put(a, dev)
                                 for a in device_axes(grid, np_dtype, chunk_size)))
-    stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout)
+    stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
     if not stored and kcache.cache_folder() is not None:
         # JAX's own cache served this compile, and such an executable does not serialize whole:
         # compile once more past that cache, so that later processes load ours and skip tracing
         with kcache.jax_cache_off():
             executable = build()
-        kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout)
+        kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
     return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
                     "compiled", n_grads, fast_ops)
 

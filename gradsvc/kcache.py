@@ -89,21 +89,21 @@ def executable_path(key: str) -> Path | None:
     return None if _cache_dir[0] is None else Path(_cache_dir[0]) / f"gradsvc-exec-{key}.bin"
 
 
-def result_trees(n_axes: int, n_arrays: int):
+def result_trees(n_axes: int, n_arrays: int, flagged: bool):
     """The argument and result structure of a chunk function (rebuilt, so nothing is unpickled
-    beyond the executable itself)."""
+    beyond the executable itself); the range flag is absent without fast sin/cos."""
     return (jax.tree_util.tree_structure(((0, (0,) * n_axes), {})),
-            jax.tree_util.tree_structure(((0,) * n_arrays, 0)))
+            jax.tree_util.tree_structure(((0,) * n_arrays, 0 if flagged else None)))
 
 
-def load_executable(key: str, dev, n_axes: int):
+def load_executable(key: str, dev, n_axes: int, flagged: bool):
     """(executable, layout) from the cache folder, or None. The layout travels beside it."""
     path = executable_path(key)
     if path is None or not path.is_file():
         return None
     try:
         layout = tuple(json.loads(path.with_suffix(".json").read_text())["layout"])
-        trees = result_trees(n_axes, max(layout, default=-1) + 1)
+        trees = result_trees(n_axes, max(layout, default=-1) + 1, flagged)
         return serialize_executable.deserialize_and_load(path.read_bytes(), *trees,
                                                          execution_devices=[dev]), layout
     except Exception:  # a stale, partial or damaged entry only costs a recompilation
@@ -111,7 +111,7 @@ def load_executable(key: str, dev, n_axes: int):
 
 
 def store_executable(key: str, compiled, dev, probe_args: tuple, n_axes: int,
-                     layout: tuple[int, ...]) -> bool:
+                     layout: tuple[int, ...], flagged: bool) -> bool:
     """Keep the executable only if a reloaded copy computes exactly what the original does: an
     executable that JAX itself loaded from its cache does not serialize completely. Returns
     whether it was kept (False also when there is no cache folder)."""
@@ -120,7 +120,7 @@ def store_executable(key: str, compiled, dev, probe_args: tuple, n_axes: int,
         return False
     try:
         payload, _, _ = serialize_executable.serialize(compiled)
-        trees = result_trees(n_axes, max(layout, default=-1) + 1)
+        trees = result_trees(n_axes, max(layout, default=-1) + 1, flagged)
         reloaded = serialize_executable.deserialize_and_load(payload, *trees,
                                                              execution_devices=[dev])
         for a, b in zip(jax.tree_util.tree_leaves(compiled(*probe_args)),

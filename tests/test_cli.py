@@ -122,10 +122,12 @@ def test_table_marks_values_that_were_not_kept(write_job):
     assert "(not kept)" in row and row.rstrip("│ ").endswith("1")
 
 
-def test_a_second_process_loads_the_compiled_kernel_from_the_cache(tmp_path):
-    """The compile cache is on by default and shared by processes; `off` turns it off."""
+@pytest.mark.parametrize("job", ["jobs/seed_chain.yaml", "jobs/damped_oscillator.yaml"])
+def test_a_second_process_loads_the_compiled_kernel_from_the_cache(tmp_path, job):
+    """The compile cache is on by default and shared by processes; `off` turns it off. Both kinds
+    of kernel: without fast sin/cos (no range flag among the results) and with them."""
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "gradsvc", "run", "jobs/damped_oscillator.yaml", "-f", "json",
+    cmd = [sys.executable, "-m", "gradsvc", "run", job, "-f", "json",
            "--compile-cache", str(cache)]
     sources = [json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                                          check=True).stdout)["timings"]["compiled_from"]
