@@ -84,18 +84,16 @@ def explain(job, point: int = 0, lang: str = "en") -> Explanation:
     job = as_job(job)
     if lang not in LANGS:
         raise UsageError(f"unknown language '{lang}'", hint=f"use one of: {', '.join(LANGS)}")
-    if not 0 <= point < job.grid.size:
-        size = job.grid.size
-        has = "only one point, 0" if size == 1 else f"{size:,} points, 0 to {size - 1:,}"
-        raise UsageError(f"point {point} is outside the grid of '{job.name}' (it has {has})",
-                         hint="choose --point within that range")
+    check_point(job, point)
     graph = job.graph
     coords = job.grid.point(point)
     result = run_point(graph, coords)
     values = result.values
+    uses = formula_uses(graph)
+    users = _users(graph)
     steps, unused = {}, {}
     for out in graph.outputs:
-        steps[out], unused[out] = _walk(graph, values, coords, out)
+        steps[out], unused[out] = _walk(graph, values, coords, out, uses, users)
     fwd = [(n, graph.formulas[n], values[n]) for n in graph.named]
     kinks = sorted({graph.node(n).owner for n in result.kinks})
     ex = Explanation(job.name, point, job.grid.size, coords, lang, fwd, steps, unused, kinks)
@@ -103,20 +101,32 @@ def explain(job, point: int = 0, lang: str = "en") -> Explanation:
     return ex
 
 
+def check_point(job, point: int) -> None:
+    """A usage error unless `point` indexes the job's grid (for --point)."""
+    size = job.grid.size
+    if not 0 <= point < size:
+        has = "only one point, 0" if size == 1 else f"{size:,} points, 0 to {size - 1:,}"
+        raise UsageError(f"point {point} is outside the grid of '{job.name}' (it has {has})",
+                         hint="choose --point within that range")
+
+
 # --- the walk ---
 
-def _walk(graph: Graph, values: dict, coords: dict, out: str) -> tuple[list[Step], list[str]]:
+def _walk(graph: Graph, values: dict, coords: dict, out: str, uses: dict, users: dict
+          ) -> tuple[list[Step], list[str]]:
     adjoint = backward(graph, values, out)
-    users = _users(graph)
-    order = _explain_order(graph, out, users)
+    order = _explain_order(graph, out, uses, users)
+    local: dict[str, dict[str, float]] = {}  # consumer -> d consumer / d name, each walked once
     steps = []
     for name in order:
         step = Step(name, values[name], adjoint.get(name, 0.0), values[out])
         if name != out:
             for consumer in users[name]:
                 if consumer in adjoint or consumer == out:
-                    local = _local_partials(graph, values, consumer)[name]
-                    step.paths.append(Path(consumer, adjoint.get(consumer, 0.0), local,
+                    if consumer not in local:
+                        local[consumer] = backward(graph, values, consumer, within=consumer)
+                    step.paths.append(Path(consumer, adjoint.get(consumer, 0.0),
+                                           local[consumer].get(name, 0.0),
                                            _local_text(graph, values, consumer, name)))
             step.affine = _dependence(graph, out, name) != NONLINEAR
             step.bumped = _bumped(graph, coords, out, name, values[name] + 1.0)
@@ -138,60 +148,45 @@ def _users(graph: Graph) -> dict[str, list[str]]:
     return users
 
 
-def _uses(graph: Graph, consumer: str) -> list[str]:
-    """The visible names the consumer's formula uses, in the order they appear."""
-    found: list[str] = []
+def formula_uses(graph: Graph) -> dict[str, list[str]]:
+    """For each named node, the visible names its formula uses, in the order they appear."""
+    uses: dict[str, list[str]] = {n: [] for n in graph.named}
     for node in graph.nodes:
-        if node.owner == consumer and node.op not in ("input", "const"):
-            for arg in node.args:
-                if graph.node(arg).owner == arg and arg != consumer and arg not in found:
-                    found.append(arg)
-    return found
+        if node.op in ("input", "const"):
+            continue
+        found = uses[node.owner]
+        for arg in node.args:
+            if graph.node(arg).owner == arg and arg != node.owner and arg not in found:
+                found.append(arg)
+    return uses
 
 
-def _explain_order(graph: Graph, out: str, users: dict) -> list[str]:
+def _explain_order(graph: Graph, out: str, uses: dict, users: dict) -> list[str]:
     """The output first, then each name once every name using it (on a path to out) is done;
     among those ready, in the order formulas mention them: e, then c and d, then a and b."""
-    relevant = ancestors(graph, out)
+    relevant = ancestors(graph, out, uses)
     waiting = {n: sum(1 for u in users[n] if u in relevant) for n in relevant}
     order, queue = [], [out]
     while queue:
         name = queue.pop(0)
         order.append(name)
-        if graph.node(name).op == "input":
-            continue
-        for arg in _uses(graph, name):
+        for arg in uses.get(name, ()):
             waiting[arg] -= 1
             if waiting[arg] == 0:
                 queue.append(arg)
     return order
 
 
-def ancestors(graph: Graph, out: str) -> set[str]:
+def ancestors(graph: Graph, out: str, uses: dict | None = None) -> set[str]:
     """Visible names the output's value is computed from (and the output itself)."""
+    uses = uses if uses is not None else formula_uses(graph)
     found, stack = {out}, [out]
     while stack:
-        for arg in _uses(graph, stack.pop()):
+        for arg in uses.get(stack.pop(), ()):
             if arg not in found:
                 found.add(arg)
                 stack.append(arg)
     return found
-
-
-def _local_partials(graph: Graph, values: dict, consumer: str) -> dict[str, float]:
-    """d consumer / d name for each visible name its formula uses, the others held fixed: the
-    reference's backward pass confined to the consumer's own operations."""
-    adjoint = {consumer: 1.0}
-    for node in reversed(graph.nodes):
-        if node.owner != consumer or node.name not in adjoint or not node.args:
-            continue
-        op = node.primitive
-        if op.no_gradient:
-            continue
-        args = tuple(values[a] for a in node.args)
-        for arg, partial in zip(node.args, op.partials(args, values[node.name])):
-            adjoint[arg] = adjoint.get(arg, 0.0) + adjoint[node.name] * partial
-    return {n: adjoint.get(n, 0.0) for n in _uses(graph, consumer)}
 
 
 def _local_text(graph: Graph, values: dict, consumer: str, name: str) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .explain import number_text
+from .explain import check_point, number_text
 from .plot import pyplot
 from .reference import backward, forward
 from .spec import Job
@@ -65,9 +65,7 @@ class Picture:
 def build_picture(job: Job, point: int = 0, output: str | None = None) -> Picture:
     """The elements, edges and layout of the job's graph at one grid point."""
     graph = job.graph
-    if not 0 <= point < job.grid.size:
-        raise UsageError(f"point {point} is outside the grid of '{job.name}' "
-                         f"({job.grid.size:,} points)", hint="choose --point within the grid")
+    check_point(job, point)
     out = output or graph.outputs[0]
     if out not in graph.visible:
         raise UsageError(f"'{out}' is not an input or a node of '{job.name}'",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .explain import ancestors
+from .explain import ancestors, formula_uses
 from .ir import Graph
 
 MAX_LINE_POINTS = 100_000
@@ -117,7 +117,8 @@ def _plot_1d(grids: Grids, x_name: str, out: Path) -> str:
     scanned = _kink_mask(grids, _coords_1d(grids, x_name, shown))
     kinks = scanned if scanned is not None else np.zeros(len(shown), dtype=bool)
     g = grids.graph
-    wrt = {o: [w for w in g.wrt if w != o and w in ancestors(g, o)] for o in g.outputs}
+    uses = formula_uses(g)
+    wrt = {o: [w for w in g.wrt if w != o and w in ancestors(g, o, uses)] for o in g.outputs}
     columns = 1 + max(len(w) for w in wrt.values())
     fig, panels = plt.subplots(len(g.outputs), columns, squeeze=False,
                                figsize=(PANEL_W * columns, PANEL_H * len(g.outputs)))

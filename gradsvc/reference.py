@@ -63,12 +63,19 @@ def branches(graph: Graph, values: dict[str, float]) -> tuple:
     return tuple(out)
 
 
-def backward(graph: Graph, values: dict[str, float], output: str) -> dict[str, float]:
-    """d(output)/d(node) for every node on a path to `output` (others are absent: no dependence)."""
+def backward(graph: Graph, values: dict[str, float], output: str, within: str | None = None
+             ) -> dict[str, float]:
+    """d(output)/d(node) for every node on a path to `output` (others are absent: no dependence).
+
+    With `within`, only the operations of that name's own formula are walked: the result holds
+    d(within)/d(name) for each name the formula uses, the others held fixed (a local derivative).
+    """
     adjoint: dict[str, float] = {output: 1.0}
     for node in reversed(graph.nodes):
         bar = adjoint.get(node.name)
         if bar is None or not node.args or node.primitive.no_gradient:
+            continue
+        if within is not None and node.owner != within:
             continue
         op = node.primitive
         arg_values = tuple(values[a] for a in node.args)
