@@ -108,7 +108,7 @@ def plot(grids: Grids, out: Path) -> Drawn:
 
 # --- 1-D ---
 
-def _plot_1d(grids: Grids, x_name: str, out: Path) -> str:
+def _plot_1d(grids: Grids, x_name: str, out: Path) -> Drawn:
     plt = pyplot()
     x_axis = grids.axes[x_name]
     step = max(1, math.ceil(len(x_axis) / MAX_LINE_POINTS))
@@ -124,30 +124,16 @@ def _plot_1d(grids: Grids, x_name: str, out: Path) -> str:
                                figsize=(PANEL_W * columns, PANEL_H * len(g.outputs)))
     drawn = Drawn("1-D", (x_name,), len(x), step, [], {}, None if scanned is None else
                   int(kinks.sum()))
-    for row, o in enumerate(g.outputs):
-        series = [(o, grids.values.get(o))] + [(f"d{o}/d{w}", grids.grads[o][w]) for w in wrt[o]]
-        for col in range(len(series), columns):
-            panels[row][col].set_axis_off()
-        for col, (label, data) in enumerate(series):
-            ax = panels[row][col]
-            if data is None:
-                ax.set_axis_off()
-                ax.set_title(f"{label}: value not kept", fontsize=9)
-                continue
-            drawn.panels.append(label)
-            y = np.asarray(data[shown], dtype=np.float64)
-            ax.plot(x, np.where(np.isfinite(y), y, np.nan), linewidth=1.2, color="#1d4ed8")
-            for k in x[kinks]:
-                ax.axvline(k, color="#6b7280", linestyle=":", linewidth=1)
-            bad = ~np.isfinite(y)
-            drawn.nonfinite[label] = int(bad.sum())
-            if bad.any():
-                ax.plot(x[bad], np.zeros(bad.sum()), "x", color="#dc2626", markersize=6,
-                        transform=ax.get_xaxis_transform(), clip_on=False)
-            ax.set_title(label + (f"  ({int(bad.sum())} non-finite)" if bad.any() else ""),
-                         fontsize=9)
-            ax.set_xlabel(x_name, fontsize=8)
-            ax.tick_params(labelsize=7)
+    for ax, label, data in _panels(panels, grids, wrt, drawn):
+        y = np.asarray(data[shown], dtype=np.float64)
+        ax.plot(x, np.where(np.isfinite(y), y, np.nan), linewidth=1.2, color="#1d4ed8")
+        for k in x[kinks]:
+            ax.axvline(k, color="#6b7280", linestyle=":", linewidth=1)
+        bad = ~np.isfinite(y)
+        if bad.any():
+            ax.plot(x[bad], np.zeros(bad.sum()), "x", color="#dc2626", markersize=6,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+        _label(ax, label, bad, drawn, x_name)
     _legend_and_title(fig, grids, drawn, "dotted line: kink")
     _save(fig, out)
     return drawn
@@ -166,7 +152,7 @@ def _coords_1d(grids: Grids, x_name: str, shown: np.ndarray) -> dict[str, np.nda
 
 # --- 2-D ---
 
-def _plot_2d(grids: Grids, names: list[str], out: Path) -> str:
+def _plot_2d(grids: Grids, names: list[str], out: Path) -> Drawn:
     plt = pyplot()
     shape = tuple(len(a) for a in grids.axes.values())
     pos = [list(grids.axes).index(n) for n in names]
@@ -187,31 +173,18 @@ def _plot_2d(grids: Grids, names: list[str], out: Path) -> str:
                                figsize=(PANEL_W * 1.2 * columns, PANEL_H * 1.2 * len(g.outputs)))
     drawn = Drawn("2-D", tuple(names), index.size, max(steps), [], {},
                   None if scanned is None else int(kinks.sum()))
-    for row, o in enumerate(g.outputs):
-        series = [(o, grids.values.get(o))] + [(f"d{o}/d{w}", grids.grads[o][w]) for w in wrt_inputs]
-        for col, (label, data) in enumerate(series):
-            ax = panels[row][col]
-            if data is None:
-                ax.set_axis_off()
-                ax.set_title(f"{label}: value not kept", fontsize=9)
-                continue
-            drawn.panels.append(label)
-            z = np.asarray(data, dtype=np.float64)[index]
-            bad = ~np.isfinite(z)
-            drawn.nonfinite[label] = int(bad.sum())
-            image = ax.pcolormesh(xs, ys, np.ma.masked_invalid(z).T, shading="nearest",
-                                  cmap="viridis")
-            fig.colorbar(image, ax=ax).ax.tick_params(labelsize=7)
-            mx, my = np.meshgrid(xs, ys, indexing="ij")
-            if bad.any():
-                ax.plot(mx[bad], my[bad], "x", color="#dc2626", markersize=4)
-            if kinks.any():
-                ax.plot(mx[kinks], my[kinks], ".", color="black", markersize=3)
-            ax.set_title(label + (f"  ({int(bad.sum())} non-finite)" if bad.any() else ""),
-                         fontsize=9)
-            ax.set_xlabel(names[0], fontsize=8)
-            ax.set_ylabel(names[1], fontsize=8)
-            ax.tick_params(labelsize=7)
+    mx, my = np.meshgrid(xs, ys, indexing="ij")
+    for ax, label, data in _panels(panels, grids, {o: wrt_inputs for o in g.outputs}, drawn):
+        z = np.asarray(data, dtype=np.float64)[index]
+        bad = ~np.isfinite(z)
+        image = ax.pcolormesh(xs, ys, np.ma.masked_invalid(z).T, shading="nearest", cmap="viridis")
+        fig.colorbar(image, ax=ax).ax.tick_params(labelsize=7)
+        if bad.any():
+            ax.plot(mx[bad], my[bad], "x", color="#dc2626", markersize=4)
+        if kinks.any():
+            ax.plot(mx[kinks], my[kinks], ".", color="black", markersize=3)
+        _label(ax, label, bad, drawn, names[0])
+        ax.set_ylabel(names[1], fontsize=8)
     _legend_and_title(fig, grids, drawn, "black dot: kink")
     _save(fig, out)
     return drawn
@@ -226,6 +199,30 @@ def _flat_index(shape: tuple, pos: list[int], picks: list[np.ndarray]) -> np.nda
 
 
 # --- shared ---
+
+def _panels(panels, grids: Grids, wrt: dict[str, list[str]], drawn: Drawn):
+    """(axes, label, data) for each drawn panel: per output (a row), its value, then d/d(each
+    name in wrt[output]); a value that was not kept says so, and unused panels are blank."""
+    for row, o in enumerate(grids.graph.outputs):
+        series = [(o, grids.values.get(o))] + [(f"d{o}/d{w}", grids.grads[o][w]) for w in wrt[o]]
+        for ax in panels[row][len(series):]:
+            ax.set_axis_off()
+        for ax, (label, data) in zip(panels[row], series):
+            if data is None:
+                ax.set_axis_off()
+                ax.set_title(f"{label}: value not kept", fontsize=9)
+                continue
+            drawn.panels.append(label)
+            yield ax, label, data
+
+
+def _label(ax, label: str, bad: np.ndarray, drawn: Drawn, x_name: str) -> None:
+    """Title (with its count of non-finite points, also kept in `drawn`), x label, tick size."""
+    drawn.nonfinite[label] = int(bad.sum())
+    ax.set_title(label + (f"  ({int(bad.sum())} non-finite)" if bad.any() else ""), fontsize=9)
+    ax.set_xlabel(x_name, fontsize=8)
+    ax.tick_params(labelsize=7)
+
 
 def _kink_mask(grids: Grids, coords: dict[str, np.ndarray]) -> np.ndarray | None:
     """Which points have an op exactly on a kink: the reference's forward pass at each point
