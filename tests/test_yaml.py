@@ -5,14 +5,7 @@ import pytest
 from gradsvc.errors import GradsvcError, JobFileError, LimitError
 from gradsvc.spec import job_from_text
 from test_security import refused
-
-BASE = "inputs:\n  a: 2.0\n  b: 3.0\ngraph:\n  z: a * b\noutputs: [z]\n"
-
-
-def error_of(text: str, cls=JobFileError):
-    with pytest.raises(cls) as info:
-        job_from_text(text, file="job.yaml")
-    return info.value
+from test_spec import BASE, error_of
 
 
 def test_python_yaml_tags():
