@@ -8,7 +8,6 @@ JAX's persistent compilation cache serves later processes).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_IO, EXIT_MISMATCH,
-                     EXIT_OK, GradsvcError, UsageError)
+                     EXIT_OK, GradsvcError, UsageError, write_failure_words)
 from .spec import Job, load_job
 from .store import (is_complete, existing_summary, remove_stale_temporaries, safe_folder_name,
                     write_json_atomic, write_result)
@@ -177,21 +176,9 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                                        "is from its text as read when the batch started")
 
 
-WRITE_FAILURES = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is used up",
-    errno.EFBIG: "a file would pass this process's file size limit (ulimit -f)",
-    errno.EROFS: "the output folder is on a read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-}
-
-
 def write_failure(file: str, error: OSError) -> str:
     """One message for a result that could not be written: what happened, and that nothing is lost."""
-    why = WRITE_FAILURES.get(error.errno, error.strerror or str(error))
-    where = f" ({error.filename})" if error.filename else ""
-    return (f"{file}: error: could not write the result: {why}{where}\n"
+    return (f"{file}: error: could not write the result: {write_failure_words(error)}\n"
             "  hint: nothing partial was kept and finished results are untouched; make room (or "
             "make the folder writable) and rerun the same command to resume")
 

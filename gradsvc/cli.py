@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_MISMATCH, EXIT_OK,
-                     GradsvcError)
+                     GradsvcError, OutputError, write_failure_words)
 
 
 app = typer.Typer(help="gradsvc: values and verified gradients of formula graphs, from YAML jobs.",
@@ -241,8 +241,7 @@ def plot(
 
 
 def _write_error(path: Path, error: OSError) -> GradsvcError:
-    from .errors import OutputError
-    return OutputError(f"cannot write {path}: {error.strerror or error}",
+    return OutputError(f"cannot write {path}: {write_failure_words(error, name_file=False)}",
                        hint="check that the folder exists and is writable, and the disk has room")
 
 

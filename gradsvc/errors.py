@@ -6,6 +6,7 @@ offending source line and a caret under the column.
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -90,3 +91,20 @@ class OutputError(GradsvcError):
     """A result or picture could not be written (disk full, permissions, a vanished folder)."""
 
     exit_code = EXIT_IO
+
+
+WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "a file would pass this process's file size limit (ulimit -f)",
+    errno.EROFS: "the output folder is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def write_failure_words(error: OSError, name_file: bool = True) -> str:
+    """Why a write failed, in words ("the disk is full"), with the file when the error names it
+    (`name_file=False` where the message names it already)."""
+    why = WRITE_FAILURES.get(error.errno, error.strerror or str(error))
+    return why + (f" ({error.filename})" if name_file and error.filename else "")
