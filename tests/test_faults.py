@@ -103,53 +103,46 @@ def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
     assert z.shape == (20_000_000,) and z.dtype == np.float32
 
 
-def _fill_then_resume(out: Path, jobs: Path, run_limited) -> str:
+def _fill_then_resume(out: Path, big: Path, limit_bytes: int | None = None,
+                      room: Path | None = None) -> str:
     """The shared shape of the disk-full tests: a finished job, then a batch that runs out of
-    room on the big job; returns the failing batch's stderr."""
+    room on the big job (under `limit_bytes`, or on a small filesystem), then a rerun, in `room`
+    (a bigger folder given the same results) when `out` itself cannot grow. Returns the failing
+    batch's stderr."""
     first = batch_process([SEED_CHAIN, "--out", out])
     assert first.returncode == 0, first.stderr
     before = results(out)
-    failed = run_limited()
+    failed = batch_process([SEED_CHAIN, big, "--out", out], limit_bytes=limit_bytes)
     assert failed.returncode == 4, failed.stderr
     assert results(out) == before and no_partial_results(out)
     assert "big" not in os.listdir(out)
-    again = batch_process([SEED_CHAIN, jobs / "big.yaml", "--out", out])
+    if room is not None:
+        shutil.copytree(out, room)
+    resumed = room or out
+    again = batch_process([SEED_CHAIN, big, "--out", resumed])
     assert again.returncode == 0, again.stderr
-    assert results(out)["seed-chain"] == before["seed-chain"]
-    assert np.load(out / "big" / "values" / "z.npy").shape == (1_000_000,)
+    assert results(resumed)["seed-chain"] == before["seed-chain"]
+    assert np.load(resumed / "big" / "values" / "z.npy").shape == (1_000_000,)
     return failed.stderr
 
 
-def test_file_size_limit_fails_the_job_alone_and_a_rerun_finishes(tmp_path):
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    (jobs / "big.yaml").write_text(BIG)
-    out = tmp_path / "out"
-    stderr = _fill_then_resume(out, jobs, lambda: batch_process(
-        [SEED_CHAIN, jobs / "big.yaml", "--out", out], limit_bytes=2_000_000))
+@pytest.fixture
+def big_job(tmp_path) -> Path:
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "big.yaml"
+    path.write_text(BIG)
+    return path
+
+
+def test_file_size_limit_fails_the_job_alone_and_a_rerun_finishes(tmp_path, big_job):
+    stderr = _fill_then_resume(tmp_path / "out", big_job, limit_bytes=2_000_000)
     assert "could not write the result: a file would pass this process's file size limit" in stderr
     assert "nothing partial was kept" in stderr and "Traceback" not in stderr
 
 
-def test_full_disk_fails_the_job_alone_and_a_rerun_finishes(tmp_path, small_filesystem):
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    (jobs / "big.yaml").write_text(BIG)
-    out = small_filesystem / "out"
-    first = batch_process([SEED_CHAIN, "--out", out])
-    assert first.returncode == 0, first.stderr
-    before = results(out)
-    failed = batch_process([SEED_CHAIN, jobs / "big.yaml", "--out", out])
-    assert failed.returncode == 4, failed.stderr
-    assert "could not write the result: the disk is full" in failed.stderr
-    assert results(out) == before and no_partial_results(out)
-    # make room: the rerun (into a bigger folder holding the same results) resumes
-    roomy = tmp_path / "roomy"
-    shutil.copytree(out, roomy)
-    again = batch_process([SEED_CHAIN, jobs / "big.yaml", "--out", roomy])
-    assert again.returncode == 0, again.stderr
-    assert results(roomy)["seed-chain"] == before["seed-chain"]
-    assert np.load(roomy / "big" / "values" / "z.npy").shape == (1_000_000,)
+def test_full_disk_fails_the_job_alone_and_a_rerun_finishes(tmp_path, big_job, small_filesystem):
+    stderr = _fill_then_resume(small_filesystem / "out", big_job, room=tmp_path / "roomy")
+    assert "could not write the result: the disk is full" in stderr
 
 
 @pytest.fixture
