@@ -56,10 +56,7 @@ class Picture:
         return [e for e in self.elements.values() if e.kind != "dummy" and not e.copy_of]
 
     def layers(self) -> list[list[Element]]:
-        by_layer: dict[int, list[Element]] = {}
-        for e in self.elements.values():
-            by_layer.setdefault(e.layer, []).append(e)
-        return [sorted(by_layer[k], key=lambda e: e.order) for k in sorted(by_layer)]
+        return _rows(self.elements)
 
 
 def build_picture(job: Job, point: int = 0, output: str | None = None) -> Picture:
@@ -148,19 +145,24 @@ def _layout(elements: dict[str, Element], edges: list[tuple[str, str]]) -> dict:
         elements[b].preds = [prev if p == source.key else p for p in elements[b].preds]
         routes[(source.key, b)] = chain + [b]
     succs = _successors(elements)
-    layers: dict[int, list[Element]] = {}
-    for e in elements.values():
-        layers.setdefault(e.layer, []).append(e)
-    for row in layers.values():
+    rows = _rows(elements)  # every order is still 0: each layer in the order elements were added
+    for row in rows:
         for i, e in enumerate(row):
             e.order = float(i)
-    keys = sorted(layers)
     for _ in range(SWEEPS):
-        for k in keys[1:]:
-            _reorder(layers[k], lambda e: e.preds, elements)
-        for k in reversed(keys[:-1]):
-            _reorder(layers[k], lambda e: succs[e.key], elements)
+        for row in rows[1:]:
+            _reorder(row, lambda e: e.preds, elements)
+        for row in reversed(rows[:-1]):
+            _reorder(row, lambda e: succs[e.key], elements)
     return routes
+
+
+def _rows(elements: dict[str, Element]) -> list[list[Element]]:
+    """The elements layer by layer, left to right, each layer in its current order."""
+    by_layer: dict[int, list[Element]] = {}
+    for e in elements.values():
+        by_layer.setdefault(e.layer, []).append(e)
+    return [sorted(by_layer[k], key=lambda e: e.order) for k in sorted(by_layer)]
 
 
 def _copy_beside(elements: dict[str, Element], source: Element, layer: int) -> str:
