@@ -96,6 +96,12 @@ def result_trees(n_axes: int, n_arrays: int, flagged: bool):
             jax.tree_util.tree_structure(((0,) * n_arrays, 0 if flagged else None)))
 
 
+def _deserialize(payload: bytes, trees, dev):
+    # on the device's own client: gradsvc runs one-chunk jobs on a CPU client of its own
+    return serialize_executable.deserialize_and_load(payload, *trees, backend=dev.client,
+                                                     execution_devices=[dev])
+
+
 def load_executable(key: str, dev, n_axes: int, flagged: bool):
     """(executable, layout) from the cache folder, or None. The layout travels beside it."""
     path = executable_path(key)
@@ -104,8 +110,7 @@ def load_executable(key: str, dev, n_axes: int, flagged: bool):
     try:
         layout = tuple(json.loads(path.with_suffix(".json").read_text())["layout"])
         trees = result_trees(n_axes, max(layout, default=-1) + 1, flagged)
-        return serialize_executable.deserialize_and_load(path.read_bytes(), *trees,
-                                                         execution_devices=[dev]), layout
+        return _deserialize(path.read_bytes(), trees, dev), layout
     except Exception:  # a stale, partial or damaged entry only costs a recompilation
         return None
 
@@ -121,8 +126,7 @@ def store_executable(key: str, compiled, dev, probe_args: tuple, n_axes: int,
     try:
         payload, _, _ = serialize_executable.serialize(compiled)
         trees = result_trees(n_axes, max(layout, default=-1) + 1, flagged)
-        reloaded = serialize_executable.deserialize_and_load(payload, *trees,
-                                                             execution_devices=[dev])
+        reloaded = _deserialize(payload, trees, dev)
         for a, b in zip(jax.tree_util.tree_leaves(compiled(*probe_args)),
                         jax.tree_util.tree_leaves(reloaded(*probe_args))):
             if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):

@@ -73,3 +73,27 @@ def test_compiled_kernels_kept_per_process_are_bounded(monkeypatch):
     again = gradsvc.run(job(0))
     assert again.timings["compiled_from"] != "this process"
     assert (again.grads["z"]["x"] == first).all()
+
+
+def test_one_chunk_jobs_run_inline_on_a_client_of_their_own():
+    """A job of one chunk runs on gradsvc's own CPU client, which executes each call on the
+    calling thread (no hand-off to a worker: 2-3x faster at 1e4 points); a job of several chunks
+    runs on JAX's default client, so that the next chunk computes while the host takes the last.
+    The user's JAX keeps its default client, and the numbers are the same bit for bit."""
+    import jax
+
+    from gradsvc.api import _compiled_for, chunk_size_for
+    from gradsvc.spec import as_job
+    text = ("inputs: {x: {linspace: [-3, 3, 1000]}, y: 0.7}\n"
+            "graph: {u: sin(x) * exp(-y * x), z: u * u + tanh(x + y)}\noutputs: [z]\n")
+    whole, chunked = as_job(text, {}, None), as_job(text, {"chunk_size": 256}, None)
+    one = _compiled_for(whole, chunk_size_for(whole, whole=True))[0]
+    several = _compiled_for(chunked, chunk_size_for(chunked, whole=True))[0]
+    default = jax.devices("cpu")[0].client
+    assert one.device.client is not default and several.device.client is default
+    assert jax.numpy.zeros(3).devices() == {jax.devices("cpu")[0]}
+    a, b = gradsvc.run(whole), gradsvc.run(chunked)
+    for out in ("u", "z"):
+        np.testing.assert_array_equal(a.values[out], b.values[out])
+    for name in ("x", "y", "u"):
+        np.testing.assert_array_equal(a.grads["z"][name], b.grads["z"][name])

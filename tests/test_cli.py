@@ -144,3 +144,26 @@ def test_a_second_process_loads_the_compiled_kernel_from_the_cache(tmp_path, job
     assert again == ["compiled", "executable cache"]
     off = subprocess.run([*cmd[:-1], "off"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(off.stdout)["timings"]["compiled_from"] == "compiled"
+
+
+def test_start_up_pauses_the_collector_and_gives_it_back():
+    """Commands import JAX with the cyclic collector paused (it walked the million new objects
+    over and over: 0.11 s of a cold run); afterwards it runs again, with those objects frozen out
+    of its walks, also when the import fails. Nested uses give it back once, at the outer end."""
+    import gc
+
+    from gradsvc.cli import start_up
+    assert gc.isenabled()
+    try:
+        with start_up():
+            assert not gc.isenabled()
+            with start_up():
+                pass
+            assert not gc.isenabled()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        with pytest.raises(ImportError):
+            with start_up():
+                import gradsvc.no_such_module  # noqa: F401
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
