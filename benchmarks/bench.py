@@ -348,16 +348,26 @@ def engine_scale(points_big: int) -> dict:
     class Discard:
         def write(self, *args):
             pass
-    out = {}
+    jobs = {}
     for label, n in {"1e6": 1_000_000, "big": points_big}.items():
         side = int(round(n ** 0.5))
-        job = job_from_text(f"inputs:\n  a: {{linspace: [0.5, 2, {side}]}}\n"
-                            f"  b: {{linspace: [0.5, 2, {n // side}]}}\n  c: 1.5\n  d: 0.75\n"
-                            "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\nwrt: inputs\n"
-                            "settings: {dtype: float32, keep_values: outputs}\n")
-        execute(job, Discard())
-        best = min(execute(job, Discard()).timings["run_s"] for _ in range(3))
-        out[label] = {"points": job.grid.size, "points_per_s": job.grid.size / best}
+        jobs[label] = job_from_text(f"inputs:\n  a: {{linspace: [0.5, 2, {side}]}}\n"
+                                    f"  b: {{linspace: [0.5, 2, {n // side}]}}\n  c: 1.5\n  d: 0.75\n"
+                                    "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\n"
+                                    "wrt: inputs\nsettings: {dtype: float32, keep_values: outputs}\n")
+        execute(jobs[label], Discard())
+    # sustained throughput: the small job is repeated to cover as many points as the big one (the
+    # best of a few lone 5 ms runs would catch a quiet spell that a 0.5 s run cannot), and the two
+    # take turns, round after round, so that a noisy spell of the machine hits both
+    repeats = {"1e6": max(1, points_big // jobs["1e6"].grid.size), "big": 1}
+    best = {label: float("inf") for label in jobs}
+    for _ in range(3):
+        for label, job in jobs.items():
+            spent = sum(execute(job, Discard()).timings["run_s"] for _ in range(repeats[label]))
+            best[label] = min(best[label], spent)
+    out = {label: {"points": job.grid.size,
+                   "points_per_s": job.grid.size * repeats[label] / best[label]}
+           for label, job in jobs.items()}
     out["throughput_ratio"] = out["big"]["points_per_s"] / out["1e6"]["points_per_s"]
     print(f"engine, results discarded: {out['big']['points_per_s']:,.0f} points/s at "
           f"{out['big']['points']:,} points = {out['throughput_ratio']:.2f}x the 1e6 run", flush=True)

@@ -129,8 +129,10 @@ class Settings(_Strict):
     keep_values: Literal["all", "outputs", "none"] = Field(
         "all", description="which nodes' values are computed and kept (inputs' values are the "
         "grid coordinates); gradients are always kept")
-    compile_cache: str = Field("~/.cache/gradsvc/jax", description="folder for JAX's persistent "
-                               "compilation cache, shared by later processes; 'off' disables it")
+    # YAML reads a bare `off` (like `no` and `false`) as the boolean false: that means off too
+    compile_cache: Annotated[str, BeforeValidator(lambda v: "off" if v is False else v)] = Field(
+        "~/.cache/gradsvc/jax", description="folder for JAX's persistent compilation cache, "
+        "shared by later processes; 'off' disables it")
 
 
 Formula = Annotated[str, BeforeValidator(

@@ -43,6 +43,15 @@ def test_wrong_type_is_named_with_its_line():
     assert "inputs.a.linspace.2" in e.message and "whole number" in e.message and e.where.line == 2
 
 
+def test_a_bare_off_turns_the_compile_cache_off():
+    """YAML reads `off` unquoted as the boolean false; the setting's documented value is 'off'."""
+    for text in ("off", "'off'", "false", "no"):
+        job = job_from_text(BASE + f"settings: {{compile_cache: {text}}}\n", file="job.yaml")
+        assert job.settings.compile_cache == "off"
+    e = error_of(BASE + "settings: {compile_cache: on}\n")
+    assert "settings.compile_cache" in e.message and e.where.line == 7
+
+
 def test_missing_key():
     e = error_of("inputs: {a: 1}\ngraph: {z: a}\n")
     assert e.message == "missing required key 'outputs'"
