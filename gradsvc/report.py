@@ -83,15 +83,11 @@ def print_table(result, console: Console) -> None:
                   f"  {result.dtype} on {result.device}")
     if result.points <= TABLE_POINTS:
         for i in range(result.points):
-            console.print(_point_table(result, i))
+            title = f"point {i}" if result.points > 1 else None
+            _print_node_tables(result, console, title, lambda a, i=i: _fmt(a[i]))
     else:
-        console.print(_summary_table(result))
+        _print_node_tables(result, console, "over the grid: min .. max", _range)
     _print_verify(result, console)
-
-
-def _point_table(result, i: int) -> Table:
-    title = f"point {i}" if result.points > 1 else None
-    return _node_table(result, title, lambda a: _fmt(a[i]))
 
 
 def _range(a: np.ndarray) -> str:
@@ -102,23 +98,46 @@ def _range(a: np.ndarray) -> str:
     return f"{_fmt(finite.min())} .. {_fmt(finite.max())}{note}"
 
 
-def _summary_table(result) -> Table:
-    return _node_table(result, "over the grid: min .. max", _range)
+FORMULA_MIN = 12  # the formula column wraps down to this width before tables are split
 
 
-def _node_table(result, title: str | None, cell) -> Table:
-    """One row per input and node: formula, value and d(output)/d(node), each shown by `cell`."""
+def _print_node_tables(result, console: Console, title: str | None, cell) -> None:
+    """One table with a gradient column per output; where that does not fit the terminal, one
+    table per output instead, so that numbers are never cut or broken over lines."""
     graph = result.job.graph
+    rows = [(name, graph.formulas.get(name, "input"),
+             cell(result.values[name]) if name in result.values else "(not kept)",
+             {o: cell(result.grads[o][name]) if name in result.grads[o] else ""
+              for o in graph.outputs})
+            for name in graph.visible]
+    groups = [graph.outputs]
+    if len(graph.outputs) > 1 and _width(rows, graph.outputs) > console.width:
+        groups = [(out,) for out in graph.outputs]
+    for outputs in groups:
+        named = title if len(groups) == 1 else ", ".join(
+            filter(None, (title, f"gradients of {outputs[0]}")))
+        console.print(_node_table(rows, named, outputs))
+
+
+def _width(rows, outputs) -> int:
+    """The narrowest the table can be drawn: every number whole, the formula wrapped."""
+    columns = [["node", *(r[0] for r in rows)], ["value", *(r[2] for r in rows)],
+               *([f"d{o}/d(node)", *(r[3][o] for r in rows)] for o in outputs)]
+    numbers = sum(max(map(len, column)) for column in columns)
+    return numbers + FORMULA_MIN + 3 * (len(columns) + 1) + 1  # "│ " + " " per column, last "│"
+
+
+def _node_table(rows, title: str | None, outputs) -> Table:
+    """One row per input and node: formula, value and d(output)/d(node) for each of `outputs`.
+    Numbers never wrap; a long formula does."""
     table = Table(title=title, title_justify="left")
-    table.add_column("node")
-    table.add_column("formula", style="dim")
-    table.add_column("value", justify="right")
-    for out in graph.outputs:
-        table.add_column(f"d{out}/d(node)", justify="right")
-    for name in graph.visible:
-        value = cell(result.values[name]) if name in result.values else "(not kept)"
-        grads = [cell(result.grads[o][name]) if name in result.grads[o] else "" for o in graph.outputs]
-        table.add_row(name, graph.formulas.get(name, "input"), value, *grads)
+    table.add_column("node", no_wrap=True)
+    table.add_column("formula", style="dim", min_width=FORMULA_MIN)
+    table.add_column("value", justify="right", no_wrap=True)
+    for out in outputs:
+        table.add_column(f"d{out}/d(node)", justify="right", no_wrap=True)
+    for name, formula, value, grads in rows:
+        table.add_row(name, formula, value, *(grads[o] for o in outputs))
     return table
 
 

@@ -167,3 +167,31 @@ def test_start_up_pauses_the_collector_and_gives_it_back():
         assert gc.isenabled()
     finally:
         gc.unfreeze()
+
+
+def test_a_table_too_wide_for_the_terminal_becomes_one_table_per_output():
+    """Numbers are never cut ("…") or broken over lines: where the gradient columns of every
+    output do not fit, each output gets a table of its own; a long formula wraps instead."""
+    import io
+
+    from rich.console import Console
+
+    import gradsvc
+    from gradsvc.report import print_table
+    result = gradsvc.run("inputs: {x: {linspace: [-2, 2, 50]}, y: 0.5}\n"
+                         "graph: {u: sin(x) * exp(-y * x), v: u * u + tanh(x + y),"
+                         " w: log(1 + v * v) - u / (1 + x * x)}\noutputs: [u, v, w]\n")
+
+    def shown(width: int) -> list[str]:
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        print_table(result, console)
+        return console.file.getvalue().splitlines()
+    wide, narrow = shown(200), shown(80)
+    assert sum("d(node)" in line for line in wide) == 1
+    assert [line.strip() for line in narrow if "gradients of" in line] == [
+        f"over the grid: min .. max, gradients of {o}" for o in "uvw"]
+    cells = {c.strip() for line in wide if line.startswith("│") for c in line.split("│")[3:-1]}
+    narrow_cells = {c.strip() for line in narrow if line.startswith("│")
+                    for c in line.split("│")[3:-1]}
+    assert "-4.94345 .. -0.00163186" in cells and cells <= narrow_cells
+    assert all(len(line) <= 80 for line in narrow) and not any("…" in line for line in narrow)
