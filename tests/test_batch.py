@@ -206,3 +206,43 @@ def test_a_write_failure_is_recorded_with_its_own_exit_code(tmp_path, monkeypatc
     assert [o.status for o in outcomes] == ["ok", "write error"]
     assert outcomes[1].exit_code == 4 and "the disk is full" in outcomes[1].message
     assert not (tmp_path / "seed-sum-product").exists() and not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_results_that_are_one_array_are_written_once_and_hard_linked(batch_out):
+    """The seed's dz/da, dz/db and dz/dx are all c*d: one file, three names (at 1e8 points the
+    disk is the bottleneck); each name still loads in one line, equal to an in-memory run."""
+    out, _ = batch_out
+    grads = out / "seed-sum-product" / "grads" / "z"
+    inode = {p.stem: p.stat().st_ino for p in grads.iterdir()}
+    assert inode["a"] == inode["b"] == inode["x"] and len(set(inode.values())) == 5
+    direct = gradsvc.run("jobs/seed_sum_product.yaml")
+    for name in "abcdxyz":
+        np.testing.assert_array_equal(np.load(grads / f"{name}.npy"), direct.grads["z"][name])
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_a_shared_result_that_stops_being_shared_gets_its_own_file(tmp_path, monkeypatch, links):
+    """Sharing is decided at the first chunk; a later chunk that brings two arrays (a chunk
+    recomputed by another kernel could) starts the second file from a copy of the first. Where
+    the file system has no hard links, a shared result is copied."""
+    from gradsvc.store import DiskSink
+    if not links:
+        def no_links(*args):
+            raise OSError(1, "Operation not permitted")
+        monkeypatch.setattr("os.link", no_links)
+    job = gradsvc.job_from_text("inputs: {a: [1.0, 2.0, 3.0, 4.0], b: 2.0}\ngraph: {z: a * b}\n"
+                                "outputs: [z]\nwrt: inputs\nsettings: {dtype: float32}\n")
+    sink = DiskSink(job, tmp_path)
+    shared = np.float32([2, 2])
+    sink.write(0, 2, [np.float32([2, 4])], [shared, shared])
+    sink.write(2, 4, [np.float32([6, 8])], [np.float32([2, 2]), np.float32([3, 4])])
+    sink.close()
+    assert np.load(tmp_path / "grads/z/a.npy").tolist() == [2, 2, 2, 2]
+    assert np.load(tmp_path / "grads/z/b.npy").tolist() == [2, 2, 3, 4]
+    assert np.load(tmp_path / "values/z.npy").tolist() == [2, 4, 6, 8]
+    sink = DiskSink(job, tmp_path / "again")
+    sink.write(0, 4, [np.float32([2, 4, 6, 8])], [np.float32([2, 2, 2, 2])] * 2)
+    sink.close()
+    a, b = tmp_path / "again/grads/z/a.npy", tmp_path / "again/grads/z/b.npy"
+    assert np.load(b).tolist() == [2, 2, 2, 2]
+    assert (a.stat().st_ino == b.stat().st_ino) == links
