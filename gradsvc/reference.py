@@ -111,8 +111,11 @@ def run_point(graph: Graph, inputs: dict[str, float], unit: float | None = None)
                   if n.primitive is not None and n.primitive.at_kink(*(values[a] for a in n.args)))
     result = PointResult(values, grads, kinks=kinks)
     if unit is not None:
-        result.value_err, result.unstable = _value_errors(graph, values, unit)
-        result.grad_err = {out: _grad_errors(graph, values, adjoints[out], result.value_err, out, unit)
+        partials: dict[str, tuple] = {}
+        result.value_err, result.unstable = _value_errors(graph, values, unit, partials)
+        partial_errs: dict[str, list] = {}  # the same for every output: computed once
+        result.grad_err = {out: _grad_errors(graph, values, adjoints[out], result.value_err, out, unit,
+                                             partials, partial_errs)
                            for out in graph.outputs}
     return result
 
@@ -126,8 +129,10 @@ def _ulps(op) -> float:
     return 1.0 if op.name in ("add", "sub", "mul", "div", "neg", "id") else LIBM_ULPS
 
 
-def _value_errors(graph: Graph, values: dict[str, float], unit: float
+def _value_errors(graph: Graph, values: dict[str, float], unit: float, partials: dict | None = None
                   ) -> tuple[dict[str, float], frozenset[str]]:
+    """Each value's error bound, and the nodes that could turn non-finite within it. `partials`,
+    if given, is filled with each operation's local partials (the gradient bounds reuse them)."""
     err: dict[str, float] = {}
     unstable: set[str] = set()
     for node in graph.nodes:
@@ -142,7 +147,10 @@ def _value_errors(graph: Graph, values: dict[str, float], unit: float
         args = tuple(values[a] for a in node.args)
         args_err = tuple(err[a] for a in node.args)
         total = _ulps(op) * unit * abs(value)
-        for arg, partial in zip(node.args, op.partials(args, value)):
+        local = op.partials(args, value)
+        if partials is not None:
+            partials[node.name] = local
+        for arg, partial in zip(node.args, local):
             total += _times(abs(partial), err[arg])
         err[node.name] = total
         if any(a in unstable for a in node.args) or _crosses_domain(op, args, args_err, value):
@@ -191,12 +199,14 @@ def _combinations(choices: list) -> list[tuple]:
     return combos
 
 
-def _partial_errors(op, args: tuple, out: float, args_err: tuple, unit: float) -> list[float]:
-    """How much each local partial can move when its arguments move within their error bounds and
-    the op's own result (which many partials are computed from, e.g. tanh' = 1 - tanh**2) moves by
-    its rounding error."""
-    base = op.partials(args, out)
+def _partial_errors(op, args: tuple, out: float, args_err: tuple, unit: float, base: tuple
+                    ) -> list[float]:
+    """How much each local partial (`base`) can move when its arguments move within their error
+    bounds and the op's own result (which many partials are computed from, e.g. tanh' = 1 - tanh**2)
+    moves by its rounding error."""
     worst = [_ulps(op) * unit * abs(p) for p in base]
+    if op.affine == "sum":  # constant partials (±1): moving the arguments cannot move them
+        return worst
     out_err = _ulps(op) * unit * abs(out)
     for arg_sign, out_sign in ((1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0)):
         moved = tuple(a + arg_sign * e for a, e in zip(args, args_err))
@@ -209,18 +219,21 @@ def _partial_errors(op, args: tuple, out: float, args_err: tuple, unit: float) -
     return worst
 
 
-def _grad_errors(graph: Graph, values, adjoint, value_err, output: str, unit: float) -> dict:
+def _grad_errors(graph: Graph, values, adjoint, value_err, output: str, unit: float,
+                 partials: dict, partial_errs: dict) -> dict:
     err: dict[str, float] = {output: 0.0}
     for node in reversed(graph.nodes):
         if node.name not in adjoint or not node.args or node.primitive.no_gradient:
             continue
         op = node.primitive
         bar, bar_err = adjoint[node.name], err.get(node.name, 0.0)
-        args = tuple(values[a] for a in node.args)
-        args_err = tuple(value_err[a] for a in node.args)
-        partials = op.partials(args, values[node.name])
-        partial_errs = _partial_errors(op, args, values[node.name], args_err, unit)
-        for arg, p, p_err in zip(node.args, partials, partial_errs):
+        local = partials[node.name]
+        if node.name not in partial_errs:
+            args = tuple(values[a] for a in node.args)
+            args_err = tuple(value_err[a] for a in node.args)
+            partial_errs[node.name] = _partial_errors(op, args, values[node.name], args_err, unit,
+                                                      local)
+        for arg, p, p_err in zip(node.args, local, partial_errs[node.name]):
             if op.zero_blocks and p == 0.0:
                 continue
             term = _times(abs(p), bar_err) + _times(abs(bar), p_err) + unit * abs(bar * p)
