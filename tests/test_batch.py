@@ -246,3 +246,27 @@ def test_a_shared_result_that_stops_being_shared_gets_its_own_file(tmp_path, mon
     a, b = tmp_path / "again/grads/z/a.npy", tmp_path / "again/grads/z/b.npy"
     assert np.load(b).tolist() == [2, 2, 2, 2]
     assert (a.stat().st_ino == b.stat().st_ino) == links
+
+
+def test_the_summary_table_shows_every_job_name_whole_in_80_columns(batch_out):
+    """Names are what a reader looks for: nothing is cut with "…" at 80 columns, and in a
+    narrower terminal a long name folds onto a second line."""
+    import io
+
+    from rich.console import Console
+
+    from gradsvc.batch import JobOutcome, summary_table
+    out, _ = batch_out
+    outcomes = [JobOutcome(**{k: v for k, v in job.items() if k in JobOutcome.__dataclass_fields__})
+                for job in json.loads((out / "batch.json").read_text())["jobs"]]
+    names = {o.name for o in outcomes}
+
+    def shown(width: int) -> str:
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(summary_table(outcomes))
+        return console.file.getvalue()
+    wide = shown(80)
+    assert "…" not in wide and all(name in wide for name in names)
+    assert all(len(line) <= 80 for line in wide.splitlines())
+    narrow = shown(70)
+    assert "damped-oscil" in narrow and "lator" in narrow and "…" not in narrow
