@@ -210,10 +210,11 @@ def exit_code(outcomes: list[JobOutcome]) -> int:
 
 
 def summary_table(outcomes: list[JobOutcome]) -> Table:
-    table = Table(title="batch summary (times in seconds)", title_justify="left")
-    # in a narrow terminal a long job name folds onto a second line; nothing is cut off
+    table = Table(title="batch summary (rel err: worst relative error; times in seconds)",
+                  title_justify="left")
+    # in a narrow terminal a long job name folds onto a second line; numbers are never cut
     table.add_column("job", overflow="fold", min_width=12)
-    for column, justify in [("points", "right"), ("status", "left"), ("max rel err", "right"),
+    for column, justify in [("points", "right"), ("status", "left"), ("rel err", "right"),
                             ("compile", "right"), ("run", "right"), ("verify", "right")]:
         table.add_column(column, justify=justify, no_wrap=True)
     styles = {"ok": "green", "skipped": "cyan", "mismatch": "red", "invalid": "red",
