@@ -22,8 +22,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_IO, EXIT_MISMATCH,
-                     EXIT_OK, GradsvcError, UsageError, write_failure_words)
+from .errors import (EXIT_DEVICE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_IO,
+                     EXIT_MISMATCH, EXIT_OK, GradsvcError, UsageError, write_failure_words)
 from .spec import Job, load_job
 from .store import (is_complete, existing_summary, remove_stale_temporaries, safe_folder_name,
                     write_json_atomic, write_result)
@@ -161,7 +161,7 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                 outcome.message = "interrupted: the unfinished result was discarded"
                 raise
             except GradsvcError as error:
-                outcome.status = "device" if error.exit_code == 3 else "invalid"
+                outcome.status = "device" if error.exit_code == EXIT_DEVICE else "invalid"
                 outcome.message, outcome.exit_code = str(error), error.exit_code
             except OSError as error:  # disk full, permissions: the job failed, the batch goes on
                 outcome.status, outcome.exit_code = "write error", EXIT_IO

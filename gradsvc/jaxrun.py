@@ -222,18 +222,17 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
         return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
                         layout, "executable cache", n_grads, fast_ops)
     traced_layout: list = []
+    axes = device_axes(grid, np_dtype, chunk_size)
     sharding = jax.sharding.SingleDeviceSharding(dev)
     specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
-             tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding)
-                   for a in device_axes(grid, np_dtype, chunk_size)))
+             tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding) for a in axes))
 
     def build():
         fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size, traced_layout))
         return fn.lower(*specs).compile()
     executable = build()
     layout = tuple(traced_layout)
-    probe = (np.int64(0), tuple(jax.device_put(a, dev)
-                                for a in device_axes(grid, np_dtype, chunk_size)))
+    probe = (np.int64(0), tuple(jax.device_put(a, dev) for a in axes))
     stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
     if not stored and kcache.cache_folder() is not None:
         # JAX's own cache served this compile, and such an executable does not serialize whole:

@@ -24,6 +24,7 @@ from .grid import Grid
 from .ir import Graph
 from .ops import op_for
 
+
 def _kernel_source_hash() -> str:
     """Digest of the code that shapes a kernel: a cached executable from other code is stale."""
     digest = hashlib.sha256()

@@ -111,8 +111,7 @@ def run_point(graph: Graph, inputs: dict[str, float], unit: float | None = None)
                   if n.primitive is not None and n.primitive.at_kink(*(values[a] for a in n.args)))
     result = PointResult(values, grads, kinks=kinks)
     if unit is not None:
-        partials: dict[str, tuple] = {}
-        result.value_err, result.unstable = _value_errors(graph, values, unit, partials)
+        result.value_err, result.unstable, partials = _value_errors(graph, values, unit)
         partial_errs: dict[str, list] = {}  # the same for every output: computed once
         result.grad_err = {out: _grad_errors(graph, values, adjoints[out], result.value_err, out, unit,
                                              partials, partial_errs)
@@ -129,12 +128,13 @@ def _ulps(op) -> float:
     return 1.0 if op.name in ("add", "sub", "mul", "div", "neg", "id") else LIBM_ULPS
 
 
-def _value_errors(graph: Graph, values: dict[str, float], unit: float, partials: dict | None = None
-                  ) -> tuple[dict[str, float], frozenset[str]]:
-    """Each value's error bound, and the nodes that could turn non-finite within it. `partials`,
-    if given, is filled with each operation's local partials (the gradient bounds reuse them)."""
+def _value_errors(graph: Graph, values: dict[str, float], unit: float
+                  ) -> tuple[dict[str, float], frozenset[str], dict[str, tuple]]:
+    """Each value's error bound, the nodes that could turn non-finite within it, and each
+    operation's local partials (computed on the way; the gradient bounds reuse them)."""
     err: dict[str, float] = {}
     unstable: set[str] = set()
+    partials: dict[str, tuple] = {}
     for node in graph.nodes:
         value = values[node.name]
         if node.op == "input":
@@ -147,15 +147,13 @@ def _value_errors(graph: Graph, values: dict[str, float], unit: float, partials:
         args = tuple(values[a] for a in node.args)
         args_err = tuple(err[a] for a in node.args)
         total = _ulps(op) * unit * abs(value)
-        local = op.partials(args, value)
-        if partials is not None:
-            partials[node.name] = local
+        local = partials[node.name] = op.partials(args, value)
         for arg, partial in zip(node.args, local):
             total += _times(abs(partial), err[arg])
         err[node.name] = total
         if any(a in unstable for a in node.args) or _crosses_domain(op, args, args_err, value):
             unstable.add(node.name)
-    return err, frozenset(unstable)
+    return err, frozenset(unstable), partials
 
 
 def _crosses_domain(op, args: tuple, args_err: tuple, value: float) -> bool:

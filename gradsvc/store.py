@@ -144,9 +144,7 @@ class DiskSink:
             try:
                 os.link(self.paths[j], self.paths[i])
             except OSError:  # a file system without hard links: a copy of its own
-                shutil.copyfile(self.paths[j], self.paths[i])
-                with open(self.paths[i], "rb+") as f:
-                    os.fsync(f.fileno())
+                _NpyColumn(self.paths[i], self.size, self.dtype, copy_of=self.paths[j]).close()
 
 
 @dataclass
