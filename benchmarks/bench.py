@@ -299,6 +299,15 @@ def _compile_s(cmd, config: Path, fresh: bool, cache: str) -> float:
     return json.loads(out.stdout)["timings"]["compile_s"]
 
 
+def scale_job_text(na: int, nb: int, name: str = "scale") -> str:
+    """The seed graph over an na x nb product grid, gradients with respect to the inputs (the
+    scale runs: batch to disk, and the engine with results discarded)."""
+    return (f"name: {name}\ninputs:\n  a: {{linspace: [0.5, 2, {na}]}}\n"
+            f"  b: {{linspace: [0.5, 2, {nb}]}}\n  c: 1.5\n  d: 0.75\n"
+            "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\nwrt: inputs\n"
+            "settings: {dtype: float32, keep_values: outputs}\n")
+
+
 def big_batch(points_big: int) -> dict:
     """A product grid of `points_big` points through `gradsvc batch` in a child process: peak RSS
     and throughput, against the same job at 1e6 points."""
@@ -307,10 +316,7 @@ def big_batch(points_big: int) -> dict:
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
         for label, (na, nb) in {"1e6": (1000, 1000), "big": (side, points_big // side)}.items():
             job = Path(tmp) / f"{label}.yaml"
-            job.write_text(f"name: scale-{label}\ninputs:\n  a: {{linspace: [0.5, 2, {na}]}}\n"
-                           f"  b: {{linspace: [0.5, 2, {nb}]}}\n  c: 1.5\n  d: 0.75\n"
-                           "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\nwrt: inputs\n"
-                           "settings: {dtype: float32, keep_values: outputs}\n")
+            job.write_text(scale_job_text(na, nb, f"scale-{label}"))
             out = Path(tmp) / "out"
             start = time.perf_counter()
             peak_kb = _peak_rss_kb([sys.executable, "-m", "gradsvc", "batch", str(job), "--out",
@@ -334,8 +340,8 @@ def big_batch(points_big: int) -> dict:
 
 def _disk_bytes(folder: Path) -> int:
     """Bytes of .npy files, each hard-linked file once."""
-    files = {(p.stat().st_dev, p.stat().st_ino): p.stat().st_size for p in folder.rglob("*.npy")}
-    return sum(files.values())
+    stats = [p.stat() for p in folder.rglob("*.npy")]
+    return sum({(s.st_dev, s.st_ino): s.st_size for s in stats}.values())
 
 
 def _peak_rss_kb(cmd: list[str]) -> int:
@@ -359,10 +365,7 @@ def engine_scale(points_big: int) -> dict:
     jobs = {}
     for label, n in {"1e6": 1_000_000, "big": points_big}.items():
         side = int(round(n ** 0.5))
-        jobs[label] = job_from_text(f"inputs:\n  a: {{linspace: [0.5, 2, {side}]}}\n"
-                                    f"  b: {{linspace: [0.5, 2, {n // side}]}}\n  c: 1.5\n  d: 0.75\n"
-                                    "graph: {x: a + b, y: c * d, z: x * y}\noutputs: [z]\n"
-                                    "wrt: inputs\nsettings: {dtype: float32, keep_values: outputs}\n")
+        jobs[label] = job_from_text(scale_job_text(side, n // side))
         execute(jobs[label], Discard())
     # sustained throughput: the small job is repeated to cover as many points as the big one (the
     # best of a few lone 5 ms runs would catch a quiet spell that a 0.5 s run cannot), and the two
