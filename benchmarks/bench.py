@@ -14,7 +14,8 @@ only); a second gradsvc row also keeps the output's value. Times are the minimum
 
 Also measured: the cold wall time of `gradsvc run jobs/seed_chain.yaml` against a minimal JAX
 script, the compile time of a second process (persistent caches), the accuracy and speed of
-fast_math, and a 1e8-point batch run's peak RSS and throughput. Writes benchmarks/results/bench.json
+fast_math, a 1e8-point batch run's peak RSS and throughput, and compile time, run time and peak RSS
+against graph size (benchmarks/graph_size.py). Writes benchmarks/results/bench.json
 and bench.png, and prints the tables benchmarks/README.md shows.
 """
 from __future__ import annotations
@@ -457,6 +458,8 @@ def main() -> None:
     os.chdir(ROOT)
     RESULTS.mkdir(parents=True, exist_ok=True)
     import jax
+    # the hand-written JAX peers' float64 rows need it (gradsvc scopes it to its own kernels)
+    jax.config.update("jax_enable_x64", True)
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "processor": platform.processor() or platform.machine(),
                           "jax": jax.__version__}}
@@ -465,6 +468,14 @@ def main() -> None:
     report["fast_math_medium"] = fast_math_on_medium()
     report["cold_start"] = cold_start()
     report["verify_share"] = verify_share()
+    from graph_size import graph_size_table  # benchmarks/graph_size.py, beside this script
+    # GRADSVC_GRAPH_SIZES limits the sizes (default 10, 100, 300, 1000)
+    report["graph_size"] = graph_size_table([10, 100] if args.quick else None)
+    import small_jobs  # benchmarks/small_jobs.py: many tiny jobs, warm calls, verification's share
+    if args.quick:
+        os.environ.setdefault("GRADSVC_SMALL_JOBS", "50")
+        os.environ.setdefault("GRADSVC_VERIFY_SIZES", "100,300")
+    report["small_jobs"] = small_jobs.run_all()
     if args.big and not args.quick:
         report["engine_scale"] = engine_scale(int(args.big))
         report["scale"] = big_batch(int(args.big))

@@ -6,15 +6,17 @@ pure-Python reference backprop and finite differences.
 >>> {name: float(g[0]) for name, g in r.grads["z"].items()}
 {'a': 20.0, 'b': 20.0, 'c': 25.0, 'd': 20.0, 'x': 20.0, 'y': 5.0, 'z': 1.0}
 
-Submodules load on first use: `gradsvc.errors`, the IR and the reference need only the standard
-library, the job loader adds numpy and pydantic, and only running a job imports JAX.
+Submodules load on first use, also as attributes (`gradsvc.store.load_result` after a plain
+`import gradsvc`): `gradsvc.errors`, the IR and the reference need only the standard library, the
+job loader adds numpy and pydantic, and only running a job imports JAX.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
-from .errors import (DeviceError, FormulaError, GradsvcError, GraphError, JobFileError, LimitError,
-                     Location, OutputError, UsageError)
+from .errors import (BusyError, DeviceError, FormulaError, GradsvcError, GraphError, JobFileError,
+                     LimitError, Location, OutputError, ResultError, UsageError)
 
 __version__ = "0.1.0"
 
@@ -22,10 +24,13 @@ _LAZY = {"run": "api", "Result": "api", "Job": "spec", "load_job": "spec", "job_
          "job_from_dict": "spec", "job_schema": "spec", "explain": "explain", "load_result": "store"}
 
 __all__ = [*_LAZY, "GradsvcError", "JobFileError", "FormulaError", "GraphError", "LimitError",
-           "UsageError", "DeviceError", "OutputError", "Location", "__version__"]
+           "UsageError", "DeviceError", "OutputError", "ResultError", "BusyError", "Location",
+           "__version__"]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # a submodule: gradsvc.store
     raise AttributeError(f"module 'gradsvc' has no attribute {name!r}")

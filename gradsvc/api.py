@@ -17,9 +17,9 @@ import numpy as np
 from . import limits
 from .errors import LimitError
 from .jaxrun import DTYPES, Compiled, compile_graph, run_chunks
-from .kcache import use_compile_cache
+from .kcache import remove_entry, use_compile_cache
 from .spec import Job, as_job
-from .verify import VerifyReport, candidate_points, verify
+from .verify import VerifyReport, candidate_points, checks_in_full, verify
 
 
 @dataclass
@@ -37,6 +37,12 @@ class Result:
     timings: dict[str, float]
     dtype: str
     device: str
+
+    def __repr__(self) -> str:
+        # the generated one printed every array and the whole report: 55 kB for 780 points
+        return (f"<Result {self.job.name!r}: {self.points:,} point{'s' * (self.points != 1)}, "
+                f"shape {self.shape}, "
+                f"{self.dtype}, ok={self.ok}, outputs {list(self.job.graph.outputs)}>")
 
     @property
     def ok(self) -> bool:
@@ -94,28 +100,46 @@ def chunk_size_for(job: Job, whole: bool) -> int:
     return min(WHOLE_CHUNK if whole else STREAM_CHUNK, size)
 
 
-def _compiled_for(job: Job, chunk_size: int) -> tuple[Compiled, bool]:
+def _kernel_key(job: Job, chunk_size: int) -> tuple:
     s, grid = job.settings, job.grid
-    kept = kept_nodes(job)
-    key = (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes), s.dtype,
-           s.device, chunk_size, kept, s.fast_math)
-    if key in _COMPILED:
+    return (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes),
+            s.dtype, s.device, chunk_size, kept_nodes(job), s.fast_math)
+
+
+def _compiled_for(job: Job, chunk_size: int, fresh: bool = False) -> tuple[Compiled, bool]:
+    """The job's kernel, and whether this process had it already. `fresh`: compiled past every
+    cache (see compile_graph)."""
+    s = job.settings
+    key = _kernel_key(job, chunk_size)
+    if not fresh and key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], True
     use_compile_cache(s.compile_cache)
-    compiled = compile_graph(job.graph, grid, s.dtype, s.device, chunk_size, kept, s.fast_math)
+    compiled = compile_graph(job.graph, job.grid, s.dtype, s.device, chunk_size, kept_nodes(job),
+                             s.fast_math, fresh=fresh)
+    _COMPILED.pop(key, None)
     _COMPILED[key] = compiled
     while len(_COMPILED) > limits.MAX_COMPILED_KERNELS:
         _COMPILED.popitem(last=False)
     return compiled, False
 
 
+def _evict(job: Job, chunk_size: int, compiled: Compiled) -> None:
+    """Never use this kernel (or its exact twin) again: not from this process, not from disk."""
+    _COMPILED.pop(_kernel_key(job, chunk_size), None)
+    use_compile_cache(job.settings.compile_cache)  # the folder it came from
+    for kernel in (compiled, compiled.exact):
+        if kernel is not None:
+            remove_entry(kernel.key)
+
+
 def _exact_twin(job: Job, compiled: Compiled) -> Callable[[], Compiled]:
-    """Builds the same function with XLA's own sin/cos, for chunks beyond the fast range."""
+    """Builds the same function with XLA's own sin/cos, for chunks beyond the fast range (past
+    every cache too when the kernel itself was)."""
     def build() -> Compiled:
         s = job.settings
         return compile_graph(job.graph, job.grid, s.dtype, s.device, compiled.chunk_size,
-                             kept_nodes(job), fast=False)
+                             kept_nodes(job), fast=False, fresh=compiled.fresh)
     return build
 
 
@@ -136,6 +160,10 @@ class MemorySink:
         self.counts, self.dtype, self.size = (n_values, n_grads), dtype, size
         self.values: list[np.ndarray] | None = None
         self.grads: list[np.ndarray] | None = None
+
+    def rewind(self) -> None:
+        """Forget every chunk written: the job is being computed again."""
+        self.values = self.grads = None
 
     def write(self, start: int, stop: int, values: list, grads: list) -> None:
         if start == 0 and stop == self.size:  # one chunk: keep JAX's arrays, no copy
@@ -160,12 +188,46 @@ def execute(job: Job, sink, progress=None) -> Execution:
     """Compile (or reuse), stream every chunk into `sink.write`, then verify a sample.
 
     The rows verification needs are captured as chunks pass, so nothing has to be read back from
-    the sink: results can go straight to disk.
+    the sink: results can go straight to disk. A kernel whose results disagree with the reference
+    may come from a damaged cache entry: it is evicted (from this process and from disk), and the
+    job is compiled once more past every cache, `sink.rewind()` forgets what was written, and the
+    job runs again before anything is reported; a fresh kernel's mismatch is the result.
     """
-    s, graph, grid = job.settings, job.graph, job.grid
     start = time.perf_counter()
-    compiled, reused = _compiled_for(job, chunk_size_for(job, getattr(sink, "whole", False)))
+    chunk_size = chunk_size_for(job, getattr(sink, "whole", False))
+    compiled, reused = _compiled_for(job, chunk_size)
     compile_s = 0.0 if reused else compiled.compile_s
+    source = "this process" if reused else compiled.source
+    attempt = _run_and_verify(job, compiled, sink, progress, start)
+    if attempt.report.mismatches and not compiled.fresh:
+        _evict(job, chunk_size, compiled)
+        sink.rewind()
+        compiled, _ = _compiled_for(job, chunk_size, fresh=True)
+        compile_s += compiled.compile_s
+        source = "recompiled after a mismatch"
+        attempt = _run_and_verify(job, compiled, sink, None, start)  # progress was shown in full
+    run_s = attempt.run_s
+    timings = {"compile_s": compile_s, "compiled_from": source,
+               "run_s": run_s, "verify_s": attempt.verify_s,
+               "total_s": time.perf_counter() - start,
+               "points_per_s": job.grid.size / run_s if run_s > 0 else float("inf"),
+               "chunks": -(-job.grid.size // compiled.chunk_size),
+               "chunks_recomputed_exact": attempt.recomputed}
+    return Execution(attempt.report, timings, str(compiled.device), kept_nodes(job))
+
+
+@dataclass
+class _Attempt:
+    report: VerifyReport
+    run_s: float
+    verify_s: float
+    recomputed: int  # chunks recomputed with XLA's own sin/cos
+
+
+def _run_and_verify(job: Job, compiled: Compiled, sink, progress, start: float) -> _Attempt:
+    """Every chunk into the sink, then verification of the captured rows (its time budget is a
+    share of everything since `start`)."""
+    s, graph, grid = job.settings, job.graph, job.grid
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
     kept = kept_nodes(job)
     capture = _Capture(indices, len(kept), (len(graph.outputs), len(graph.wrt)), DTYPES[s.dtype])
@@ -180,18 +242,12 @@ def execute(job: Job, sink, progress=None) -> Execution:
     recomputed = run_chunks(compiled, grid, on_chunk, _exact_twin(job, compiled))
     run_s = time.perf_counter() - run_start
     verify_start = time.perf_counter()
-    budget = s.verify_budget * (time.perf_counter() - start) if sampled else None
+    in_full = not sampled and checks_in_full(graph, len(indices), s.fd_points)
+    budget = None if in_full else s.verify_budget * (time.perf_counter() - start)
     report = verify(graph, grid, s.dtype, indices, kept, capture.values, capture.grads,
                     factor=s.tolerance.factor, fd_points=s.fd_points, fd_rtol=s.tolerance.fd_rtol,
-                    budget_s=budget, min_points=s.verify_min_points)
-    verify_s = time.perf_counter() - verify_start
-    timings = {"compile_s": compile_s,
-               "compiled_from": "this process" if reused else compiled.source,
-               "run_s": run_s, "verify_s": verify_s,
-               "total_s": time.perf_counter() - start,
-               "points_per_s": grid.size / run_s if run_s > 0 else float("inf"),
-               "chunks": -(-grid.size // compiled.chunk_size), "chunks_recomputed_exact": recomputed}
-    return Execution(report, timings, str(compiled.device), kept)
+                    budget_s=budget, min_points=s.verify_min_points, seed=s.verify_seed)
+    return _Attempt(report, run_s, time.perf_counter() - verify_start, recomputed)
 
 
 class _Capture:

@@ -1,8 +1,10 @@
 """`gradsvc batch`: many jobs, results on disk, progress, resumable.
 
 Each job runs into its own folder under `--out` (see `store`). A job whose folder already holds a
-complete result for the same job text, settings and gradsvc version is skipped (`force` reruns it).
-A failing job is recorded and the rest go on; `batch.json` in `--out` lists every job's outcome.
+complete, intact result for the same job text, settings and gradsvc version is skipped (`force`
+reruns it); a damaged one (a file missing, truncated or changed) is recomputed, saying what was
+wrong. A failing job, whatever the exception, is recorded and the rest go on; `batch.json` in
+`--out` lists every job's outcome, and is written however the batch ends (Ctrl-C, SIGTERM too).
 Jobs with the same graph structure compile once (the compiled function is cached per process, and
 JAX's persistent compilation cache serves later processes).
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,10 +27,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import (EXIT_DEVICE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_IO,
-                     EXIT_MISMATCH, EXIT_OK, GradsvcError, UsageError, write_failure_words)
+                     EXIT_MISMATCH, EXIT_OK, EXIT_TERMINATED, BusyError, GradsvcError, UsageError,
+                     write_failure_words)
 from .spec import Job, load_job
-from .store import (is_complete, existing_summary, remove_stale_temporaries, safe_folder_name,
-                    write_json_atomic, write_result)
+from .store import (remove_stale_temporaries, safe_folder_name, stored_result, write_json_atomic,
+                    write_result)
 
 JOB_SUFFIXES = (".yaml", ".yml")
 
@@ -42,6 +47,7 @@ class JobOutcome:
     folder: str | None = None
     message: str | None = None
     exit_code: int = EXIT_OK
+    repaired: str | None = None  # what was wrong with the stored result this run recomputed
 
 
 def collect_job_files(paths: list[Path]) -> list[Path]:
@@ -73,9 +79,40 @@ def locked(out: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"another gradsvc batch is writing to {out}",
-                             hint="wait for it, or choose another --out folder") from None
+            raise BusyError(f"another gradsvc batch is writing to {out}",
+                            hint="wait for it, or choose another --out folder") from None
         yield
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that it is handled the same
+    way: the job in progress is discarded, finished results are kept, batch.json is written."""
+
+    exit_code = EXIT_TERMINATED
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """For the duration of the block, SIGTERM raises `Terminated`; the previous handler is put
+    back afterwards (the CLI's batch uses this; a library call changes no signal handler). Only
+    the first SIGTERM raises: later ones arrive while the first is being handled (a supervisor
+    repeating itself) and must not cut the cleanup short. Signal handlers live in the main
+    thread only; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum, frame):
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class RateColumn(ProgressColumn):
@@ -90,9 +127,13 @@ def _progress(console: Console) -> Progress:
 
 
 def run_batch(paths: list[Path], out: Path, *, force: bool = False, overrides: dict | None = None,
-              config=None, console: Console | None = None,
-              execute: Callable | None = None) -> list[JobOutcome]:
-    """Run every job found in `paths` into `out`; returns one outcome per job file."""
+              config=None, console: Console | None = None, execute: Callable | None = None,
+              verify: bool | None = None) -> list[JobOutcome]:
+    """Run every job found in `paths` into `out`; returns one outcome per job file.
+
+    A finished result is reused only if its files are intact: sizes are always checked, checksums
+    with `verify=True` (`--verify-files`), or when cheap with the default `verify=None`.
+    """
     from .api import execute as default_execute
     execute = execute or default_execute
     console = console or Console(stderr=True)
@@ -102,17 +143,19 @@ def run_batch(paths: list[Path], out: Path, *, force: bool = False, overrides: d
         if removed:
             console.print(f"removed {len(removed)} unfinished result(s) left by an interrupted run: "
                           f"{', '.join(removed)}", markup=False)
-        jobs, outcomes = _load_all(files, overrides, config)
+        jobs: dict[str, Job] = {}
+        outcomes: list[JobOutcome] = []
         try:
-            _run_all(jobs, outcomes, out, force, console, execute)
+            _load_all(files, overrides, config, jobs, outcomes)
+            _run_all(jobs, outcomes, out, force, verify, console, execute)
         finally:
             _write_batch_json(out, outcomes)
     return outcomes
 
 
-def _load_all(files, overrides, config) -> tuple[dict[str, Job], list[JobOutcome]]:
-    jobs: dict[str, Job] = {}
-    outcomes: list[JobOutcome] = []
+def _load_all(files, overrides, config, jobs: dict[str, Job], outcomes: list[JobOutcome]) -> None:
+    """Loads every job file into `jobs`, one outcome each into `outcomes` (filled as it goes, so
+    that an interrupt still leaves every outcome so far for batch.json)."""
     folders: dict[str, str] = {}
     for path in files:
         try:
@@ -120,6 +163,10 @@ def _load_all(files, overrides, config) -> tuple[dict[str, Job], list[JobOutcome
         except GradsvcError as error:
             outcomes.append(JobOutcome(str(path), path.stem, "invalid", message=str(error),
                                        exit_code=error.exit_code))
+            continue
+        except Exception as error:  # a bug in loading this one file: the other jobs still run
+            outcomes.append(JobOutcome(str(path), path.stem, "error", exit_code=EXIT_INTERNAL,
+                                       message=internal_error(str(path), error)))
             continue
         folder = safe_folder_name(job.name)
         if folder in folders:
@@ -132,11 +179,15 @@ def _load_all(files, overrides, config) -> tuple[dict[str, Job], list[JobOutcome
         jobs[str(path)] = job
         outcomes.append(JobOutcome(str(path), job.name, "not run", points=job.grid.size,
                                    folder=folder))
-    return jobs, outcomes
+
+
+def internal_error(file: str, error: Exception) -> str:
+    return (f"{file}: internal error: {type(error).__name__}: {error}\n"
+            "  hint: this is a bug in gradsvc; please report it with the job file")
 
 
 def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force: bool,
-             console: Console, execute) -> None:
+             verify: bool | None, console: Console, execute) -> None:
     total = sum(job.grid.size for job in jobs.values())
     with _progress(console) as progress:
         overall = progress.add_task("all jobs", total=total)
@@ -144,21 +195,13 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
             job = jobs.get(outcome.file)
             if job is None:
                 continue
-            folder = out / outcome.folder
-            if not force and is_complete(folder, job):
-                _skip(outcome, existing_summary(folder))
-                progress.advance(overall, job.grid.size)
-                continue
-            task = progress.add_task(job.name, total=job.grid.size)
-
-            def advance(points: int, task=task) -> None:
-                progress.advance(task, points)
-                progress.advance(overall, points)
             try:
-                written = write_result(out, job, execute, advance)
-            except KeyboardInterrupt:
-                outcome.status, outcome.exit_code = "interrupted", EXIT_INTERRUPTED
-                outcome.message = "interrupted: the unfinished result was discarded"
+                _run_one(job, outcome, out, force, verify, console, progress, overall, execute)
+            except KeyboardInterrupt as stop:
+                outcome.status = "interrupted"
+                outcome.exit_code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
+                by = " by SIGTERM" if isinstance(stop, Terminated) else ""
+                outcome.message = f"interrupted{by}: the unfinished result was discarded"
                 raise
             except GradsvcError as error:
                 outcome.status = "device" if error.exit_code == EXIT_DEVICE else "invalid"
@@ -168,12 +211,31 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                 outcome.message = write_failure(outcome.file, error)
             except Exception as error:  # a bug: record it, keep the other jobs going
                 outcome.status, outcome.exit_code = "error", EXIT_INTERNAL
-                outcome.message = f"{outcome.file}: internal error: {type(error).__name__}: {error}"
-            else:
-                _record(outcome, written.summary)
-                if not Path(outcome.file).is_file():
-                    outcome.message = ("the job file was deleted while the batch ran; this result "
-                                       "is from its text as read when the batch started")
+                outcome.message = internal_error(outcome.file, error)
+
+
+def _run_one(job: Job, outcome: JobOutcome, out: Path, force: bool, verify: bool | None,
+             console: Console, progress: Progress, overall, execute) -> None:
+    """One job: reuse its intact result, or (re)compute it, saying what was wrong with a damaged
+    one."""
+    stored = None if force else stored_result(out / outcome.folder, job, verify)
+    if stored is not None and stored.complete:
+        _skip(outcome, stored.summary)
+        progress.advance(overall, job.grid.size)
+        return
+    if stored is not None and stored.damage:
+        outcome.repaired = stored.damage
+        console.print(f"{outcome.folder}: {stored.damage}; recomputing", markup=False)
+    task = progress.add_task(job.name, total=job.grid.size)
+
+    def advance(points: int) -> None:
+        progress.advance(task, points)
+        progress.advance(overall, points)
+    written = write_result(out, job, execute, advance)
+    _record(outcome, written.summary)
+    if not Path(outcome.file).is_file():
+        outcome.message = ("the job file was deleted while the batch ran; this result "
+                           "is from its text as read when the batch started")
 
 
 def write_failure(file: str, error: OSError) -> str:

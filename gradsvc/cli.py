@@ -1,8 +1,10 @@
 """The `gradsvc` command line: thin typer commands over the library.
 
 Exit codes: 0 verified, 1 verification mismatch, 2 invalid job or usage, 3 device unavailable,
-4 results could not be written, 70 internal error (a bug in gradsvc: please report it),
-130 interrupted.
+4 results could not be written, 5 busy (another `gradsvc batch` is writing to the same --out
+folder), 70 internal error (a bug in gradsvc: please report it), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM, which `batch` handles as it does Ctrl-C), 141 standard output closed
+early (`gradsvc run JOB | head -1`: quietly, as a Unix tool stopped by SIGPIPE).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import typer
 from rich.console import Console
 
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_MISMATCH, EXIT_OK,
-                     GradsvcError, OutputError, write_failure_words)
+                     EXIT_TERMINATED, GradsvcError, OutputError, write_failure_words)
 
 
 app = typer.Typer(help="gradsvc: values and verified gradients of formula graphs, from YAML jobs.",
@@ -137,23 +139,30 @@ def batch(
                                                    "configs/default.yaml")] = None,
     compile_cache: Annotated[Optional[str], typer.Option(help="compiled-kernel cache folder, or "
                                                          "off")] = None,
+    verify_files: Annotated[bool, typer.Option("--verify-files", help="check the checksum of "
+                                               "every finished result's files before skipping "
+                                               "it (sizes are always checked; checksums also "
+                                               "when a result is small)")] = False,
 ) -> None:
     """Run many jobs into one folder each under --out, with progress; skips finished jobs."""
     with start_up():
         from . import api  # noqa: F401  (JAX: every batch runs jobs)
-        from .batch import exit_code, run_batch, summary_table
+        from .batch import Terminated, exit_code, run_batch, sigterm_as_interrupt, summary_table
 
     overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
                  "compile_cache": compile_cache}
     try:
-        outcomes = run_batch(paths, out_dir, force=force, overrides=overrides, config=config,
-                             console=err)
+        with sigterm_as_interrupt():  # SIGTERM is handled as Ctrl-C is, for this command only
+            outcomes = run_batch(paths, out_dir, force=force, overrides=overrides, config=config,
+                                 console=err, verify=True if verify_files else None)
     except GradsvcError as error:
         fail(error)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: finished results are kept in {out_dir}; the job in progress was "
-                  "discarded; run the same command again to resume", markup=False)
-        raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        err.print(f"interrupted{' by SIGTERM' * terminated}: finished results are kept in "
+                  f"{out_dir}; the job in progress was discarded; run the same command again to "
+                  "resume", markup=False)
+        raise typer.Exit(code=EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
     for outcome in outcomes:
         if outcome.message and outcome.status != "skipped":
             note = "" if outcome.status != "ok" else f"{outcome.file}: note: "
@@ -177,7 +186,9 @@ def validate(jobs: JobFiles,
             continue
         g = job.graph
         out.print(f"ok {path}: {job.name}, {job.grid.size:,} points, {len(g.inputs)} inputs, "
-                  f"{len(g.named)} nodes, outputs {', '.join(g.outputs)}")
+                  f"{len(g.named)} nodes, outputs {', '.join(g.outputs)}", markup=False)
+        for note in job.notes:
+            out.print(f"  {note}", markup=False)
     if bad:
         err.print(f"{bad} of {len(jobs)} job file{'s' * (len(jobs) > 1)} invalid", markup=False)
     raise typer.Exit(code=EXIT_INVALID if bad else EXIT_OK)
@@ -188,15 +199,49 @@ class Lang(str, Enum):
     id = "id"
 
 
-PointOption = Annotated[int, typer.Option("--point", "-p", min=0,
-                                          help="grid point index (0 is the first)")]
+PointOption = Annotated[Optional[int], typer.Option("--point", "-p", min=0, show_default=False,
+                                                    help="grid point index (default 0, the "
+                                                    "first)")]
+AtOption = Annotated[Optional[str], typer.Option(
+    "--at", show_default=False, metavar="NAME=VALUE,...",
+    help="the grid point with these coordinates, e.g. --at v=20,theta=0.8 (the exact values of "
+    "the inputs that vary)")]
+
+
+def _point_index(job, point: int | None, at: str | None) -> int:
+    """The grid point chosen by --point (an index) or --at (coordinates); 0 by default."""
+    from .errors import UsageError
+    if at is None:
+        return point or 0
+    if point is not None:
+        raise UsageError("give --point or --at, not both")
+    return job.grid.index_at(_parse_at(at), job.settings.dtype)
+
+
+def _parse_at(text: str) -> dict[str, float]:
+    """`v=20,theta=0.8` -> {"v": 20.0, "theta": 0.8}; names NFKC-normalized as in job files."""
+    import unicodedata
+    from .errors import UsageError
+    coords: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            number = float(value) if sep and name.strip() else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise UsageError(f"--at {text!r}: '{part}' is not NAME=NUMBER",
+                             hint="write it like --at v=20,theta=0.8")
+        coords[unicodedata.normalize("NFKC", name.strip())] = number
+    return coords
 
 
 @app.command()
 def explain(
     job: Annotated[Path, typer.Argument(help="job file (YAML); - reads it from stdin",
                                         show_default=False)],
-    point: PointOption = 0,
+    point: PointOption = None,
+    at: AtOption = None,
     lang: Annotated[Lang, typer.Option("--lang", help="en (English) or id (Indonesian)")] = Lang.en,
     format: Annotated[Format, typer.Option("--format", "-f", help="table (text) or json")] =
     Format.table,
@@ -208,7 +253,8 @@ def explain(
         from .report import json_safe
 
     try:
-        ex = explain_job(_load(job, None, config), point, lang.value)
+        loaded = _load(job, None, config)
+        ex = explain_job(loaded, _point_index(loaded, point, at), lang.value)
     except GradsvcError as error:
         fail(error)
     if format is Format.json:
@@ -223,7 +269,8 @@ def graph(
                                         show_default=False)],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="picture file: .svg, .png or "
                                            ".dot", show_default=False)],
-    point: PointOption = 0,
+    point: PointOption = None,
+    at: AtOption = None,
     output: Annotated[Optional[str], typer.Option(help="whose gradient the labels show (default: "
                                                   "the first output)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="settings file")] = None,
@@ -233,7 +280,8 @@ def graph(
         from .picture import build_picture, write_picture
 
     try:
-        picture = build_picture(_load(job, None, config), point, output)
+        loaded = _load(job, None, config)
+        picture = build_picture(loaded, _point_index(loaded, point, at), output)
         write_picture(picture, out_file)
     except GradsvcError as error:
         fail(error)
@@ -323,10 +371,56 @@ def root(version: Annotated[bool, typer.Option("--version", callback=_version, i
     """gradsvc: values and verified gradients of formula graphs, from YAML jobs."""
 
 
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what the shell reports for `yes | head -1`'s yes
+
+
+class StdoutClosed(Exception):
+    """The reader of standard output went away (`| head -1`). Not an OSError, so that typer's
+    own handling of a broken pipe (exit 1, the mismatch code) never sees it."""
+
+
+class _PipeGuard:
+    """Standard output that turns a broken pipe into `StdoutClosed`."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _leave_quietly_on_closed_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush at exit finds
+    nowhere to fail, then exit like a tool stopped by SIGPIPE, saying nothing."""
+    import os
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_STDOUT_CLOSED)
+
+
 def main() -> None:
     """Console entry point: user errors are one message and an exit code, never a traceback."""
+    sys.stdout = _PipeGuard(sys.stdout)
     try:
-        app(standalone_mode=True)
+        try:
+            app(standalone_mode=True)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except StdoutClosed:
+        _leave_quietly_on_closed_stdout()
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(EXIT_INTERRUPTED)

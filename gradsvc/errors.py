@@ -14,8 +14,10 @@ EXIT_MISMATCH = 1  # the job ran, but JAX and the reference (or finite differenc
 EXIT_INVALID = 2  # the job file, a formula or the command line is wrong
 EXIT_DEVICE = 3  # the job is fine but the requested device is not available here
 EXIT_IO = 4  # results could not be written (disk full, permissions, a vanished folder)
+EXIT_BUSY = 5  # another `gradsvc batch` is writing to the same --out folder: wait and rerun
 EXIT_INTERNAL = 70  # a bug in gradsvc, not the user's doing (EX_SOFTWARE)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # `gradsvc batch` stopped by SIGTERM (128 + 15), handled as Ctrl-C is
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,29 @@ class JobFileError(GradsvcError):
     """The job file cannot be read, is not safe YAML, or does not match the job schema."""
 
 
+class JobProblems(JobFileError):
+    """Several problems of one job file, each a `GradsvcError` in `problems`, in file order.
+    `str()` shows every one with its place and hint, then a count line."""
+
+    def __init__(self, problems: list[GradsvcError]):
+        def place(p: GradsvcError) -> tuple:
+            return (p.where is None, p.where.line or 0, p.where.col or 0) if p.where else (True,)
+        self.problems = sorted(problems, key=place)
+        first = self.problems[0]
+        super().__init__(f"{len(problems)} problems: {first.message}", where=first.where,
+                         hint=first.hint)
+        self.exit_code = max(p.exit_code for p in problems)
+
+    def __str__(self) -> str:
+        where = f" in {self.where.file}" if self.where else ""
+        return "\n".join([*map(str, self.problems), f"{len(self.problems)} problems{where}"])
+
+    @staticmethod
+    def of(problems: list[GradsvcError]) -> GradsvcError:
+        """The one problem itself, or all of them as one error."""
+        return problems[0] if len(problems) == 1 else JobProblems(problems)
+
+
 class FormulaError(GradsvcError):
     """A formula uses syntax or names outside the allowed language."""
 
@@ -85,6 +110,17 @@ class DeviceError(GradsvcError):
     """The requested device (gpu, tpu) has no JAX backend on this machine."""
 
     exit_code = EXIT_DEVICE
+
+
+class ResultError(GradsvcError):
+    """A result folder is not a finished, intact gradsvc result (a file missing, truncated or
+    changed since it was written, or another result format)."""
+
+
+class BusyError(GradsvcError):
+    """Another `gradsvc batch` holds the output folder's lock."""
+
+    exit_code = EXIT_BUSY
 
 
 class OutputError(GradsvcError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 
 from . import limits
 from .errors import FormulaError, LimitError, Location
@@ -33,6 +34,10 @@ _WHY_NOT = {  # friendlier words for constructs people try
     ast.BitXor: "`^` (use `**` for powers)", ast.LShift: "`<<`", ast.RShift: "`>>`",
     ast.Invert: "`~`", ast.Not: "`not`",
 }
+_ALIASES = {"ln": "log", "power": "pow", "maximum": "max", "minimum": "min", "fabs": "abs",
+            "logistic": "sigmoid", "expit": "sigmoid"}  # other languages' names for our functions
+# a number written against a name, `2theta` or `3e5y`: Python's "invalid decimal literal"
+_IMPLICIT_PRODUCT = re.compile(r"(?<![\w.])(\d[\d_]*\.?\d*(?:[eE][-+]?\d+)?)([^\W\d]\w*)")
 _HINT = ("formulas may use numbers, names, + - * / **, parentheses and the functions "
          + ", ".join(sorted(CALLABLE)))
 
@@ -77,6 +82,11 @@ class _Flattener:
         if symbol is None:
             what = _WHY_NOT.get(type(node.op), type(node.op).__name__)
             raise self.error(f"the operator {what} is not allowed in formulas", node)
+        if symbol == "**" and isinstance(node.left, ast.Name) and node.left.id == "e" \
+                and "e" not in self.names:
+            exponent = ast.get_source_segment(self.text.strip(), node.right) or "x"
+            raise self.error("'e' is not defined: Euler's number is not a constant in formulas",
+                             node.left, f"did you mean exp({exponent})?")
         left = self.visit(node.left, depth)
         if symbol == "**":
             return self.power(left, node.right, node, depth)
@@ -116,7 +126,8 @@ class _Flattener:
         fname = node.func.id
         op = CALLABLE.get(fname)
         if op is None or fname in self.names:
-            hint = did_you_mean(fname, CALLABLE) or _HINT
+            hint = (f"did you mean '{_ALIASES[fname]}'?" if fname in _ALIASES else
+                    did_you_mean(fname, CALLABLE) or _HINT)
             raise self.error(f"unknown function '{fname}'", node, hint)
         if node.keywords:
             raise self.error(f"{fname}() takes no keyword arguments", node.keywords[0].value)
@@ -150,7 +161,8 @@ class _Flattener:
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise self.error(f"the number {_short(self.text, node)} is too large for a float", node,
+            raise self.error(f"the number {_short(self.text.strip(), node)} is too large for a float64",
+                             node,
                              "write a finite number (at most about 1.8e308)")
         return self.emit("const", (), node, const=number)
 
@@ -220,8 +232,19 @@ def _parse(text: str, flat: _Flattener) -> ast.Expression:
         message = exc.msg if exc.msg != "invalid syntax" else (
             "the formula ends too early" if at_end else "this is not a valid formula")
         raise FormulaError(message, where=flat.at(col or 1), text=text, caret_col=col,
-                           hint=_HINT) from None
+                           hint=_syntax_hint(exc, stripped)) from None
     except (RecursionError, MemoryError):
         raise flat.error("formula is nested too deeply for the parser", None,
                          "split it into several nodes under `graph:` (limit MAX_FORMULA_DEPTH)",
                          LimitError) from None
+
+
+def _syntax_hint(exc: SyntaxError, text: str) -> str:
+    """`2theta` is a product in a maths book: say how to write it."""
+    if exc.msg == "invalid decimal literal":
+        products = list(_IMPLICIT_PRODUCT.finditer(text))
+        near = [m for m in products if m.start() < (exc.offset or 1) <= m.end() + 1] or products
+        if near:
+            number, name = near[0].groups()
+            return f"write {number} * {name}: a number and a name are multiplied with *"
+    return _HINT

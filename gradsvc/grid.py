@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import limits
-from .errors import JobFileError, LimitError, Location
+from .errors import (GradsvcError, JobFileError, JobProblems, LimitError, Location,
+                     UsageError)
 
 
 @dataclass(frozen=True)
@@ -57,28 +58,114 @@ class Grid:
         """The coordinates of one point, by input name."""
         return dict(zip(self.names, (float(v) for v in self.coords(np.array([index]))[0])))
 
+    def index_at(self, at: dict[str, float], dtype: str = "float64") -> int:
+        """The index of the point whose coordinates are `at` ({input: value}, exact values of the
+        inputs that vary; the others have one value and need not be named), compared in `dtype`
+        (the job's: a float32 job's results show its coordinates rounded to float32). A
+        UsageError, listing the nearest values, where none matches."""
+        varying = [a for a in self.axes if len(a.values) > 1]
+        _check_named(at, self.axes, varying)
+        per_axis = {a.name: _matches(a, at[a.name], np.dtype(dtype)) for a in varying
+                    if a.name in at}
+        if self.mode == "product":
+            missing = [a.name for a in varying if a.name not in at]
+            if missing:
+                raise UsageError(f"--at needs a value for every input that varies; missing: "
+                                 f"{', '.join(missing)}", hint=_axes_hint(varying))
+            # an axis holds each value once at most (linspace, arange); a list may repeat one
+            return int(np.ravel_multi_index(
+                [per_axis[a.name][0] if a.name in per_axis else 0 for a in self.axes], self.shape))
+        common = set.intersection(*(set(found.tolist()) for found in per_axis.values()))
+        if len(common) != 1:
+            raise UsageError(f"{len(common)} points of the zip grid have these coordinates: "
+                             f"{', '.join(map(str, sorted(common)[:10]))}",
+                             hint="name more inputs in --at to pick one, or use --point")
+        return common.pop()
+
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
         """(start, stop) index ranges of at most `chunk_size` points covering the grid in order."""
         for start in range(0, self.size, chunk_size):
             yield start, min(start + chunk_size, self.size)
 
 
+_FLOAT64_MAX_LOG10 = math.log10(np.finfo(np.float64).max)  # 308.25...
+_BEYOND = "beyond float64's range (at most about 1.8e308)"
+
+
+def _check_named(at: dict, axes, varying) -> None:
+    known = {a.name: a for a in axes}
+    for name in at:
+        if name not in known:
+            raise UsageError(f"--at names '{name}', which is not an input",
+                             hint=_axes_hint(varying))
+        if len(known[name].values) == 1:
+            raise UsageError(f"--at names '{name}', which does not vary (it is always "
+                             f"{float(known[name].values[0])!r})", hint=_axes_hint(varying))
+    if not at:
+        raise UsageError("--at names no input", hint=_axes_hint(varying))
+
+
+def _matches(axis: Axis, value: float, dtype: np.dtype) -> np.ndarray:
+    """Indices along `axis` holding exactly `value`; none: a UsageError naming the nearest."""
+    found = np.flatnonzero(axis.values.astype(dtype) == dtype.type(value))
+    if len(found):
+        return found
+    nearest = np.sort(axis.values[np.argsort(np.abs(axis.values - value), kind="stable")[:3]])
+    raise UsageError(f"input '{axis.name}' has no value {value!r}; the nearest are "
+                     f"{', '.join(repr(float(v)) for v in nearest)}",
+                     hint="--at takes an input's exact values (as in `--format json`'s values)")
+
+
+def _axes_hint(varying) -> str:
+    if not varying:
+        return "this job has one point: use --point 0"
+    return "inputs that vary: " + ", ".join(
+        f"{a.name} ({len(a.values):,} values, {float(a.values.min())!r} to "
+        f"{float(a.values.max())!r})" for a in varying)
+
+
 def _axis_length(name: str, spec, where: Callable) -> int:
+    """The number of values an input's spec makes, computed before anything is allocated: a spec
+    whose values or count are beyond float64 or the limits is refused here, with its place."""
     kind = kind_of(spec)
     if kind == "scalar":
         return 1
     if kind == "list":
         return len(spec)
     if kind in ("linspace", "logspace"):
-        _, _, num = getattr(spec, kind)
+        start, stop, num = getattr(spec, kind)
+        _check_span(name, kind, start, stop, where)
         return num
     if kind == "arange":
-        start, stop, step = spec.arange
-        if step == 0 or not all(map(math.isfinite, spec.arange)):
-            raise JobFileError(f"input '{name}': arange needs finite numbers and a non-zero step",
-                               where=where((name, "arange")))
-        return max(0, math.ceil((stop - start) / step))
+        return _arange_length(name, *spec.arange, where)
+    if kind == "uniform":
+        _check_span(name, kind, *spec.uniform, where)
     return spec.n
+
+
+def _check_span(name: str, kind: str, start: float, stop: float, where: Callable) -> None:
+    if kind in ("linspace", "uniform") and not math.isfinite(stop - start):
+        raise JobFileError(f"input '{name}': {kind} from {start:g} to {stop:g} spans a range "
+                           f"{_BEYOND}", where=where((name, kind)),
+                           hint="split the range, or use a list of values")
+    if kind == "logspace" and max(start, stop) > _FLOAT64_MAX_LOG10:
+        raise JobFileError(f"input '{name}': logspace up to 10**{max(start, stop):g} is {_BEYOND}",
+                           where=where((name, kind)), hint="keep the exponents at most 308")
+
+
+def _arange_length(name: str, start: float, stop: float, step: float, where: Callable) -> int:
+    if step == 0:
+        raise JobFileError(f"input '{name}': arange needs a non-zero step",
+                           where=where((name, "arange")))
+    count = (stop - start) / step  # a float: inf where the count is beyond float64 itself
+    if not count <= limits.MAX_AXIS_POINTS:  # also nan
+        about = f"about {count:.3g} values" if math.isfinite(count) else \
+            "more values than float64 can count"
+        raise LimitError(f"input '{name}': arange from {start:g} to {stop:g} in steps of {step:g} "
+                         f"has {about}; the limit is {limits.MAX_AXIS_POINTS:,}",
+                         where=where((name, "arange")),
+                         hint="use a larger step or a smaller range (MAX_AXIS_POINTS)")
+    return max(0, math.ceil(count))
 
 
 def _axis_values(spec) -> tuple[np.ndarray, str]:
@@ -99,31 +186,54 @@ def _axis_values(spec) -> tuple[np.ndarray, str]:
     return rng.normal(*spec.normal, size=spec.n), kind
 
 
+def _axis(name: str, spec, where: Callable) -> Axis:
+    # samples (or the last steps of a range) may overflow: checked below rather than warned of
+    with np.errstate(over="ignore", invalid="ignore"):
+        values, kind = _axis_values(spec)
+    if not np.all(np.isfinite(values)):
+        raise JobFileError(f"input '{name}' produces values {_BEYOND}", where=where((name,)),
+                           hint="keep the range within float64")
+    return Axis(name, values, kind)
+
+
+def _input_length(name: str, spec, where: Callable) -> int:
+    n = _axis_length(name, spec, where)
+    if n < 1:
+        raise JobFileError(f"input '{name}' has no values", where=where((name,)),
+                           hint="every input needs at least one value")
+    if n > limits.MAX_AXIS_POINTS:
+        raise LimitError(f"input '{name}' has {n:,} values, more than {limits.MAX_AXIS_POINTS:,}",
+                         where=where((name,)), hint="use fewer values (MAX_AXIS_POINTS)")
+    if kind_of(spec) == "normal" and spec.normal[1] < 0:
+        raise JobFileError(f"input '{name}': the standard deviation must be >= 0",
+                           where=where((name, "normal")))
+    return n
+
+
 def build_grid(inputs: dict, mode: str, where: Callable[[tuple], Location]) -> Grid:
-    """Check every size against the limits (in exact integers, before allocating), then build axes."""
-    lengths = {}
+    """Check every size against the limits (in exact integers, before allocating), then build axes.
+    Every input's problem is reported (`JobProblems`), not only the first."""
+    lengths, problems = {}, []
     for name, spec in inputs.items():
-        n = _axis_length(name, spec, where)
-        if n < 1:
-            raise JobFileError(f"input '{name}' has no values", where=where((name,)),
-                               hint="every input needs at least one value")
-        if n > limits.MAX_AXIS_POINTS:
-            raise LimitError(f"input '{name}' has {n:,} values, more than {limits.MAX_AXIS_POINTS:,}",
-                             where=where((name,)), hint="use fewer values (MAX_AXIS_POINTS)")
-        if kind_of(spec) == "normal" and spec.normal[1] < 0:
-            raise JobFileError(f"input '{name}': the standard deviation must be >= 0",
-                               where=where((name, "normal")))
-        lengths[name] = n
+        try:
+            lengths[name] = _input_length(name, spec, where)
+        except GradsvcError as error:
+            problems.append(error)
+    if problems:
+        raise JobProblems.of(problems)
     size = _grid_size(lengths, mode, where)
     if size > limits.MAX_GRID_POINTS:
         raise LimitError(f"the grid has {size:,} points, more than {limits.MAX_GRID_POINTS:,}",
                          where=where(()), hint="shrink the inputs' ranges (MAX_GRID_POINTS)")
-    axes = tuple(Axis(name, *_axis_values(spec)) for name, spec in inputs.items())
-    for axis in axes:
-        if not np.all(np.isfinite(axis.values)):
-            raise JobFileError(f"input '{axis.name}' produces non-finite values",
-                               where=where((axis.name,)), hint="keep the range within float64")
-    return Grid(axes, mode, size)
+    axes = []
+    for name, spec in inputs.items():
+        try:
+            axes.append(_axis(name, spec, where))
+        except GradsvcError as error:
+            problems.append(error)
+    if problems:
+        raise JobProblems.of(problems)
+    return Grid(tuple(axes), mode, size)
 
 
 def kind_of(spec) -> str:

@@ -16,7 +16,7 @@ import difflib
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .errors import GraphError, Location
+from .errors import GraphError, JobProblems, Location
 from .ops import op_for, Op
 
 
@@ -83,12 +83,10 @@ def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs
     for nodes in formula_nodes.values():
         for node in nodes:
             by_name[node.name] = node
-    for node in by_name.values():
-        for arg in node.args:
-            if arg not in by_name:
-                raise GraphError(f"'{arg}' is not defined (used in the formula of '{node.owner}')",
-                                 where=node.where, hint=did_you_mean(arg, defined) or
-                                 "define it under `inputs:` or as a node under `graph:`")
+    undefined = [_undefined(arg, node, defined) for node in by_name.values() for arg in node.args
+                 if arg not in by_name]
+    if undefined:  # every one, in every formula: one run of `validate` shows them all
+        raise JobProblems.of(list({e.message: e for e in undefined}.values()))
     order = _topological_order(by_name, formula_nodes)
     named = tuple(n.name for n in order if n.name in formula_nodes)
     for k, out in enumerate(outputs):
@@ -101,6 +99,14 @@ def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs
     wrt_names = _resolve_wrt(wrt, tuple(inputs), named, defined, output_where)
     position = {n.name: i for i, n in enumerate(order)}
     return Graph(tuple(order), tuple(inputs), named, tuple(outputs), wrt_names, dict(formulas), position)
+
+
+def _undefined(name: str, user: Node, defined: set[str]) -> GraphError:
+    hint = did_you_mean(name, defined) or (
+        "Euler's number is not a constant in formulas: write exp(1), or exp(x) for e ** x"
+        if name == "e" else "define it under `inputs:` or as a node under `graph:`")
+    return GraphError(f"'{name}' is not defined (used in the formula of '{user.owner}')",
+                      where=user.where, hint=hint)
 
 
 def _resolve_wrt(wrt, inputs, named, defined, where) -> tuple[str, ...]:

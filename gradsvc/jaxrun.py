@@ -26,9 +26,14 @@ from .grid import Grid
 from .ir import Graph
 from .ops import op_for
 
-jax.config.update("jax_enable_x64", True)  # float64 jobs need it; float32 jobs cast explicitly
-
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _x64():
+    """JAX's 64-bit mode for gradsvc's own tracing, compiling, copies and calls: float64 jobs need
+    it (float32 jobs cast explicitly). Scoped to this thread and block, so the user's JAX keeps
+    its own setting and their arrays their dtype."""
+    return jax.enable_x64(True)
 
 
 @lru_cache(maxsize=None)
@@ -46,7 +51,8 @@ def jax_function(node) -> Callable:
 
 
 def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Callable:
-    """f(*x) for one point: one scalar per input, in grid order; returns (values, grads, flag).
+    """f(one, *x) for one point: a runtime 1 (see sin_cos_boundaries), then one scalar per input,
+    in grid order; returns (values, grads, flag).
 
     values: the `kept` nodes' values; grads: d output/d wrt for every (output, wrt) pair, output
     major; flag: whether a fast sin/cos saw an argument beyond its accurate range (the chunk is
@@ -55,6 +61,7 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
     the gradients into one array made XLA CPU recompute the whole backward pass per element,
     170x slower on an 8-layer graph).
     """
+    bounded = sin_cos_boundaries(graph)
     perturbed = [n for n in graph.wrt if n in set(graph.named)]
     perturb_slot = {name: i for i, name in enumerate(perturbed)}
     input_slot = {name: i for i, name in enumerate(graph.inputs)}
@@ -62,7 +69,7 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
     steps = [(node.name, node.op, node.const, node.args, _implementation(node, fast))
              for node in graph.nodes]
 
-    def evaluate(x, eps, output: int):
+    def evaluate(x, eps, one, output: int):
         env, flags = {}, []
         for name, op, const, args, fn in steps:
             if op == "input":
@@ -74,13 +81,15 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
                 if fast and op in FAST_OPS:
                     flags.append(fastmath.beyond_accurate_range(arguments[0], dtype_name))
                 value = fn(*arguments)
+                if bounded and op in FAST_OPS:
+                    value = value / one  # exact: a fusion boundary, see sin_cos_boundaries
             if name in perturb_slot:
                 value = value + eps[perturb_slot[name]]
             env[name] = value
         flag = jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
         return env[graph.outputs[output]], (tuple(env[n] for n in kept), flag)
 
-    def per_point(*x):
+    def per_point(one, *x):
         # Tuples of scalars, not vectors: the gradient with respect to a vector element is a
         # scatter into a zero vector per use, which XLA CPU materialises (4x slower on the seed)
         eps = tuple(jnp.zeros((), dtype) for _ in perturbed)
@@ -90,7 +99,7 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
             # still multiplies the other outputs' partials (0 * inf = nan at sqrt(0)), while a
             # separate grad never visits them, like PyTorch's backward() on that output.
             (grad_x, grad_eps), (values, flag) = jax.grad(evaluate, argnums=(0, 1),
-                                                          has_aux=True)(x, eps, k)
+                                                          has_aux=True)(x, eps, one, k)
             grads += [grad_x[input_slot[w]] if w in input_slot else grad_eps[perturb_slot[w]]
                       for w in graph.wrt]
         return values, tuple(grads), flag
@@ -99,6 +108,21 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
 
 
 FAST_OPS = {"sin": fastmath.sin, "cos": fastmath.cos}
+
+# From this many sin/cos nodes on, each sin/cos value is divided by a 1 that XLA cannot see is 1
+# (benchmarks/README.md, "Cost against graph size", has the curve that set it).
+SIN_COS_BOUNDARY_FROM = 32
+
+
+def sin_cos_boundaries(graph: Graph) -> bool:
+    """Whether each sin/cos value goes through an exact division by a runtime 1: the one place
+    that decides it. XLA's fusion counts sin and cos (its own, and the fast polynomials, which are
+    cheap ops) as cheap, so it duplicates each into every consumer fusion together with the cheap
+    chain that made its argument, and in a big graph the same sines are computed again and again.
+    A floating-point division is an op XLA counts as expensive and never duplicates: x / 1 is x
+    (bit for bit, and so is its gradient), but the value is computed once. Small graphs are
+    faster without it: the division costs more than the little duplication there."""
+    return sum(1 for n in graph.nodes if n.op in FAST_OPS) >= SIN_COS_BOUNDARY_FROM
 
 
 def uses_fast_ops(graph: Graph, fast: bool) -> bool:
@@ -143,7 +167,9 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
                 columns.append(jax.lax.dynamic_slice_in_dim(axis, start, chunk_size))
             else:
                 columns.append(axis[(index // stride) % length])
-        values, grads, flags = jax.vmap(per_point)(*columns)
+        one = jnp.where(start >= 0, 1.0, 2.0).astype(dtype)  # always 1: start is never < 0
+        values, grads, flags = jax.vmap(per_point, in_axes=(None, *[0] * len(columns)))(
+            one, *columns)
         unique: list = []
         layout[:] = [_index_of(unique, result) for result in (*values, *grads)]
         # without fast sin/cos the flag is a constant that XLA would still copy out on every call
@@ -200,48 +226,60 @@ class Compiled:
     source: str  # "compiled", or "executable cache": loaded from disk, nothing traced
     n_grads: int
     fast_ops: bool  # whether any fast sin/cos is in the kernel (else its flag needs no reading)
+    key: str  # its key in the executable cache
+    fresh: bool  # compiled past every cache (ours and JAX's)
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
 
 
 def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
-                  kept: tuple[str, ...], fast: bool) -> Compiled:
+                  kept: tuple[str, ...], fast: bool, fresh: bool = False) -> Compiled:
     """Trace, lower and compile the chunk function for one job shape (ahead of time).
 
     With a cache folder, the finished executable is also kept there under a key of everything that
     shapes it: a later process skips tracing and lowering (which JAX's own cache cannot skip).
+    `fresh`: nothing comes from a cache, ours or JAX's (for a kernel whose results failed
+    verification, which may have come from a damaged entry); the new kernel replaces the entry.
     """
+    with _x64():
+        return _compile_graph(graph, grid, dtype, device, chunk_size, kept, fast, fresh)
+
+
+def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
+                   kept: tuple[str, ...], fast: bool, fresh: bool) -> Compiled:
     np_dtype = DTYPES[dtype]
     dev = get_device(device, inline=grid.size <= chunk_size)
     start = time.perf_counter()
     key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
     n_grads = len(graph.outputs) * len(graph.wrt)
     fast_ops = uses_fast_ops(graph, fast)
-    loaded = kcache.load_executable(key, dev, len(grid.axes), fast_ops)
+    loaded = None if fresh else kcache.load_executable(key, dev, len(grid.axes), fast_ops,
+                                                       len(kept) + n_grads)
     if loaded is not None:
         executable, layout = loaded
         return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
-                        layout, "executable cache", n_grads, fast_ops)
+                        layout, "executable cache", n_grads, fast_ops, key, fresh)
     traced_layout: list = []
     axes = device_axes(grid, np_dtype, chunk_size)
     sharding = jax.sharding.SingleDeviceSharding(dev)
     specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
              tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding) for a in axes))
 
-    def build():
-        fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size, traced_layout))
-        return fn.lower(*specs).compile()
-    executable = build()
+    def build(jax_cache: bool):
+        with kcache.jax_compile_cache(jax_cache):
+            fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size,
+                                        traced_layout))
+            return fn.lower(*specs).compile()
+    executable = build(jax_cache=not fresh)
     layout = tuple(traced_layout)
     probe = (np.int64(0), tuple(jax.device_put(a, dev) for a in axes))
     stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
-    if not stored and kcache.cache_folder() is not None:
+    if not stored and not fresh and kcache.cache_folder() is not None:
         # JAX's own cache served this compile, and such an executable does not serialize whole:
         # compile once more past that cache, so that later processes load ours and skip tracing
-        with kcache.jax_cache_off():
-            executable = build()
+        executable = build(jax_cache=False)
         kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
     return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
-                    "compiled", n_grads, fast_ops)
+                    "compiled", n_grads, fast_ops, key, fresh)
 
 
 def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:
@@ -284,6 +322,12 @@ def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exa
     is recomputed with XLA's own (`recompile_exact()` builds that function once). Returns how many
     chunks were recomputed.
     """
+    with _x64():
+        return _run_chunks(compiled, grid, on_chunk, recompile_exact)
+
+
+def _run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable
+                ) -> int:
     axes, zero = _axes_on_device(compiled, grid)
     n, recomputed, pending = compiled.chunk_size, 0, None
     for start, stop in grid.chunks(n):

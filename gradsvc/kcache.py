@@ -4,19 +4,32 @@ serialized executables, which lets a later process skip tracing and lowering too
 An entry is keyed by everything that shapes a kernel: the graph's structure, the op table's JAX
 functions, the grid's shape, dtype, device, chunk size, kept values, fast math, the source of the
 modules that build kernels, and the versions of JAX, jaxlib and gradsvc. An entry is stored only
-after a reloaded copy has computed exactly what the original did. Loading an executable runs code
-from the cache folder: like JAX's own cache, it must be a folder only you can write to.
+after a reloaded copy has computed exactly what the original did. Beside each executable a small
+JSON file holds the key it was made for, its output layout, and one SHA-256 digest of the key, the
+layout and the executable's bytes: an entry is loaded only when all of them agree, and any other
+entry (an edited layout, another job's executable copied over it, a torn or damaged file) is
+removed and the kernel compiled again.
+
+Loading an executable runs code from the cache folder: like JAX's own cache, it must be a folder
+only you can write to. The digest catches damage and mix-ups, not someone who can write there and
+recompute it; what such a kernel computes is caught by verification, and the kernel is then
+evicted (api.execute).
+
+JAX's cache settings are global configuration; gradsvc sets them for its own compilations only
+(`jax_compile_cache`), so its user's JAX keeps its own cache folder, or none.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import jax
 import numpy as np
+from jax._src import config as jax_states  # jax.config's options, as context managers
 from jax.experimental import serialize_executable
 
 from . import fastmath, ops
@@ -37,7 +50,11 @@ def _kernel_source_hash() -> str:
 KERNEL_SOURCE = _kernel_source_hash()
 
 
-_cache_dir: list = [None]  # the persistent cache folder this process uses
+_cache_dir: list = [None]  # the cache folder of gradsvc's compilations in this process
+
+# JAX warns of a cache entry it cannot read (or write) and then compiles: the fallback gradsvc
+# wants anyway, and nothing for its user to act on
+_UNUSABLE_JAX_ENTRY = r"Error (reading|writing) persistent compilation cache entry"
 
 
 def cache_folder() -> str | None:
@@ -45,32 +62,35 @@ def cache_folder() -> str | None:
 
 
 def use_compile_cache(folder: str) -> None:
-    """Point JAX's persistent compilation cache at `folder` ("off": none). Every compilation is
-    cached, however quick: even small graphs take a sizeable share of a cold run to compile."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    path = None if folder == "off" else str(Path(folder).expanduser())
-    if path == _cache_dir[0]:
-        return
-    cc.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _cache_dir[0] = path
+    """Keep gradsvc's compiled kernels in `folder` ("off": nowhere). Only gradsvc's own
+    compilations use it: see `jax_compile_cache`."""
+    _cache_dir[0] = None if folder == "off" else str(Path(folder).expanduser())
 
 
 @contextmanager
-def jax_cache_off():
-    """JAX's persistent cache out of the way for one compilation (its state is read once, so
-    the cache is reset and pointed nowhere, then back)."""
+def jax_compile_cache(enabled: bool = True):
+    """JAX's persistent compilation cache in gradsvc's folder (or, not `enabled`, none: nothing
+    read from it, nothing written), for the compilations inside this block only.
+
+    Every compilation is cached, however quick: even small graphs take a sizeable share of a cold
+    run to compile. The settings change for this thread and this block (a minimum entry size of
+    -1 also stops JAX from setting its default globally); JAX builds its cache object once, for the
+    folder configured at its first use, so it is reset on the way in and on the way out, and the
+    user's own compilations find their own folder (or none) again. Warnings of unusable entries
+    are dropped in this block only.
+    """
     from jax.experimental.compilation_cache import compilation_cache as cc
-    folder = _cache_dir[0]
-    cc.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", None)
-    try:
-        yield
-    finally:
+    folder = _cache_dir[0] if enabled else None
+    with jax_states.compilation_cache_dir(folder), \
+            jax_states.persistent_cache_min_compile_time_secs(0.0), \
+            jax_states.persistent_cache_min_entry_size_bytes(-1), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _UNUSABLE_JAX_ENTRY, UserWarning)
         cc.reset_cache()
-        jax.config.update("jax_compilation_cache_dir", folder)
+        try:
+            yield
+        finally:
+            cc.reset_cache()
 
 
 def executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
@@ -90,6 +110,18 @@ def executable_path(key: str) -> Path | None:
     return None if _cache_dir[0] is None else Path(_cache_dir[0]) / f"gradsvc-exec-{key}.bin"
 
 
+def sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def entry_digest(key: str, layout, payload: bytes) -> str:
+    """The digest an entry's sidecar must hold: of the key it was made for, its layout and the
+    executable's bytes (a JSON object ends where it ends, so the parts cannot run together)."""
+    digest = hashlib.sha256(json.dumps({"key": key, "layout": list(layout)}).encode())
+    digest.update(payload)
+    return digest.hexdigest()
+
+
 def result_trees(n_axes: int, n_arrays: int, flagged: bool):
     """The argument and result structure of a chunk function (rebuilt, so nothing is unpickled
     beyond the executable itself); the range flag is absent without fast sin/cos."""
@@ -103,17 +135,59 @@ def _deserialize(payload: bytes, trees, dev):
                                                      execution_devices=[dev])
 
 
-def load_executable(key: str, dev, n_axes: int, flagged: bool):
-    """(executable, layout) from the cache folder, or None. The layout travels beside it."""
+class DamagedEntry(Exception):
+    """A cache entry that is not what its key says: removed, and the kernel compiled again."""
+
+
+def _checked_layout(layout, n_results: int) -> tuple[int, ...]:
+    """A layout as the kernel makes it: one index per result, numbering its arrays from 0 in
+    order of first use (so a forged one cannot ask for a million result arrays)."""
+    if (not isinstance(layout, list) or len(layout) != n_results
+            or not all(type(i) is int for i in layout)):
+        raise DamagedEntry("not a layout of this kernel")
+    seen = -1
+    for i in layout:
+        if not 0 <= i <= seen + 1:
+            raise DamagedEntry("not a layout of this kernel")
+        seen = max(seen, i)
+    return tuple(layout)
+
+
+def _read_entry(key: str, path: Path, n_results: int) -> tuple[bytes, tuple[int, ...]]:
+    meta = json.loads(sidecar_path(path).read_text())
+    payload = path.read_bytes()
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        raise DamagedEntry("made for another key")
+    if meta.get("sha256") != entry_digest(key, meta.get("layout") or [], payload):
+        raise DamagedEntry("contents do not match their digest")
+    return payload, _checked_layout(meta["layout"], n_results)
+
+
+def load_executable(key: str, dev, n_axes: int, flagged: bool, n_results: int):
+    """(executable, layout) from the cache folder, or None. An entry that is not whole and
+    exactly what `key` was made for is removed (it only costs a recompilation)."""
     path = executable_path(key)
     if path is None or not path.is_file():
         return None
     try:
-        layout = tuple(json.loads(path.with_suffix(".json").read_text())["layout"])
+        payload, layout = _read_entry(key, path, n_results)
         trees = result_trees(n_axes, max(layout, default=-1) + 1, flagged)
-        return _deserialize(path.read_bytes(), trees, dev), layout
-    except Exception:  # a stale, partial or damaged entry only costs a recompilation
+        return _deserialize(payload, trees, dev), layout
+    except Exception:  # stale, partial, damaged or not its own
+        remove_entry(key)
         return None
+
+
+def remove_entry(key: str) -> None:
+    """Forget a cached kernel (its executable first: that file marks a whole entry)."""
+    path = executable_path(key)
+    if path is None:
+        return
+    for target in (path, sidecar_path(path)):
+        try:
+            target.unlink(missing_ok=True)
+        except OSError:  # a folder we cannot write: the digest still refuses a bad entry
+            pass
 
 
 def store_executable(key: str, compiled, dev, probe_args: tuple, n_axes: int,
@@ -133,8 +207,8 @@ def store_executable(key: str, compiled, dev, probe_args: tuple, n_axes: int,
             if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
                 return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        sidecar = path.with_suffix(".json")
-        for target, data in ((sidecar, json.dumps({"layout": list(layout)}).encode()),
+        meta = {"key": key, "layout": list(layout), "sha256": entry_digest(key, layout, payload)}
+        for target, data in ((sidecar_path(path), json.dumps(meta).encode()),
                              (path, payload)):  # the executable last: it marks a whole entry
             tmp = target.with_name(f".{target.name}.{os.getpid()}")
             tmp.write_bytes(data)

@@ -60,6 +60,7 @@ def to_json(result) -> dict:
         "verify": json_safe(result.verify),
         "timings": json_safe(result.timings),
         "content_hash": job.content_hash,
+        "notes": list(job.notes),
     }
 
 
@@ -81,6 +82,8 @@ def print_table(result, console: Console) -> None:
     console.print(f"[bold]{job.name}[/bold]  {job.file}  {_plural(result.points, 'point')} "
                   f"({job.grid.mode} {'x'.join(map(str, result.shape))})"
                   f"  {result.dtype} on {result.device}")
+    for note in job.notes:  # e.g. a name that Unicode normalization changed
+        console.print(note, style="yellow", markup=False)
     if result.points <= TABLE_POINTS:
         for i in range(result.points):
             title = f"point {i}" if result.points > 1 else None
@@ -153,6 +156,8 @@ def _print_verify(result, console: Console) -> None:
     console.print(f"{mark}: {scope} against the pure-Python reference "
                   f"({v.compared:,} numbers, {v.mismatches} outside tolerance); "
                   f"max abs err {v.max_abs_err:.3g}, max rel err {v.max_rel_err:.3g}")
+    if v.floor_note:  # fewer points than verify_min_points fitted in the budget
+        console.print(f"  {v.floor_note}", style="yellow", markup=False)
     if v.worst is not None and v.max_abs_err > 0:
         w = v.worst
         console.print(f"  closest to tolerance: point {w.index} ({_coords(w.coords)}) {w.quantity}: "

@@ -6,9 +6,15 @@ named by `--config` / `GRADSVC_CONFIG`) < the job's `settings:` < command-line f
 """
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 import hashlib
 import keyword
+import math
 import os
+import re
+import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -17,19 +23,30 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
                       ValidationError)
 
 from . import limits
-from .errors import GraphError, JobFileError, LimitError, Location, UsageError
+from .errors import (GradsvcError, GraphError, JobFileError, JobProblems, LimitError, Location,
+                     UsageError)
 from .expr import parse_formula
 from .grid import Grid, build_grid
-from .ir import Graph, build_graph, did_you_mean
+from .ir import Graph, Node, build_graph, did_you_mean
 from .ops import CALLABLE
 from .source import Document, load_yaml, read_job_text
+
+
+BEYOND_FLOAT64 = "beyond float64's range (at most about 1.8e308)"
 
 
 def _number(value: Any) -> float:
     # bool is an int in Python and "2" would be coerced by lax validation: both are mistakes here
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a YAML integer of 400 digits
+        number = math.inf
+    if not math.isfinite(number):  # YAML reads 1e400 as inf
+        raise ValueError("expected a number, got nan" if math.isnan(number) else
+                         f"this number is {BEYOND_FLOAT64}")
+    return number
 
 
 def _count(value: Any) -> int:
@@ -114,14 +131,16 @@ class Settings(_Strict):
         "auto", description="points per compiled call; auto: 65536 for graphs with many "
         "intermediates (they stay in cache); for small memory-bound graphs 1,048,576 when results "
         "stream to disk, up to 16,777,216 when they are kept in memory")
-    verify_points: Count = Field(2000, ge=1, description="check every point up to this many; "
-                                 "above it, a seeded random sample of at most this many points")
-    verify_budget: Number = Field(0.1, ge=0, description="for sampled grids: stop checking once "
-                                  "verification took this fraction of the compile + run time")
-    verify_min_points: Count = Field(32, ge=1, description="sampled grids: always check at least "
-                                     "this many points, whatever the budget")
+    verify_points: Count = Field(2000, ge=1, description="the points to check: every point of a "
+                                 "grid up to this many; above it, a seeded random sample this size")
+    verify_budget: Number = Field(0.1, ge=0, description="stop checking once verification took "
+                                  "this fraction of the compile + run time (small jobs are "
+                                  "checked in full whatever it is)")
+    verify_min_points: Count = Field(32, ge=1, description="check at least this many points when "
+                                     "they fit in the budget (the first and last point always)")
     verify_seed: Count = 0
-    fd_points: Count = Field(50, ge=0, description="points given a central finite-difference check")
+    fd_points: Count = Field(50, ge=0, description="points given central finite-difference checks "
+                             "(at most 16 output/wrt pairs each)")
     tolerance: Tolerance = Tolerance()
     fast_math: bool = Field(True, description="sin/cos by range reduction + polynomials fused "
                             "into the kernel (5x faster than XLA's on CPU; chunks with arguments "
@@ -135,8 +154,15 @@ class Settings(_Strict):
         "shared by later processes; 'off' disables it")
 
 
-Formula = Annotated[str, BeforeValidator(
-    lambda v: repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)]
+def _formula(value: Any) -> Any:
+    """A bare number is a constant node; one beyond float64 (YAML reads 1e400 as inf) is refused
+    here, with its place, rather than later as the name 'inf'."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(_number(value))
+    return value
+
+
+Formula = Annotated[str, BeforeValidator(_formula)]
 
 
 class JobSpec(_Strict):
@@ -165,6 +191,10 @@ class Job:
     grid: Grid
     settings: Settings
     content_hash: str  # sha256 of the job's text: names a result for caching and reruns
+    notes: tuple[str, ...] = ()  # one line each, for the user: not errors (a name NFKC changed)
+    # what `settings` was resolved from (the job's own settings, overrides, config): new
+    # overrides for a loaded Job are applied over these, as if given when it was loaded
+    setting_layers: tuple = dataclasses.field(default=(), compare=False, repr=False)
 
 
 # --- loading ---
@@ -183,9 +213,29 @@ def load_job(path: str | Path, overrides: dict | None = None, config: str | Path
 
 def job_from_text(text: str, file: str = "<job>", overrides: dict | None = None,
                   config: str | Path | None = None, default_name: str = "job") -> Job:
-    """Like `load_job`, from YAML text."""
-    doc = load_yaml(text, file)
-    return compile_job(doc, text, overrides, config, default_name)
+    """Like `load_job`, from YAML text.
+
+    The job built from a text is kept (settings aside, which are resolved on every call, so an
+    edited config file counts): a service or a notebook running the same job again skips
+    parsing, and gets the same grid, whose axes then stay on the device.
+    """
+    key = (text, file, default_name)
+    built = _BUILT.get(key)
+    if built is None:
+        built = _build(load_yaml(text, file), text, default_name)
+        if len(text) <= MAX_REMEMBERED_TEXT:
+            _BUILT[key] = built
+            while len(_BUILT) > MAX_REMEMBERED_JOBS:
+                _BUILT.popitem(last=False)
+    else:
+        _BUILT.move_to_end(key)
+    return _with_settings(built, overrides, config)
+
+
+# Jobs built from texts, least recently used first: parsing was most of a warm small job's call
+_BUILT: OrderedDict[tuple, "Job"] = OrderedDict()
+MAX_REMEMBERED_JOBS = 64
+MAX_REMEMBERED_TEXT = 100_000  # characters; a bigger job's parse is small beside its run
 
 
 def job_from_dict(data: dict, overrides: dict | None = None, config: str | Path | None = None) -> Job:
@@ -204,57 +254,118 @@ def job_from_dict(data: dict, overrides: dict | None = None, config: str | Path 
 
 
 def compile_job(doc: Document, text: str, overrides: dict | None, config, default_name: str) -> Job:
+    """Validate and compile; every problem found is reported at once (`JobProblems`), stage by
+    stage: the schema, then names, formulas and inputs, then the links between nodes; then the
+    settings are resolved."""
+    return _with_settings(_build(doc, text, default_name), overrides, config)
+
+
+def _with_settings(built: Job, overrides: dict | None, config) -> Job:
+    """`built` (whose settings are the job's own) with its settings resolved."""
+    own = built.setting_layers[0]
+    return dataclasses.replace(built, settings=resolve_settings(own, overrides, config),
+                               setting_layers=(own, dict(overrides or {}), config))
+
+
+def _build(doc: Document, text: str, default_name: str) -> Job:
+    """The job as its text says, settings not yet resolved (see `compile_job`)."""
     if not isinstance(doc.data, dict):
         kind = "a list" if isinstance(doc.data, list) else f"the {type(doc.data).__name__} value"
         raise JobFileError(f"a job file is a mapping of keys, but this one is {kind}",
                            where=Location(doc.file, 1, 1), hint="start with `inputs:`, `graph:`, "
                            "`outputs:` at the left margin")
     spec = _validate(JobSpec, doc.data, doc)
-    names = _check_names(spec, doc)
+    names = _Names(spec, doc)
+    problems = names.problems
     formula_nodes = {}
-    for name, formula in spec.graph.items():
-        where = _formula_location(doc, ("graph", name))
-        formula_nodes[name] = parse_formula(name, formula, where, names)
+    for raw, formula in spec.graph.items():
+        where = _formula_location(doc, ("graph", raw))
+        try:
+            formula_nodes[names.of(raw)] = parse_formula(names.of(raw), formula, where, names.all)
+        except GradsvcError as error:
+            problems.append(error)
+        names.note_formula(formula, where)
+    grid = _collect(problems, doc, lambda: build_grid(
+        {names.of(raw): value for raw, value in spec.inputs.items()}, spec.grid,
+        lambda path: doc.where(("inputs", *names.raw_path(path)))))
     _check_op_budget(formula_nodes, doc)
-    output_where = {n: doc.where(("outputs", i)) for i, n in enumerate(spec.outputs)}
-    if isinstance(spec.wrt, list):
-        output_where.update({n: doc.where(("wrt", i)) for i, n in enumerate(spec.wrt)})
-    graph = build_graph(list(spec.inputs), formula_nodes, list(spec.outputs), spec.wrt,
-                        dict(spec.graph), output_where)
-    grid = build_grid(spec.inputs, spec.grid, lambda path: doc.where(("inputs",) + path))
-    settings = resolve_settings(spec.settings, overrides, config)
+    graph = _collect(problems, doc, lambda: _link(spec, doc, names, formula_nodes))
+    if problems:
+        raise JobProblems.of(problems)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Job(spec.name or default_name, spec.description, doc.file, graph, grid, settings, digest)
+    return Job(spec.name or default_name, spec.description, doc.file, graph, grid, spec.settings,
+               digest, tuple(names.notes), (spec.settings, {}, None))
+
+
+def _link(spec: JobSpec, doc: Document, names: "_Names", formula_nodes: dict) -> Graph:
+    """The graph of the parsed formulas. A node whose formula failed to parse (already reported)
+    stands in as a constant, so that the rest still links and its own problems are found too."""
+    nodes = {name: formula_nodes.get(name) or [Node(name, "const", const=0.0, owner=name)]
+             for name in (names.of(raw) for raw in spec.graph) if name in names.nodes}
+    outputs = [names.listed(n, ("outputs", i)) for i, n in enumerate(spec.outputs)]
+    output_where = {n: doc.where(("outputs", i)) for i, n in enumerate(outputs)}
+    wrt = spec.wrt
+    if isinstance(wrt, list):
+        wrt = [names.listed(n, ("wrt", i)) for i, n in enumerate(wrt)]
+        output_where.update({n: doc.where(("wrt", i)) for i, n in enumerate(wrt)})
+    formulas = {names.of(raw): formula for raw, formula in spec.graph.items()}
+    inputs = [name for name in (names.of(raw) for raw in spec.inputs) if name in names.all]
+    return build_graph(inputs, nodes, outputs, wrt, formulas, output_where)
+
+
+def _collect(problems: list, doc: Document, build):
+    """`build()`, or None with its error (or each of its errors) added to `problems`, each
+    showing its line of the file."""
+    try:
+        return build()
+    except JobProblems as errors:
+        found = errors.problems
+    except GradsvcError as error:
+        found = [error]
+    for error in found:
+        if error.text is None and error.where is not None:
+            error.text, error.caret_col = doc.line_text(error.where), error.where.col
+    problems.extend(found)
+    return None
 
 
 def _validate(model, data, doc: Document, base: tuple = ()):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _schema_error(exc, doc, base) from None
+        raise JobProblems.of(_schema_problems(exc, doc, base)) from None
 
 
-def _schema_error(exc: ValidationError, doc: Document, base: tuple) -> JobFileError:
-    # an unknown key first: a typo ('output:') also makes the real key missing, and the
-    # unknown key's "did you mean" is the message that fixes both
-    errors = sorted(exc.errors(), key=lambda e: {"extra_forbidden": 0, "missing": 2}.get(e["type"], 1))
-    first = errors[0]
-    path = base + _data_path(first["loc"], doc, base)
-    more = f" ({len(errors) - 1} more problem{'s' * (len(errors) > 2)} after this one)" \
-        if len(errors) > 1 else ""
+def _schema_problems(exc: ValidationError, doc: Document, base: tuple) -> list[JobFileError]:
+    """One error per schema problem, each with its place and hint. A key reported missing is left
+    out where an unknown key beside it is its misspelling ('output:' for 'outputs:'): the unknown
+    key's "did you mean" fixes both."""
+    problems, seen, misspelt = [], set(), set()
+    for detail in sorted(exc.errors(), key=lambda e: e["type"] == "missing"):
+        path = base + _data_path(detail["loc"], doc, base)
+        if detail["type"] == "missing" and path in misspelt:
+            continue
+        error = _schema_problem(detail, path, doc)
+        if detail["type"] == "extra_forbidden" and error.hint and error.hint.startswith("did you"):
+            misspelt.add(path[:-1] + (error.hint.split("'")[1],))
+        if (str(error.where), error.message) not in seen:
+            seen.add((str(error.where), error.message))
+            problems.append(error)
+    return problems
+
+
+def _schema_problem(detail: dict, path: tuple, doc: Document) -> JobFileError:
     label = ".".join(str(p) for p in path) or "job"
-    if first["type"] == "extra_forbidden":
-        key = str(first["loc"][-1])
+    if detail["type"] == "extra_forbidden":
+        key = str(detail["loc"][-1])
         where = doc.where(path, key=True)
-        allowed = _allowed_keys(path[:-1])
-        hint = did_you_mean(key, allowed) or f"allowed keys here: {', '.join(allowed)}"
-        message = f"unknown key '{key}'"
-    elif first["type"] == "missing":
+        message, hint = f"unknown key '{key}'", _unknown_key_hint(key, path, doc)
+    elif detail["type"] == "missing":
         where = doc.where(path[:-1])
         message = f"missing required key '{path[-1]}'" + (f" in {'.'.join(map(str, path[:-1]))}"
                                                           if len(path) > 1 else "")
         hint = "see `gradsvc schema` for the job file format"
-    elif first["type"] == "too_short":
+    elif detail["type"] == "too_short":
         where = doc.where(path)
         message = f"{label} is empty"
         hint = {"inputs": "a job needs at least one input, e.g. `inputs: {a: 2.0}`",
@@ -263,10 +374,21 @@ def _schema_error(exc: ValidationError, doc: Document, base: tuple) -> JobFileEr
             label, "see `gradsvc schema` for the job file format")
     else:
         where = doc.where(path)
-        message = f"{label}: {_plain(first['msg'])}"
+        message = f"{label}: {_plain(detail['msg'])}"
         hint = "see `gradsvc schema` for the job file format"
-    return JobFileError(message + more, where=where, text=doc.line_text(where),
-                        caret_col=where.col, hint=hint)
+    return JobFileError(message, where=where, text=doc.line_text(where), caret_col=where.col,
+                        hint=hint)
+
+
+def _unknown_key_hint(key: str, path: tuple, doc: Document) -> str:
+    allowed = _allowed_keys(path[:-1])
+    close = did_you_mean(key, allowed)
+    if close:
+        return close
+    if len(path) == 1 and isinstance(doc.data.get(key), str):  # `R: x * 2` at the left margin
+        return (f"'{key}: {doc.data[key]}' looks like a graph node that lost its indentation: "
+                "indent it under `graph:` like the nodes there")
+    return f"allowed keys here: {', '.join(allowed)}"
 
 
 def _plain(msg: str) -> str:
@@ -278,7 +400,8 @@ def _data_path(loc: tuple, doc: Document, base: tuple) -> tuple:
     path: tuple = ()
     for part in loc:
         candidate = path + (part,)
-        if base + candidate in doc.value_at or base + candidate in doc.key_at or part == loc[-1]:
+        last = part == loc[-1] and part not in ("scalar", "list")  # not the union's tags
+        if base + candidate in doc.value_at or base + candidate in doc.key_at or last:
             path = candidate
     return path
 
@@ -297,27 +420,82 @@ def _formula_location(doc: Document, path: tuple) -> Location:
     return where
 
 
-def _check_names(spec: JobSpec, doc: Document) -> set[str]:
-    for section in ("inputs", "graph"):
-        for name in getattr(spec, section):
-            problem = _name_problem(name)
-            if problem:
-                where = doc.where((section, name), key=True)
-                raise GraphError(f"'{name}' cannot be used as a name: {problem}", where=where,
-                                 text=doc.line_text(where), caret_col=where.col,
-                                 hint="names are letters, digits and _, starting with a letter")
-    for name in spec.graph:
-        if name in spec.inputs:
-            where = doc.where(("graph", name), key=True)
-            raise GraphError(f"'{name}' is both an input and a node", where=where,
-                             hint="rename one of them")
-    return set(spec.inputs) | set(spec.graph)
+class _Names:
+    """Input and node names as Python reads them: NFKC-normalized, so `θ` is a name and `𝐚` is
+    `a` (the formula parser normalizes identifiers the same way). Bad names and clashes go to
+    `problems`; each name the normalization changed gets one note for the user."""
+
+    def __init__(self, spec: JobSpec, doc: Document):
+        self.doc = doc
+        self.problems: list[GradsvcError] = []
+        self.notes: list[str] = []
+        self.raw: dict[str, str] = {}  # normalized -> as written
+        self.section: dict[str, str] = {}
+        for section in ("inputs", "graph"):
+            for raw in getattr(spec, section):
+                self._define(raw, section)
+        self.all = set(self.raw)
+        self.nodes = {name for name, section in self.section.items() if section == "graph"}
+
+    def of(self, raw: str) -> str:
+        return unicodedata.normalize("NFKC", raw)
+
+    def raw_path(self, path: tuple) -> tuple:
+        """A data path under `inputs:` with its normalized name back as written in the file."""
+        return (self.raw.get(path[0], path[0]), *path[1:]) if path else path
+
+    def _define(self, raw: str, section: str) -> None:
+        name, where = self.of(raw), self.doc.where((section, raw), key=True)
+        problem = _name_problem(name)
+        if problem:  # still defined, so that its users are not reported as well
+            self._problem(f"'{raw}' cannot be used as a name: {problem}", where,
+                          "names are letters (of any alphabet), digits and _, starting with a "
+                          "letter")
+        if name in self.raw:
+            first, other = self.raw[name], self.section[name]
+            if first != raw:
+                message = f"'{raw}' and '{first}' are the same name once normalized ('{name}')"
+            elif other == "inputs" and section == "graph":
+                message = f"'{raw}' is both an input and a node"
+            else:
+                message = f"'{raw}' is defined twice"
+            self._problem(message, where, "rename one of them")
+        else:
+            self.raw[name], self.section[name] = raw, section
+            self._note(raw, where)
+
+    def _problem(self, message: str, where: Location, hint: str) -> None:
+        self.problems.append(GraphError(message, where=where, text=self.doc.line_text(where),
+                                        caret_col=where.col, hint=hint))
+
+    def _note(self, raw: str, where: Location) -> None:
+        name = self.of(raw)
+        note = (f"{where}: note: '{raw}' is read as '{name}' (Unicode NFKC normalization, as "
+                "Python reads names)")
+        if name != raw and not any(f"'{raw}' is read as" in n for n in self.notes):
+            self.notes.append(note)
+
+    def note_formula(self, formula: str, where: Location) -> None:
+        """A note for each identifier in a formula that normalization changes."""
+        if formula.isascii() or len(formula) > limits.MAX_FORMULA_CHARS:  # nothing to change
+            return
+        for match in _IDENTIFIER.finditer(formula):
+            if not match.group().isascii():
+                self._note(match.group(), where)
+
+    def listed(self, raw: str, path: tuple) -> str:
+        """A name listed under `outputs:` or `wrt:`, normalized like the definitions."""
+        self._note(raw, self.doc.where(path))
+        return self.of(raw)
+
+
+_IDENTIFIER = re.compile(r"[^\W\d]\w*")
 
 
 def _name_problem(name: str) -> str | None:
     if len(name) > limits.MAX_NAME_CHARS:
         return f"longer than {limits.MAX_NAME_CHARS} characters"
-    if not (name.isascii() and name.isidentifier()):
+    if not name.isidentifier():
         return "not an identifier"
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         return "it is a Python keyword"
@@ -347,10 +525,41 @@ def default_config_path() -> Path | None:
     return shipped if shipped.is_file() else None
 
 
+_CONFIGS: dict[str, tuple[tuple, dict]] = {}  # path -> (the file's stat stamp, its settings)
+CONFIG_SETTLE_S = 2.0
+
+
 def load_config(path: str | Path | None) -> dict:
-    """The settings a config file sets (validated), as a dict of only the keys it names."""
+    """The settings a config file sets (validated), as a dict of only the keys it names.
+
+    Parsed once per version of the file: every `gradsvc.run` reads the config, and parsing it
+    was 40% of a warm small job. A version is the file's (mtime, size, inode, ctime): an edit,
+    or a file moved over it, is read afresh. A file changed in the last CONFIG_SETTLE_S seconds
+    is always read: an edit of the same size within the clock's tick keeps every stamp.
+    """
     if path is None:
         return {}
+    try:
+        info = os.stat(path)
+        settled = time.time() - info.st_mtime > CONFIG_SETTLE_S
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns) if settled else None
+    except (OSError, ValueError):
+        stamp = None  # reading it will say what is wrong
+    cached = _CONFIGS.get(str(path))
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return _copied(cached[1])
+    settings = _read_config(path)
+    if stamp is not None:
+        _CONFIGS[str(path)] = (stamp, settings)
+    return _copied(settings)
+
+
+def _copied(settings: dict) -> dict:
+    """A copy the caller may change (settings nest one level: `tolerance`)."""
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+
+
+def _read_config(path: str | Path) -> dict:
     text = read_job_text(path)
     doc = load_yaml(text, str(path))
     if doc.data is None:
@@ -390,7 +599,7 @@ def job_schema() -> dict:
 def as_job(job, overrides: dict | None = None, config=None) -> Job:
     """Accept a Job, a path, a dict shaped like a job file, or YAML text."""
     if isinstance(job, Job):
-        return job
+        return with_overrides(job, overrides, config)
     if isinstance(job, dict):
         return job_from_dict(job, overrides, config)
     if isinstance(job, Path) or (isinstance(job, str) and "\n" not in job and
@@ -399,3 +608,16 @@ def as_job(job, overrides: dict | None = None, config=None) -> Job:
     if isinstance(job, str):
         return job_from_text(job, "<text>", overrides, config)
     raise UsageError(f"cannot run a {type(job).__name__}: give a path, YAML text, a dict or a Job")
+
+
+def with_overrides(job: Job, overrides: dict | None, config=None) -> Job:
+    """A loaded job with settings `overrides` (and `config`) applied, as if they had been given
+    when it was loaded: they go over earlier overrides, below nothing."""
+    new = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not new and config is None:
+        return job
+    own, earlier, earlier_config = job.setting_layers or (job.settings, {}, None)
+    merged = {**earlier, **new}
+    settings = resolve_settings(own, merged, config if config is not None else earlier_config)
+    return dataclasses.replace(job, settings=settings,
+                               setting_layers=(own, merged, config or earlier_config))

@@ -3,16 +3,22 @@
 A result folder holds
   values/<name>.npy           every input (the grid coordinates) and node, one number per point
   grads/<output>/<name>.npy   d output / d name, one number per point, for every wrt name
-  axes/<input>.npy            each input's axis (reshape product-grid arrays to `grid.shape`)
+  axes/<input>.npy            each input's axis in the job's dtype, as the kernel saw it (reshape
+                              product-grid arrays to `grid.shape`)
   results.csv                 all of the above as a table, when the grid is small
-  summary.json                verification, timings, versions, dtype, device, the job's hash
+  summary.json                verification, timings, versions, dtype, device, the job's hash, and
+                              every other file's size and CRC-32 (`files`)
 
 Arrays are plain .npy files: `np.load("results/job/values/z.npy")` (add `mmap_mode="r"` for big
 ones), or `gradsvc.load_result("results/job")` for everything at once.
 
 Atomicity: a job is written into a hidden temporary folder next to its final place and renamed into
 place only after summary.json is written and flushed. A killed run leaves only a temporary folder,
-which the next batch removes; a folder without the `.tmp-` mark is always complete.
+which the next batch removes; a folder without the `.tmp-` mark was complete when it was written.
+
+Integrity: what happens to a folder afterwards (a deleted or truncated file, values overwritten)
+is caught by the sizes and checksums in summary.json (`integrity`): `gradsvc batch` recomputes a
+damaged result instead of skipping it, and `load_result` refuses one.
 """
 from __future__ import annotations
 
@@ -21,17 +27,19 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import Location, ResultError, UsageError
+from .integrity import ChecksummedFile, find_damage, record_of, wants_checksums
 from .spec import Job
 
 CSV_MAX_POINTS = 10_000  # grids up to this many points also get results.csv
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: summary.json records each file's size and CRC-32; axes in the job's dtype
 TMP_MARK = ".tmp-"
 
 
@@ -59,37 +67,76 @@ def safe_folder_name(name: str) -> str:
 
 def existing_summary(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return summary if isinstance(summary, dict) else None
 
 
-def is_complete(folder: Path, job: Job) -> bool:
+@dataclass
+class Stored:
+    """What a result folder holds for a job: its finished result (`summary`), and `damage`, what
+    is wrong with that result's files (or with the folder, when it has no readable summary)."""
+    summary: dict | None
+    damage: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None and self.damage is None
+
+
+def stored_result(folder: Path, job: Job, verify: bool | None = None) -> Stored:
+    """Whether `folder` holds this job's finished result intact. A result of another job text,
+    settings or gradsvc version is no damage: it is simply not this job's (Stored(None, None)).
+    Sizes are always checked; checksums when `verify` (None: when cheap, see `integrity`)."""
     summary = existing_summary(folder)
-    return bool(summary and summary.get("complete") and summary.get("key") == result_key(job))
+    if summary is None:
+        try:
+            unreadable = folder.is_dir() and any(folder.iterdir())
+        except OSError:  # cannot even be listed: writing the result will say why
+            unreadable = False
+        return Stored(None, _summary_unreadable(folder) if unreadable else None)
+    if not (summary.get("complete") and summary.get("key") == result_key(job)):
+        return Stored(None, None)
+    return Stored(summary, files_damage(folder, summary, verify))
+
+
+def _summary_unreadable(folder: Path) -> str:
+    path = folder / "summary.json"
+    return "summary.json is missing" if not path.exists() else "summary.json is not readable JSON"
+
+
+def files_damage(folder: Path, summary: dict, verify: bool | None) -> str | None:
+    """What is wrong with the files a finished result's summary records, or None."""
+    records = summary.get("files")
+    if not isinstance(records, dict) or not records:
+        return "summary.json records no files"
+    return find_damage(folder, records, wants_checksums(records, verify))
 
 
 class _NpyColumn:
-    """One .npy file written front to back: header first (the final shape is known), then chunks."""
+    """One .npy file written front to back: header first (the final shape is known), then chunks;
+    its size and checksum are counted on the way out."""
 
-    def __init__(self, path: Path, size: int, dtype, copy_of: Path | None = None):
+    def __init__(self, path: Path, size: int, dtype, copy_of: _NpyColumn | None = None):
         """With `copy_of`, the file goes on from a copy of that one (header and chunks so far)."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         if copy_of is not None:
-            shutil.copyfile(copy_of, path)
-            self.file = open(path, "ab")
+            copy_of.file.flush()
+            shutil.copyfile(copy_of.path, path)
+            self.file = ChecksummedFile(path, "ab", crc32=copy_of.file.crc32,
+                                        size=copy_of.file.size)
             return
-        self.file = open(path, "wb")
+        self.file = ChecksummedFile(path)
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
                   "shape": (size,)}
         np.lib.format.write_array_header_1_0(self.file, header)
 
     def write(self, data: np.ndarray) -> None:
-        self.file.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no intermediate copy
+        self.file.write(np.ascontiguousarray(data))  # no intermediate copy
 
     def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
         self.file.close()
 
 
@@ -105,6 +152,7 @@ class DiskSink:
         from .api import kept_nodes
         from .jaxrun import DTYPES
         graph = job.graph
+        self.folder = folder
         self.size, self.dtype = job.grid.size, DTYPES[job.settings.dtype]
         self.paths = [folder / "values" / f"{n}.npy" for n in kept_nodes(job)]
         self.paths += [folder / "grads" / out / f"{n}.npy" for out in graph.outputs for n in graph.wrt]
@@ -133,8 +181,17 @@ class DiskSink:
     def _separate(self, i: int, j: int) -> None:
         """Result i stops being result j's array: its file starts as a copy of j's so far."""
         del self.twin_of[i]
-        self.columns[j].file.flush()
-        self.columns[i] = _NpyColumn(self.paths[i], self.size, self.dtype, copy_of=self.paths[j])
+        self.columns[i] = _NpyColumn(self.paths[i], self.size, self.dtype,
+                                     copy_of=self.columns[j])
+
+    def rewind(self) -> None:
+        """Forget every chunk written: the job is being computed again (api.execute), and every
+        file starts over at its next write."""
+        for column in self.columns.values():
+            column.close()
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+        self.columns, self.twin_of = {}, {}
 
     def close(self) -> None:
         for column in self.columns.values():
@@ -144,7 +201,14 @@ class DiskSink:
             try:
                 os.link(self.paths[j], self.paths[i])
             except OSError:  # a file system without hard links: a copy of its own
-                _NpyColumn(self.paths[i], self.size, self.dtype, copy_of=self.paths[j]).close()
+                _NpyColumn(self.paths[i], self.size, self.dtype, copy_of=self.columns[j]).close()
+
+    def records(self) -> dict[str, dict]:
+        """Size and checksum of every file written, by its path in the folder (twins too)."""
+        written = {i: column.file.record() for i, column in self.columns.items()}
+        written.update({i: written[j] for i, j in self.twin_of.items()})
+        return {self.paths[i].relative_to(self.folder).as_posix(): written[i]
+                for i in sorted(written)}
 
 
 @dataclass
@@ -165,12 +229,12 @@ def write_result(out: Path, job: Job, execute, progress=None) -> Written:
             done = execute(job, sink, progress)
         finally:
             sink.close()
-        for axis in job.grid.axes:
-            (tmp / "axes").mkdir(exist_ok=True)
-            np.save(tmp / "axes" / f"{axis.name}.npy", axis.values)
+        files = sink.records()
+        files.update(_write_axes(tmp, job))
         if job.grid.size <= CSV_MAX_POINTS:
             _write_csv(tmp, job, done.kept)
-        summary = _summary(job, done)
+            files["results.csv"] = record_of(tmp / "results.csv")  # small: read back
+        summary = _summary(job, done, files)
         _write_json(tmp / "summary.json", summary)
         _swap_into_place(tmp, final)
     except BaseException:
@@ -179,7 +243,28 @@ def write_result(out: Path, job: Job, execute, progress=None) -> Written:
     return Written(final, summary)
 
 
-def _summary(job: Job, done) -> dict:
+def _axes_as_run(job: Job) -> list[tuple[str, np.ndarray]]:
+    """Each input's axis in the job's dtype: the numbers the kernel computed with (a float32
+    job's 0.1 is 0.100000001490116..., not float64's 0.1)."""
+    from .jaxrun import DTYPES
+    dtype = DTYPES[job.settings.dtype]
+    return [(axis.name, axis.values.astype(dtype)) for axis in job.grid.axes]
+
+
+def _write_axes(folder: Path, job: Job) -> dict[str, dict]:
+    (folder / "axes").mkdir(exist_ok=True)
+    records = {}
+    for name, values in _axes_as_run(job):
+        out = ChecksummedFile(folder / "axes" / f"{name}.npy")
+        try:
+            np.save(out, values)
+        finally:
+            out.close()
+        records[f"axes/{name}.npy"] = out.record()
+    return records
+
+
+def _summary(job: Job, done, files: dict[str, dict]) -> dict:
     from .report import json_safe
     graph, grid = job.graph, job.grid
     return json_safe({
@@ -201,16 +286,19 @@ def _summary(job: Job, done) -> dict:
         "timings": done.timings,
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
     })
 
 
 def _write_csv(folder: Path, job: Job, kept: tuple[str, ...]) -> None:
     graph = job.graph
-    coords = job.grid.coords(np.arange(job.grid.size))
+    axes = dict(_axes_as_run(job))
+    grid = {"mode": job.grid.mode, "shape": list(job.grid.shape), "inputs": list(job.grid.names)}
+    coords = PointCoords(grid, axes)
     columns = [(n, folder / "values" / f"{n}.npy") for n in kept]
     columns += [(f"d{o}/d{n}", folder / "grads" / o / f"{n}.npy") for o in graph.outputs
                 for n in graph.wrt]
-    arrays = list(coords.T) + [np.load(path) for _, path in columns]
+    arrays = [coords[n] for n in graph.inputs] + [np.load(path) for _, path in columns]
     columns = [(n, None) for n in graph.inputs] + columns
     with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -266,34 +354,145 @@ def remove_stale_temporaries(out: Path) -> list[str]:
     return list(dict.fromkeys(removed))
 
 
-def load_result(folder: str | Path, mmap: bool = True) -> dict:
+def load_result(folder: str | Path, mmap: bool = True, verify: bool | None = None) -> dict:
     """A finished result folder as {"summary", "values", "grads", "axes", "coords"}.
 
-    `values` and `grads` are the stored arrays; `axes` each input's axis; `coords` each input's
-    value at every point (computed from the axes, in grid order).
+    `values` and `grads` are the stored arrays; `axes` each input's axis, in the job's dtype as the
+    kernel saw it; `coords` each input's value at every point, in grid order, built from the axes
+    only when one is first looked up (a product grid's coordinates take a full array per input).
+
+    The folder is checked before anything is trusted: every file's size always, and its checksum
+    with `verify=True`, or by default (`verify=None`) when the folder is at most
+    `integrity.CHEAP_TO_VERIFY_BYTES`; `verify=False` checks sizes only. A missing, truncated or
+    changed file raises `ResultError` naming it.
 
     >>> r = load_result("results/seed-chain")  # doctest: +SKIP
     >>> r["grads"]["e"]["a"][0]                 # doctest: +SKIP
     12.0
     """
     folder = Path(folder)
-    summary = existing_summary(folder)
-    if not summary or not summary.get("complete"):
-        raise UsageError(f"{folder} is not a finished gradsvc result (no complete summary.json)",
-                         hint="run `gradsvc batch` to produce it")
+    summary = _finished_summary(folder)
+    damage = files_damage(folder, summary, verify)
+    if damage:
+        raise _damaged(folder, damage)
     mode = "r" if mmap else None
-    values = {n: np.load(folder / "values" / f"{n}.npy", mmap_mode=mode) for n in summary["nodes"]}
-    grads = {o: {n: np.load(folder / "grads" / o / f"{n}.npy", mmap_mode=mode) for n in summary["wrt"]}
-             for o in summary["outputs"]}
-    axes = {n: np.load(folder / "axes" / f"{n}.npy") for n in summary["grid"]["inputs"]}
+    points, dtype = summary["points"], np.dtype(summary["dtype"])
+
+    def load(name: str, length: int | None = points, how=mode) -> np.ndarray:
+        if name not in summary["files"]:  # only files whose size was just checked are read
+            raise _damaged(folder, f"summary.json names {name} but records no such file")
+        return _load_array(folder, name, how, length, dtype)
+    values = {n: load(f"values/{n}.npy") for n in summary["nodes"]}
+    grads = {o: {n: load(f"grads/{o}/{n}.npy") for n in summary["wrt"]} for o in summary["outputs"]}
+    grid = summary["grid"]
+    lengths = grid["shape"] if grid["mode"] == "product" else [None] * len(grid["inputs"])
+    axes = {n: load(f"axes/{n}.npy", length, None) for n, length in zip(grid["inputs"], lengths)}
     return {"summary": summary, "values": values, "grads": grads, "axes": axes,
-            "coords": _coords(summary["grid"], axes)}
+            "coords": PointCoords(grid, axes)}
 
 
-def _coords(grid: dict, axes: dict) -> dict:
-    names, points = grid["inputs"], int(np.prod(grid["shape"]))
-    if grid["mode"] == "zip":
-        return {n: np.broadcast_to(axes[n], (points,)) if len(axes[n]) == 1 else axes[n]
-                for n in names}
-    digits = np.unravel_index(np.arange(points), tuple(len(axes[n]) for n in names))
-    return {n: axes[n][d] for n, d in zip(names, digits)}
+SUMMARY_KEYS = ("complete", "key", "points", "grid", "dtype", "outputs", "wrt", "nodes", "files")
+
+
+def _finished_summary(folder: Path) -> dict:
+    """The summary of a finished result in this format, or a ResultError saying why not."""
+    if not folder.is_dir():
+        raise ResultError(f"{folder} is not a folder", hint="give the folder of one job inside "
+                          "a `gradsvc batch` --out folder")
+    summary = existing_summary(folder)
+    if summary is None:
+        why = _summary_unreadable(folder)
+        raise ResultError(f"{folder} is not a finished gradsvc result: {why}",
+                          hint="run `gradsvc batch` to produce it (a rerun recomputes a damaged "
+                          "one)")
+    key = summary.get("key")
+    written = key.get("format") if isinstance(key, dict) else None
+    if written != FORMAT_VERSION:
+        raise ResultError(f"{folder} was written in result format {written}, this gradsvc reads "
+                          f"format {FORMAT_VERSION}",
+                          hint="rerun the `gradsvc batch` that made it: it rewrites the result")
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing or summary["complete"] is not True:
+        raise _damaged(folder, f"summary.json lacks {', '.join(missing) or 'complete: true'}")
+    if not _well_typed(summary):
+        raise _damaged(folder, "summary.json's grid, dtype or names are not what gradsvc writes")
+    return summary
+
+
+def _well_typed(summary: dict) -> bool:
+    """The fields load_result reads have the types gradsvc writes (summary.json is a file a hand
+    or a tool may have changed)."""
+    def names(value) -> bool:
+        return isinstance(value, list) and all(isinstance(n, str) for n in value)
+    grid = summary["grid"]
+    if not (isinstance(grid, dict) and names(grid.get("inputs")) and grid.get("mode") in
+            ("product", "zip") and isinstance(grid.get("shape"), list)):
+        return False
+    shape = grid["shape"]
+    return (all(isinstance(n, int) and n > 0 for n in shape)
+            and isinstance(summary["points"], int)
+            and (grid["mode"] == "zip" or (len(shape) == len(grid["inputs"])
+                                           and int(np.prod(shape)) == summary["points"])) and summary["dtype"] in ("float32", "float64")
+            and all(names(summary[key]) for key in ("nodes", "wrt", "outputs")))
+
+
+def _damaged(folder: Path, damage: str) -> ResultError:
+    return ResultError(f"damaged result: {damage}", where=Location(str(folder)),
+                       hint=f"rerun the `gradsvc batch` that made it (--out {folder.parent}): "
+                       "it recomputes damaged results")
+
+
+def _load_array(folder: Path, name: str, mode, length: int | None, dtype) -> np.ndarray:
+    """One stored 1-D array, checked to be what the summary says (a header can be damaged
+    without changing the file's size)."""
+    try:
+        array = np.load(folder / name, mmap_mode=mode, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise _damaged(folder, f"{name} is not a readable .npy file ({error})") from None
+    if array.ndim != 1 or (length is not None and len(array) != length) or array.dtype != dtype:
+        expected = f"({'n' if length is None else length},) {dtype}"
+        raise _damaged(folder, f"{name} holds a {array.shape} {array.dtype} array, "
+                       f"expected {expected}")
+    return array
+
+
+class PointCoords(Mapping):
+    """Each input's value at every point (a read-only array per input), built on first lookup.
+
+    A product grid's point i sits at `np.unravel_index(i, shape)` in the axes; building all inputs'
+    coordinates at once used to take int64 index arrays as well (about 1 GB at 2e7 points). Here
+    one lookup costs one array of the input's own size, made from a broadcast view of its axis.
+    """
+
+    def __init__(self, grid: dict, axes: dict[str, np.ndarray]):
+        self.mode, self.names = grid["mode"], list(grid["inputs"])
+        self.points = int(np.prod(grid["shape"]))
+        self.axes, self._built = axes, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._built:
+            if name not in self.axes:
+                raise KeyError(name)
+            self._built[name] = self._build(name)
+        return self._built[name]
+
+    def _build(self, name: str) -> np.ndarray:
+        axis = self.axes[name]
+        if self.mode == "zip":
+            return np.broadcast_to(axis, (self.points,)) if len(axis) == 1 else axis
+        shape = tuple(len(self.axes[n]) for n in self.names)
+        along = [1] * len(shape)
+        along[self.names.index(name)] = len(axis)
+        built = np.broadcast_to(axis.reshape(along), shape).reshape(-1)  # one copy, no indices
+        built.flags.writeable = False
+        return built
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return (f"<coordinates of {', '.join(self.names)} at {self.points:,} points "
+                f"({self.mode} grid), built on lookup>")

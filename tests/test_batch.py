@@ -1,6 +1,7 @@
 """`gradsvc batch`: results on disk, atomic folders, resume, failures recorded, interrupts."""
 import fcntl
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import gradsvc
 from gradsvc.api import execute as real_execute
 from gradsvc.batch import run_batch
-from gradsvc.errors import UsageError
+from gradsvc.errors import EXIT_BUSY, BusyError
 from gradsvc.store import load_result
 from conftest import JOBS, ROOT, cli
 
@@ -136,12 +137,36 @@ def test_interrupt_discards_only_the_job_in_progress(tmp_path):
     assert [o.status for o in run_batch([ROOT / "jobs"], tmp_path)].count("skipped") == 1
 
 
-def test_a_second_batch_on_the_same_folder_is_refused(tmp_path):
+def test_a_second_batch_on_the_same_folder_is_refused_with_its_own_exit_code(tmp_path):
+    """Busy is not invalid: a script can wait and retry on 5, and must not on 2."""
     tmp_path.mkdir(exist_ok=True)
     with open(tmp_path / ".gradsvc.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        with pytest.raises(UsageError, match="another gradsvc batch is writing"):
+        with pytest.raises(BusyError, match="another gradsvc batch is writing"):
             run_batch([ROOT / "jobs/seed_chain.yaml"], tmp_path)
+        result = cli("batch", "jobs/seed_chain.yaml", "--out", tmp_path)
+    assert result.exit_code == EXIT_BUSY == 5
+    assert "another gradsvc batch is writing" in result.stderr and "hint: wait" in result.stderr
+    assert not (tmp_path / "seed-chain").exists()
+
+
+def test_the_cli_batch_puts_back_the_sigterm_handler_it_found(tmp_path):
+    """The batch command handles SIGTERM only while it runs; the library never touches it."""
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli("batch", "jobs/seed_chain.yaml", "--out", tmp_path / "cli").exit_code == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        handlers = []
+
+        def watching(job, sink, progress=None):
+            handlers.append(signal.getsignal(signal.SIGTERM))
+            return real_execute(job, sink, progress)
+        run_batch([ROOT / "jobs/seed_chain.yaml"], tmp_path / "lib", execute=watching)
+        assert handlers == [mine]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_missing_path_is_a_usage_error(tmp_path):
@@ -197,7 +222,7 @@ def test_a_write_failure_is_recorded_with_its_own_exit_code(tmp_path, monkeypatc
     real = store._NpyColumn.write
 
     def full(self, data):
-        if "seed_sum" in str(self.file.name) or "seed-sum" in str(self.file.name):
+        if "seed-sum" in str(self.path):
             raise OSError(28, "No space left on device")
         return real(self, data)
     monkeypatch.setattr(store._NpyColumn, "write", full)

@@ -195,3 +195,98 @@ def test_a_table_too_wide_for_the_terminal_becomes_one_table_per_output():
                     for c in line.split("│")[3:-1]}
     assert "-4.94345 .. -0.00163186" in cells and cells <= narrow_cells
     assert all(len(line) <= 80 for line in narrow) and not any("…" in line for line in narrow)
+
+
+def gradsvc_process(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    """The command as a user runs it, through the console entry point."""
+    return subprocess.run([sys.executable, "-m", "gradsvc", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, encoding="utf-8", timeout=120)
+
+
+def test_an_arange_beyond_counting_is_one_clear_error_in_run_and_validate(write_job):
+    """It was "internal error: OverflowError ... this is a bug", exit 70."""
+    path = write_job("inputs:\n  x: {arange: [0, 1e300, 1e-300]}\ngraph: {z: x}\noutputs: [z]\n")
+    for command in ("validate", "run"):
+        done = gradsvc_process(command, path)
+        assert done.returncode == 2 and "internal error" not in done.stderr
+        assert done.stderr.startswith(f"{path}:2:15: error: input 'x': arange from 0 to 1e+300 in "
+                                      "steps of 1e-300 has more values than float64 can count")
+
+
+def test_validate_and_run_report_every_problem(write_job):
+    path = write_job("inputs:\n  a: \"two\"\ngraph:\n  y: ln(a)\n  z: e ** a\nR: y * 2\n"
+                     "outputs: [z]\n")
+    for command in ("validate", "run"):
+        result = cli(command, path)
+        assert result.exit_code == 2 and result.stdout == ""
+        located = [line for line in result.stderr.splitlines() if line.startswith(f"{path}:")]
+        assert located == [f"{path}:2:6: error: inputs.a: expected a number, got str 'two'",
+                           f"{path}:6:1: error: unknown key 'R'"]
+        assert "looks like a graph node that lost its indentation" in result.stderr
+        assert f"2 problems in {path}" in result.stderr
+    formulas = write_job("inputs:\n  a: 2.0\ngraph:\n  y: ln(a)\n  z: e ** a\n  w: 2theta\n"
+                         "outputs: [z]\n", "formulas.yaml")
+    result = cli("validate", formulas)
+    assert [line.split(": error: ")[0] for line in result.stderr.splitlines()
+            if ": error: " in line] == [f"{formulas}:{n}:{c}" for n, c in ((4, 6), (5, 6), (6, 6))]
+    assert "hint: did you mean 'log'?" in result.stderr
+    assert "hint: did you mean exp(a)?" in result.stderr
+    assert "hint: write 2 * theta: a number and a name are multiplied with *" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("run", "jobs/seed_chain.yaml"),
+                                  ("run", "jobs/seed_chain.yaml", "-f", "json"),
+                                  ("explain", "jobs/seed_chain.yaml"), ("ops",)])
+def test_a_closed_stdout_ends_the_command_quietly(args):
+    """A pipe whose reader has gone (closed here before the command writes anything) made typer
+    exit 1, the mismatch code, with nothing said: now 141 (128 + SIGPIPE) as Unix tools do,
+    with no message, no traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "gradsvc", *args], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    stderr = child.stderr.read()
+    assert child.wait(timeout=120) == 141 and stderr == b""
+
+
+def test_head_of_a_run_exits_quietly():
+    """The issue's own words: `gradsvc run JOB | head -1`. Whether a write fails depends on
+    timing (all of it may fit in the pipe before head exits): 141 or 0, never 1, never a word."""
+    command = (f"{sys.executable} -m gradsvc run jobs/rosenbrock_grid.yaml | head -1; "
+               "echo \"exit ${PIPESTATUS[0]}\"")
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+    first, status = done.stdout.splitlines()
+    assert first.startswith("rosenbrock-grid  jobs/rosenbrock_grid.yaml  1,271 points")
+    assert status in ("exit 141", "exit 0") and done.stderr == ""
+
+
+def test_explain_and_graph_pick_a_point_by_its_coordinates(tmp_path):
+    by_index = cli("explain", "jobs/rosenbrock_grid.yaml", "--point", "795", "-f", "json")
+    by_coords = cli("explain", "jobs/rosenbrock_grid.yaml", "--at", "x=0.5,y=0.9999999999999996",
+                    "-f", "json")
+    assert by_coords.exit_code == 0 and by_coords.stdout == by_index.stdout
+    assert json.loads(by_coords.stdout)["point"] == 795
+    picture = tmp_path / "g.dot"
+    drawn = cli("graph", "jobs/rosenbrock_grid.yaml", "--at", "y=0.9999999999999996,x=0.5", "-o",
+                picture)
+    assert drawn.exit_code == 0 and "point 795: x = 0.5, y = 1 " in picture.read_text()
+
+
+def test_at_without_a_matching_point_lists_the_nearest_values():
+    result = cli("explain", "jobs/rosenbrock_grid.yaml", "--at", "x=0.5,y=1")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: input 'y' has no value 1.0; the nearest are 0.8999999999999995, "
+        "0.9999999999999996, 1.0999999999999996",
+        "  hint: --at takes an input's exact values (as in `--format json`'s values)"]
+    both = cli("graph", "jobs/seed_chain.yaml", "--point", "0", "--at", "a=2", "-o", "g.svg")
+    assert both.exit_code == 2 and "give --point or --at, not both" in both.stderr
+
+
+def test_a_name_changed_by_normalization_is_noted_in_validate_table_and_json(write_job):
+    path = write_job("inputs:\n  𝐚: 2.0\ngraph:\n  z: 𝐚 * 3\noutputs: [z]\n")
+    note = f"{path}:2:3: note: '𝐚' is read as 'a' (Unicode NFKC normalization, as Python reads names)"
+    assert note in cli("validate", path).stdout.splitlines()[1]
+    assert note in cli("run", path).stdout.splitlines()[1]
+    _, doc = cli_json(path)
+    assert doc["notes"] == [note] and doc["grads"]["z"]["a"] == 3.0

@@ -112,3 +112,27 @@ def test_multiline_block_formula_is_one_expression():
 def test_depth_limit_is_named():
     with pytest.raises(LimitError, match="MAX_FORMULA_DEPTH"):
         parse_formula("z", "-" * 300 + "x", WHERE, {"x"})
+
+
+def hint_of(formula: str, names=("x", "theta")) -> str:
+    with pytest.raises(FormulaError) as info:
+        parse_formula("z", formula, WHERE, set(names))
+    return info.value.hint
+
+
+def test_ln_is_hinted_as_log():
+    assert hint_of("ln(x)") == "did you mean 'log'?"
+
+
+def test_e_to_a_power_is_hinted_as_exp_where_e_is_no_name_of_the_job():
+    with pytest.raises(FormulaError) as info:
+        parse_formula("z", "2 * e ** (x * theta)", WHERE, {"x", "theta"})
+    assert info.value.message == "'e' is not defined: Euler's number is not a constant in formulas"
+    assert info.value.hint == "did you mean exp(x * theta)?" and info.value.caret_col == 5
+    assert [n.op for n in parse_formula("z", "e ** x", WHERE, {"x", "e"})] == ["pow"]
+
+
+@pytest.mark.parametrize("formula, product", [("2theta", "2 * theta"), ("x + 2.5x", "2.5 * x"),
+                                               ("3e5theta - x", "3e5 * theta")])
+def test_a_number_written_against_a_name_is_hinted_as_a_product(formula, product):
+    assert hint_of(formula) == f"write {product}: a number and a name are multiplied with *"

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 import gradsvc
-from gradsvc import fastmath, jaxrun  # noqa: F401  (jaxrun turns on float64)
+from gradsvc import fastmath
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """These tests call fastmath on float64 arrays themselves: JAX's 64-bit mode for them only
+    (gradsvc turns it on around its own kernels, never for its user)."""
+    with jax.enable_x64(True):
+        yield
 
 # Measured bounds (benchmarks/README.md), with a little room: max abs error over |x| <= bound
 ERROR = {"float32": 1.2e-7, "float64": 4.5e-16}

@@ -1,7 +1,8 @@
-"""Faults in batch runs, each one actually done: a SIGKILL mid-write, a full disk, a file size
-limit, a read-only output folder, a job file deleted mid-batch. After each: earlier results are
-byte-identical, nothing partial looks complete, the message says what happened, and a rerun
-resumes and finishes."""
+"""Faults in batch runs, each one actually done: a SIGKILL or SIGTERM mid-write, a full disk, a
+file size limit, a read-only output folder, a job file deleted mid-batch. After each: earlier
+results are byte-identical, nothing partial looks complete, the message says what happened, and a
+rerun resumes and finishes."""
+import json
 import os
 import shutil
 import signal
@@ -71,9 +72,9 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
-    """A real kill: the finished job stays byte-identical, nothing half-written looks complete,
-    and the rerun computes only what is missing (and says what it removed)."""
+def small_and_big_jobs(tmp_path) -> tuple[Path, Path]:
+    """A folder with the seed chain and a 2e7-point job that writes for a while (a process can be
+    stopped mid-write), and the --out folder for them."""
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     (jobs / "a_small.yaml").write_text(SEED_CHAIN.read_text())
@@ -81,15 +82,24 @@ def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
         "name: big\ninputs:\n  a: {linspace: [0, 1, 20000]}\n  b: {linspace: [0, 1, 1000]}\n"
         "graph: {z: sin(a) * b + a * a}\noutputs: [z]\nwrt: inputs\n"
         "settings: {chunk_size: 4096, dtype: float32}\n")
-    out = tmp_path / "out"
+    return jobs, tmp_path / "out"
+
+
+def wait_until_mid_write(out: Path) -> None:
+    """Until the big job has written some chunks (1 MB), or a minute passed."""
+    deadline = time.time() + 60
+    while time.time() < deadline and sum(
+            p.stat().st_size for p in out.glob(".big.tmp-*/values/z.npy")) < 1_000_000:
+        time.sleep(0.005)
+
+
+def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
+    """A real kill: the finished job stays byte-identical, nothing half-written looks complete,
+    and the rerun computes only what is missing (and says what it removed)."""
+    jobs, out = small_and_big_jobs(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "gradsvc", "batch", str(jobs), "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-
-    def written() -> int:
-        return sum(p.stat().st_size for p in out.glob(".big.tmp-*/values/z.npy"))
-    while time.time() < deadline and written() < 1_000_000:  # mid-write: some chunks are out
-        time.sleep(0.005)
+    wait_until_mid_write(out)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "big").exists(), "the big job finished before the kill; make it bigger"
@@ -101,6 +111,31 @@ def test_sigkill_mid_write_then_rerun_resumes(tmp_path):
     assert tree_bytes(out / "seed-chain") == small and no_partial_results(out)
     z = np.load(out / "big" / "values" / "z.npy", mmap_mode="r")
     assert z.shape == (20_000_000,) and z.dtype == np.float32
+
+
+def test_sigterm_mid_batch_is_handled_as_ctrl_c(tmp_path):
+    """A real SIGTERM (what `kill PID`, systemd and Kubernetes send) while the big job writes: the
+    finished job is kept, the one in progress discarded, batch.json says so, the message is
+    Ctrl-C's naming the signal, the exit code is 143 (128 + 15), and a rerun finishes the rest."""
+    jobs, out = small_and_big_jobs(tmp_path)
+    command = [sys.executable, "-m", "gradsvc", "batch", str(jobs), "--out", str(out)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_until_mid_write(out)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert (f"interrupted by SIGTERM: finished results are kept in {out}; the job in progress was "
+            "discarded; run the same command again to resume") in stderr
+    assert "Traceback" not in stderr
+    jobs_listed = json.loads((out / "batch.json").read_text())["jobs"]
+    assert [(j["name"], j["status"], j["exit_code"]) for j in jobs_listed] == [
+        ("seed-chain", "ok", 0), ("big", "interrupted", 143)]
+    assert not (out / "big").exists() and no_partial_results(out)
+    small = tree_bytes(out / "seed-chain")
+    rerun = cli("batch", jobs, "--out", out)
+    assert rerun.exit_code == 0 and "removed" not in rerun.stderr
+    assert tree_bytes(out / "seed-chain") == small and (out / "big" / "summary.json").is_file()
 
 
 def _fill_then_resume(out: Path, big: Path, limit_bytes: int | None = None,

@@ -1,9 +1,11 @@
 """Grids: product order, zip broadcasting, coordinates from indices, chunks, limits."""
+import warnings
+
 import numpy as np
 import pytest
 
 from gradsvc import limits
-from gradsvc.errors import LimitError
+from gradsvc.errors import JobFileError, JobProblems, LimitError, UsageError
 from gradsvc.spec import job_from_text
 
 
@@ -39,3 +41,78 @@ def test_huge_grid_is_refused_before_allocation():
 def test_huge_axis_is_refused_before_allocation():
     with pytest.raises(LimitError, match="MAX_AXIS_POINTS"):
         grid_of(f"{{a: {{uniform: [0, 1], n: {limits.MAX_AXIS_POINTS + 1}}}}}")
+
+
+def place_of(error) -> tuple:
+    return (error.where.file, error.where.line, error.where.col)
+
+
+def test_an_arange_too_long_to_count_is_a_limit_error_with_its_place():
+    """(stop - start) / step overflowed to inf and math.ceil raised OverflowError: exit 70."""
+    for arange in ("[0, 1e300, 1e-300]", "[-1e308, 1e308, 1e-10]", "[0, 1e9, 1]"):
+        with pytest.raises(LimitError) as info:
+            job_from_text(f"inputs:\n  a: {{arange: {arange}}}\ngraph: {{z: a}}\noutputs: [z]\n",
+                          file="j.yaml")
+        assert place_of(info.value) == ("j.yaml", 2, 15)
+        assert "MAX_AXIS_POINTS" in info.value.hint and "the limit is 10,000,000" in info.value.message
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("{linspace: [-1e308, 1e308, 3]}", "linspace from -1e+308 to 1e+308 spans a range beyond "
+     "float64's range"),
+    ("{logspace: [0, 400, 3]}", "logspace up to 10**400 is beyond float64's range"),
+    ("{uniform: [-1e308, 1e308], n: 4}", "uniform from -1e+308 to 1e+308 spans a range beyond"),
+    ("{normal: [0, 1e308], n: 100}", "produces values beyond float64's range"),
+])
+def test_ranges_beyond_float64_are_refused_before_numpy_warns(spec, words):
+    """numpy's RuntimeWarning (overflow in linspace) leaked to the user; uniform raised."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(JobFileError) as info:
+            grid_of(f"{{a: {spec}}}")
+    assert words in info.value.message
+
+
+def test_every_input_with_a_problem_is_reported():
+    with pytest.raises(JobProblems) as info:
+        grid_of("{a: {arange: [0, 1, 0]}, b: {logspace: [0, 999, 2]}, c: 1.0}")
+    assert [p.message for p in info.value.problems] == [
+        "input 'a': arange needs a non-zero step",
+        "input 'b': logspace up to 10**999 is beyond float64's range (at most about 1.8e308)"]
+
+
+def test_index_at_picks_a_product_point_by_its_coordinates():
+    grid = grid_of("{a: [1, 2], b: 7, c: {linspace: [0, 1, 5]}}")
+    assert grid.index_at({"a": 2.0, "c": 0.75}) == 8
+    assert grid.point(8) == {"a": 2.0, "b": 7.0, "c": 0.75}
+
+
+def test_index_at_on_a_zip_grid_needs_one_input_where_that_is_enough():
+    grid = grid_of("{a: [1, 2, 3], b: 5, c: [7, 8, 7]}", "zip")
+    assert grid.index_at({"a": 3.0}) == 2 and grid.index_at({"c": 7.0, "a": 3.0}) == 2
+    with pytest.raises(UsageError, match="2 points of the zip grid have these coordinates: 0, 2"):
+        grid.index_at({"c": 7.0})
+
+
+def test_index_at_without_an_exact_match_names_the_nearest_values():
+    grid = grid_of("{a: {linspace: [0, 1, 11]}, b: [1, 2]}")
+    with pytest.raises(UsageError) as info:
+        grid.index_at({"a": 0.3, "b": 1.0})  # linspace's value is 0.30000000000000004
+    assert info.value.message == ("input 'a' has no value 0.3; the nearest are 0.2, "
+                                  "0.30000000000000004, 0.4")
+    assert grid.index_at({"a": 0.30000000000000004, "b": 2.0}) == 7
+
+
+def test_index_at_names_what_is_wrong_with_the_names():
+    grid = grid_of("{a: [1, 2], b: 5, c: [3, 4]}")
+    for at, words in (({"a": 1.0}, "missing: c"), ({"a": 1.0, "c": 3.0, "q": 1.0}, "'q', which is "
+                      "not an input"), ({"a": 1.0, "c": 3.0, "b": 5.0}, "'b', which does not vary")):
+        with pytest.raises(UsageError, match=words) as info:
+            grid.index_at(at)
+        assert info.value.hint.startswith("inputs that vary: a (2 values, 1.0 to 2.0), c")
+
+
+def test_index_at_compares_in_the_jobs_dtype():
+    """A float32 job's results show coordinates rounded to float32: those pick the point too."""
+    grid = grid_of("{a: {linspace: [0, 1, 11]}}")
+    assert grid.index_at({"a": float(np.float32(0.3))}, "float32") == 3

@@ -94,3 +94,17 @@ def test_outputs_are_scalars_a_formula_cannot_make_anything_else(formula, what):
 def test_a_nested_list_of_outputs_is_a_schema_error():
     with pytest.raises(JobFileError, match="outputs.0: Input should be a valid string"):
         job_from_text("inputs: {a: 1}\ngraph: {z: a}\noutputs: [[z]]", file="job.yaml")
+
+
+def test_every_undefined_name_is_reported():
+    with pytest.raises(JobFileError) as info:
+        graph_of("  x: a * q\n  z: x + bb + q\n")
+    assert [(p.where.line, p.message) for p in info.value.problems] == [
+        (3, "'q' is not defined (used in the formula of 'x')"),
+        (4, "'bb' is not defined (used in the formula of 'z')"),
+        (4, "'q' is not defined (used in the formula of 'z')")]
+
+
+def test_e_alone_is_hinted_as_exp_of_one():
+    e = error_of("  z: 2 * e\n")
+    assert e.hint == "Euler's number is not a constant in formulas: write exp(1), or exp(x) for e ** x"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gradsvc
-from gradsvc.errors import GraphError, JobFileError, UsageError
+from gradsvc.errors import GradsvcError, GraphError, JobFileError, UsageError
 from gradsvc.spec import Settings, job_from_text, job_schema, load_config, load_job
 
 BASE = "inputs:\n  a: 2.0\n  b: 3.0\ngraph:\n  z: a * b\noutputs: [z]\n"
@@ -63,16 +63,23 @@ def test_bad_dtype_value():
     assert e.where.line == 7
 
 
+def problems_of(text: str) -> list:
+    error = error_of(text, GradsvcError)
+    return getattr(error, "problems", [error])
+
+
 def test_names_must_be_identifiers_and_not_functions():
-    assert "not an identifier" in error_of(BASE.replace("  b: 3.0", "  b-c: 3.0"),
-                                           GraphError).message
-    assert "the function exp()" in error_of(BASE.replace("  b: 3.0", "  exp: 3.0"),
-                                            GraphError).message
-    assert "keyword" in error_of(BASE.replace("  b: 3.0", "  lambda: 3.0"), GraphError).message
+    """Each bad name is a GraphError; `z: a * b` then also uses an undefined `b`: both reported."""
+    for name, why in (("b-c", "not an identifier"), ("exp", "the function exp()"),
+                      ("lambda", "keyword")):
+        first, undefined = problems_of(BASE.replace("  b: 3.0", f"  {name}: 3.0"))
+        assert isinstance(first, GraphError) and why in first.message
+        assert undefined.message == "'b' is not defined (used in the formula of 'z')"
 
 
 def test_a_node_may_not_reuse_an_input_name():
-    e = error_of(BASE.replace("z: a * b", "a: b * 2"), GraphError)
+    e, missing_output = problems_of(BASE.replace("z: a * b", "a: b * 2"))
+    assert missing_output.message == "output 'z' is not an input or a node"
     assert e.message == "'a' is both an input and a node" and e.where.line == 5
 
 
@@ -144,3 +151,84 @@ def test_job_from_dict_and_text_match_file():
     from_dict = gradsvc.job_from_dict({"inputs": {"a": 2.0, "b": 3.0, "d": 4.0},
                                        "graph": {"c": "a * b", "e": "c * d"}, "outputs": ["e"]})
     assert from_file.graph.structure_key() == from_dict.graph.structure_key()
+
+
+def test_a_number_beyond_float64_as_a_graph_value_says_so():
+    """YAML reads 1e400 as inf, which used to become the formula 'inf': "'inf' is not defined"."""
+    e = error_of(BASE.replace("z: a * b", "c: 1e400\n  z: a * c"))
+    assert e.message == "graph.c: this number is beyond float64's range (at most about 1.8e308)"
+    assert (e.where.line, e.where.col) == (5, 6)
+    e = error_of(BASE.replace("2.0", "1e400"))
+    assert e.message == "inputs.a: this number is beyond float64's range (at most about 1.8e308)"
+
+
+def test_every_schema_problem_is_reported_with_its_place_and_hint():
+    text = ("inputs:\n  a: {linspace: [0, 1, x]}\n  b: \"two\"\ngraph:\n  z: a * b\noutputs: [z]\n"
+            "settings: {dtyp: float32, verify_point: 3}\n")
+    e = error_of(text)
+    assert [(p.where.line, p.where.col, p.message, p.hint) for p in e.problems] == [
+        (2, 24, "inputs.a.linspace.2: expected a whole number, got 'x'",
+         "see `gradsvc schema` for the job file format"),
+        (3, 6, "inputs.b: expected a number, got str 'two'",
+         "see `gradsvc schema` for the job file format"),
+        (7, 12, "unknown key 'dtyp'", "did you mean 'dtype'?"),
+        (7, 27, "unknown key 'verify_point'", "did you mean 'verify_points'?")]
+    shown = str(e).splitlines()
+    assert shown[0] == "job.yaml:2:24: error: inputs.a.linspace.2: expected a whole number, got 'x'"
+    assert "job.yaml:7:27: error: unknown key 'verify_point'" in shown
+    assert shown[-1] == "4 problems in job.yaml" and "more problem" not in str(e)
+
+
+def test_formula_errors_in_every_node_are_reported_with_undefined_names():
+    text = ("inputs:\n  a: 1.0\ngraph:\n  y: ln(a)\n  z: a +* 2\n  w: q * 2\n  v: r + y\n"
+            "outputs: [v]\n")
+    e = error_of(text)
+    assert [(p.where.line, type(p).__name__, p.message) for p in e.problems] == [
+        (4, "FormulaError", "unknown function 'ln'"),
+        (5, "FormulaError", "this is not a valid formula"),
+        (6, "GraphError", "'q' is not defined (used in the formula of 'w')"),
+        (7, "GraphError", "'r' is not defined (used in the formula of 'v')")]
+    assert e.exit_code == 2
+
+
+def test_a_node_left_unindented_under_graph_is_said_to_look_like_one():
+    e = error_of("inputs:\n  a: 1.0\ngraph:\n  x: a * 2\nR: x * 3\noutputs: [x]\n")
+    assert e.message == "unknown key 'R'" and (e.where.line, e.where.col) == (5, 1)
+    assert e.hint == ("'R: x * 3' looks like a graph node that lost its indentation: indent it "
+                      "under `graph:` like the nodes there")
+
+
+def test_greek_letters_are_names():
+    job = job_from_text("inputs:\n  θ: [0.5, 1.0]\n  α: 2.0\ngraph:\n  ω: α * sin(θ)\n"
+                        "outputs: [ω]\n", file="job.yaml")
+    assert job.graph.inputs == ("θ", "α") and job.graph.outputs == ("ω",) and job.notes == ()
+    r = gradsvc.run(job)
+    np.testing.assert_allclose(r.grads["ω"]["θ"], 2.0 * np.cos([0.5, 1.0]), rtol=1e-15)
+
+
+def test_a_name_that_normalization_changes_gets_a_note():
+    """`𝐚` (mathematical bold a) is `a` to Python's parser: said in one note, not silently."""
+    job = job_from_text("inputs:\n  𝐚: 2.0\n  b: 3.0\ngraph:\n  z: 𝐚 * b + a\noutputs: [z]\n",
+                        file="job.yaml")
+    assert job.graph.inputs == ("a", "b")
+    assert job.notes == ("job.yaml:2:3: note: '𝐚' is read as 'a' (Unicode NFKC normalization, "
+                         "as Python reads names)",)
+
+
+def test_names_equal_after_normalization_clash():
+    e = error_of("inputs:\n  a: 2.0\n  𝐚: 3.0\ngraph:\n  z: a * 2\noutputs: [z]\n", GraphError)
+    assert e.message == "'𝐚' and 'a' are the same name once normalized ('a')" and e.where.line == 3
+
+
+def test_run_of_a_loaded_job_applies_its_overrides():
+    """as_job dropped the overrides of a Job: gradsvc.run(job, dtype="float32") ran float64."""
+    r = gradsvc.run(load_job("jobs/seed_chain.yaml"), dtype="float32", keep_values="outputs")
+    assert r.dtype == "float32" and r.job.settings.dtype == "float32"
+    assert r.grads["e"]["a"].dtype == np.float32 and list(r.values) == ["a", "b", "d", "e"]
+
+
+def test_overrides_given_at_load_stay_under_later_ones():
+    job = load_job("jobs/seed_chain.yaml", {"dtype": "float32"})
+    again = gradsvc.spec.as_job(job, {"verify_points": 5, "device": None})
+    assert (again.settings.dtype, again.settings.verify_points) == ("float32", 5)
+    assert gradsvc.spec.as_job(job, {"dtype": None}) is job  # nothing new: the job itself
