@@ -182,6 +182,19 @@ def _add_ratios(cells: dict) -> None:
         if cell is not jax_cell and "failed" not in cell and "failed" not in jax_cell:
             cell["compile_vs_jax"] = cell["compile_s"] / jax_cell["compile_s"]
             cell["run_vs_jax"] = cell["run_ms"] / jax_cell["run_ms"]
+    fast, exact = cells["gradsvc_fast"], cells["gradsvc_exact"]
+    if "failed" not in fast and "failed" not in exact:
+        fast["pays_from_points"] = fast_math_pays_from(fast, exact)
+
+
+def fast_math_pays_from(fast: dict, exact: dict) -> float:
+    """Points from which a fresh fast sin/cos kernel's longer compile is repaid by its faster run
+    (what api.FAST_MATH_MIN_POINTS is chosen from); inf where it never is."""
+    saved_per_point = (exact["run_ms"] - fast["run_ms"]) / 1e3 / POINTS
+    extra_compile = fast["compile_s"] - exact["compile_s"]
+    if extra_compile <= 0:
+        return 0.0
+    return extra_compile / saved_per_point if saved_per_point > 0 else float("inf")
 
 
 def _cell_text(cell: dict) -> str:
@@ -190,6 +203,8 @@ def _cell_text(cell: dict) -> str:
     text = f"{cell['compile_s']:.2f} s / {cell['run_ms']:.1f} ms / {cell['peak_rss_mb']:.0f} MB"
     if "run_vs_jax" in cell:
         text += f" ({cell['compile_vs_jax']:.2f}x / {cell['run_vs_jax']:.2f}x JAX)"
+    if "pays_from_points" in cell:
+        text += f", pays from {cell['pays_from_points']:,.0f} points"
     return text
 
 

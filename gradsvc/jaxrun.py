@@ -229,6 +229,7 @@ class Compiled:
     key: str  # its key in the executable cache
     fresh: bool  # compiled past every cache (ours and JAX's)
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
+    points_run: int = 0  # points this kernel computed in this process (the plan reads it)
 
 
 def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,

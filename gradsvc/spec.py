@@ -143,8 +143,9 @@ class Settings(_Strict):
                              "(at most 16 output/wrt pairs each)")
     tolerance: Tolerance = Tolerance()
     fast_math: bool = Field(True, description="sin/cos by range reduction + polynomials fused "
-                            "into the kernel (5x faster than XLA's on CPU; chunks with arguments "
-                            "beyond their accurate range are recomputed with XLA's)")
+                            "into the kernel, where their faster run repays their longer compile "
+                            "(big grids, kernels already compiled, hot job shapes); chunks with "
+                            "arguments beyond their accurate range are recomputed with XLA's")
     keep_values: Literal["all", "outputs", "none"] = Field(
         "all", description="which nodes' values are computed and kept (inputs' values are the "
         "grid coordinates); gradients are always kept")

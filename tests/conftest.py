@@ -20,6 +20,14 @@ def _repo_root(monkeypatch):
 
 
 @pytest.fixture
+def fast_math_everywhere(monkeypatch):
+    """The plan gives every job with sin/cos the fast polynomials (it otherwise keeps them for
+    grids big enough to repay their longer compile: api.fast_math_for)."""
+    from gradsvc import api
+    monkeypatch.setattr(api, "FAST_MATH_MIN_POINTS", 1)
+
+
+@pytest.fixture
 def write_job(tmp_path):
     def write(text: str, name: str = "job.yaml") -> Path:
         path = tmp_path / name

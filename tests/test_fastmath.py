@@ -51,7 +51,7 @@ def test_derivatives_are_cos_and_minus_sin():
     assert float(jax.grad(fastmath.cos)(x)) == pytest.approx(-math.sin(0.7), rel=1e-15)
 
 
-def test_chunks_beyond_the_range_are_recomputed_exactly():
+def test_chunks_beyond_the_range_are_recomputed_exactly(fast_math_everywhere):
     job = {"inputs": {"x": {"linspace": [-3.0e4, 3.0e4, 7]}}, "graph": {"f": "sin(x) * cos(x)"},
            "outputs": ["f"], "settings": {"dtype": "float32", "chunk_size": 4}}
     fast = gradsvc.run(job)
@@ -75,3 +75,54 @@ def test_keep_values(keep, expected):
                      "outputs": ["f"], "settings": {"keep_values": keep}})
     assert r.ok and list(r.values) == expected
     assert r.grads["f"]["x"][1] == pytest.approx(math.sin(1.0) + math.cos(1.0))
+
+
+SIN_JOB = {"inputs": {"x": {"linspace": [-3.0, 3.0, 1000]}}, "graph": {"f": "sin(x) * cos(x)"},
+           "outputs": ["f"], "settings": {"compile_cache": "off"}}
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """No kernel compiled in this process yet."""
+    from gradsvc import api
+    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())
+
+
+def test_a_small_fresh_job_gets_xla_sin_cos(fresh_process):
+    """A fresh fast kernel compiles longer than its run saves on 1,000 points: the plan takes
+    XLA's sin/cos, and says so; the numbers verify either way."""
+    r = gradsvc.run(SIN_JOB)
+    assert r.ok and r.timings["fast_math"] is False
+
+
+def test_a_grid_big_enough_gets_fast_sin_cos(fresh_process, monkeypatch):
+    from gradsvc import api
+    monkeypatch.setattr(api, "FAST_MATH_MIN_POINTS", 1000)
+    assert gradsvc.run(SIN_JOB).timings["fast_math"] is True
+    assert gradsvc.run(SIN_JOB, fast_math=False).timings["fast_math"] is False  # off is off
+
+
+def test_a_hot_kernel_is_recompiled_with_fast_sin_cos(fresh_process, monkeypatch):
+    """In a long-running process, once the XLA sin/cos kernel has computed enough points, the
+    same job gets the fast kernel (tiering up, as a JIT compiler does)."""
+    from gradsvc import api
+    monkeypatch.setattr(api, "FAST_MATH_MIN_POINTS", 2500)
+    runs = [gradsvc.run(SIN_JOB) for _ in range(4)]
+    assert [r.timings["fast_math"] for r in runs] == [False, False, True, True]
+    assert [r.timings["compiled_from"] for r in runs] == [
+        "compiled", "this process", "compiled", "this process"]
+    np.testing.assert_allclose(runs[3].grads["f"]["x"], runs[0].grads["f"]["x"], rtol=1e-14,
+                               atol=1e-15)
+
+
+def test_a_fast_kernel_in_the_executable_cache_is_used(fresh_process, monkeypatch, tmp_path):
+    """Compiling it was paid for already: a later process loads it, whatever the grid's size."""
+    from gradsvc import api
+    job = {**SIN_JOB, "settings": {"compile_cache": str(tmp_path)}}
+    monkeypatch.setattr(api, "FAST_MATH_MIN_POINTS", 1)
+    assert gradsvc.run(job).timings["fast_math"] is True
+    monkeypatch.undo()
+    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())  # as a new process would
+    again = gradsvc.run(job)
+    assert again.timings["fast_math"] is True
+    assert again.timings["compiled_from"] == "executable cache"

@@ -35,7 +35,7 @@ def test_a_wrong_jax_implementation_is_caught(patched_op):
     assert first["quantity"] in ("value f", "df/dx") and "x" in first["coords"]
 
 
-def test_a_wrong_fast_sin_is_caught(monkeypatch):
+def test_a_wrong_fast_sin_is_caught(monkeypatch, fast_math_everywhere):
     from gradsvc import fastmath, jaxrun, kcache
     monkeypatch.setitem(jaxrun.FAST_OPS, "sin", fastmath.cos)
     monkeypatch.setattr(api, "_COMPILED", {})
