@@ -122,13 +122,12 @@ def grid_arrays(job) -> list[np.ndarray]:
 
 def gradsvc_runner(job):
     """A callable running the job's run phase, after full runs (compile, verify) until the plan
-    has settled on its kernel as in a long-running process: fast sin/cos once a kernel computed
-    FAST_MATH_MIN_POINTS points (api.fast_math_for)."""
-    from gradsvc.api import FAST_MATH_MIN_POINTS, MemorySink, execute
+    has settled on its kernel as in a long-running process: the job's shape is hot once it has
+    computed plan.HOT_POINTS points."""
+    from gradsvc.api import MemorySink, execute
+    from gradsvc.plan import HOT_POINTS
     first = execute(job, MemorySink(job))
-    for _ in range(1, -(-FAST_MATH_MIN_POINTS // job.grid.size)):
-        if first.timings["fast_math"] or not job.settings.fast_math:
-            break
+    for _ in range(1, -(-HOT_POINTS // job.grid.size)):
         first = execute(job, MemorySink(job))
     info = {"verify_ok": first.verify.ok, "max_rel_err": first.verify.max_rel_err,
             "checked_points": first.verify.checked_points,

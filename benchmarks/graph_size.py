@@ -189,7 +189,7 @@ def _add_ratios(cells: dict) -> None:
 
 def fast_math_pays_from(fast: dict, exact: dict) -> float:
     """Points from which a fresh fast sin/cos kernel's longer compile is repaid by its faster run
-    (what api.FAST_MATH_MIN_POINTS is chosen from); inf where it never is."""
+    (what plan.HOT_POINTS is chosen from); inf where it never is."""
     saved_per_point = (exact["run_ms"] - fast["run_ms"]) / 1e3 / POINTS
     extra_compile = fast["compile_s"] - exact["compile_s"]
     if extra_compile <= 0:

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import limits
+from . import limits, plan
 from .errors import LimitError
-from .jaxrun import DTYPES, Compiled, compile_graph, get_device, run_chunks, uses_fast_ops
+from .jaxrun import DTYPES, Compiled, compile_graph, get_device, run_chunks
 from .kcache import executable_key, executable_path, remove_entry, use_compile_cache
 from .spec import Job, as_job
 from .verify import VerifyReport, candidate_points, checks_in_full, verify
@@ -100,40 +100,23 @@ def chunk_size_for(job: Job, whole: bool) -> int:
     return min(WHOLE_CHUNK if whole else STREAM_CHUNK, size)
 
 
-def _kernel_key(job: Job, chunk_size: int, fast: bool) -> tuple:
-    s, grid = job.settings, job.grid
-    return (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes),
-            s.dtype, s.device, chunk_size, kept_nodes(job), fast)
+def _kernel_key(job: Job, chunk_size: int, kernel: plan.KernelPlan) -> tuple:
+    return (*plan.shape_key(job, chunk_size, kept_nodes(job)), kernel)
 
 
-# Fast sin/cos run 2-4x faster than XLA's but take longer to compile (about 2.5x, measured from 30
-# to 300 nodes): a fresh kernel repays that from about 2.2 to 6.7 million points
-# (benchmarks/README.md, "When fast math pays")
-FAST_MATH_MIN_POINTS = 3_000_000
+def kernel_plan(job: Job, chunk_size: int) -> plan.KernelPlan:
+    """Which kernel this run of `job` gets (`plan.choose`)."""
+    return plan.choose(job, plan.shape_key(job, chunk_size, kept_nodes(job)),
+                       lambda kernel: _kernel_key(job, chunk_size, kernel) in _COMPILED,
+                       lambda kernel: _on_disk(job, chunk_size, kernel))
 
 
-def fast_math_for(job: Job, chunk_size: int) -> bool:
-    """Whether this run's kernel uses the fast sin/cos (`fast_math`): the one place the plan
-    decides it. Only where they pay for their longer compile: a grid of FAST_MATH_MIN_POINTS or
-    more; a fast kernel already compiled, in this process or in the executable cache; or, in a
-    long-running process, once the XLA sin/cos kernel of the same shape has computed that many
-    points (a hot graph is recompiled with them, as a JIT compiler tiers up)."""
-    if not (job.settings.fast_math and uses_fast_ops(job.graph, True)):
-        return False
-    if job.grid.size >= FAST_MATH_MIN_POINTS or _kernel_key(job, chunk_size, True) in _COMPILED:
-        return True
-    plain = _COMPILED.get(_kernel_key(job, chunk_size, False))
-    if plain is not None:
-        return plain.points_run + job.grid.size >= FAST_MATH_MIN_POINTS
-    return _fast_kernel_on_disk(job, chunk_size)
-
-
-def _fast_kernel_on_disk(job: Job, chunk_size: int) -> bool:
+def _on_disk(job: Job, chunk_size: int, kernel: plan.KernelPlan) -> bool:
     s = job.settings
     use_compile_cache(s.compile_cache)
     device = get_device(s.device, inline=job.grid.size <= chunk_size)
     path = executable_path(executable_key(job.graph, job.grid, s.dtype, device, chunk_size,
-                                          kept_nodes(job), True))
+                                          kept_nodes(job), kernel.fast, kernel.quick))
     return path is not None and path.is_file()
 
 
@@ -141,14 +124,14 @@ def _compiled_for(job: Job, chunk_size: int, fresh: bool = False) -> tuple[Compi
     """The job's kernel, and whether this process had it already. `fresh`: compiled past every
     cache (see compile_graph)."""
     s = job.settings
-    fast = fast_math_for(job, chunk_size)
-    key = _kernel_key(job, chunk_size, fast)
+    kernel = kernel_plan(job, chunk_size)
+    key = _kernel_key(job, chunk_size, kernel)
     if not fresh and key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], True
     use_compile_cache(s.compile_cache)
     compiled = compile_graph(job.graph, job.grid, s.dtype, s.device, chunk_size, kept_nodes(job),
-                             fast, fresh=fresh)
+                             kernel.fast, fresh=fresh, quick=kernel.quick)
     _COMPILED.pop(key, None)
     _COMPILED[key] = compiled
     while len(_COMPILED) > limits.MAX_COMPILED_KERNELS:
@@ -158,7 +141,8 @@ def _compiled_for(job: Job, chunk_size: int, fresh: bool = False) -> tuple[Compi
 
 def _evict(job: Job, chunk_size: int, compiled: Compiled) -> None:
     """Never use this kernel (or its exact twin) again: not from this process, not from disk."""
-    _COMPILED.pop(_kernel_key(job, chunk_size, compiled.fast), None)
+    _COMPILED.pop(_kernel_key(job, chunk_size, plan.KernelPlan(compiled.fast, compiled.quick)),
+                  None)
     use_compile_cache(job.settings.compile_cache)  # the folder it came from
     for kernel in (compiled, compiled.exact):
         if kernel is not None:
@@ -171,7 +155,8 @@ def _exact_twin(job: Job, compiled: Compiled) -> Callable[[], Compiled]:
     def build() -> Compiled:
         s = job.settings
         return compile_graph(job.graph, job.grid, s.dtype, s.device, compiled.chunk_size,
-                             kept_nodes(job), fast=False, fresh=compiled.fresh)
+                             kept_nodes(job), fast=False, fresh=compiled.fresh,
+                             quick=compiled.quick)
     return build
 
 
@@ -231,7 +216,7 @@ def execute(job: Job, sink, progress=None) -> Execution:
     compile_s = 0.0 if reused else compiled.compile_s
     source = "this process" if reused else compiled.source
     attempt = _run_and_verify(job, compiled, sink, progress, start)
-    compiled.points_run += job.grid.size
+    plan.record_run(plan.shape_key(job, chunk_size, kept_nodes(job)), job.grid.size)
     if attempt.report.mismatches and not compiled.fresh:
         _evict(job, chunk_size, compiled)
         sink.rewind()
@@ -246,7 +231,8 @@ def execute(job: Job, sink, progress=None) -> Execution:
                "points_per_s": job.grid.size / run_s if run_s > 0 else float("inf"),
                "chunks": -(-job.grid.size // compiled.chunk_size),
                "chunks_recomputed_exact": attempt.recomputed,
-               "fast_math": compiled.fast_ops}  # whether the plan gave it the fast sin/cos
+               "fast_math": compiled.fast_ops,  # the kernel the plan gave it (see `plan`)
+               "quick_compile": compiled.quick}
     return Execution(attempt.report, timings, str(compiled.device), kept_nodes(job))
 
 

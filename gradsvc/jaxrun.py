@@ -229,28 +229,34 @@ class Compiled:
     key: str  # its key in the executable cache
     fresh: bool  # compiled past every cache (ours and JAX's)
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
-    points_run: int = 0  # points this kernel computed in this process (the plan reads it)
+    quick: bool = False  # compiled without LLVM's optimisation (QUICK_COMPILE)
 
 
 def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
-                  kept: tuple[str, ...], fast: bool, fresh: bool = False) -> Compiled:
+                  kept: tuple[str, ...], fast: bool, fresh: bool = False,
+                  quick: bool = False) -> Compiled:
     """Trace, lower and compile the chunk function for one job shape (ahead of time).
 
     With a cache folder, the finished executable is also kept there under a key of everything that
     shapes it: a later process skips tracing and lowering (which JAX's own cache cannot skip).
     `fresh`: nothing comes from a cache, ours or JAX's (for a kernel whose results failed
     verification, which may have come from a damaged entry); the new kernel replaces the entry.
+    `quick`: compiled without LLVM's optimisation (see `plan`).
     """
     with _x64():
-        return _compile_graph(graph, grid, dtype, device, chunk_size, kept, fast, fresh)
+        return _compile_graph(graph, grid, dtype, device, chunk_size, kept, fast, fresh, quick)
+
+
+# XLA's options for a quick compile: its graph optimisations (fusion) still run, LLVM's do not
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
-                   kept: tuple[str, ...], fast: bool, fresh: bool) -> Compiled:
+                   kept: tuple[str, ...], fast: bool, fresh: bool, quick: bool) -> Compiled:
     np_dtype = DTYPES[dtype]
     dev = get_device(device, inline=grid.size <= chunk_size)
     start = time.perf_counter()
-    key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast)
+    key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast, quick)
     n_grads = len(graph.outputs) * len(graph.wrt)
     fast_ops = uses_fast_ops(graph, fast)
     loaded = None if fresh else kcache.load_executable(key, dev, len(grid.axes), fast_ops,
@@ -258,7 +264,7 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
     if loaded is not None:
         executable, layout = loaded
         return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
-                        layout, "executable cache", n_grads, fast_ops, key, fresh)
+                        layout, "executable cache", n_grads, fast_ops, key, fresh, quick=quick)
     traced_layout: list = []
     axes = device_axes(grid, np_dtype, chunk_size)
     sharding = jax.sharding.SingleDeviceSharding(dev)
@@ -269,7 +275,7 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
         with kcache.jax_compile_cache(jax_cache):
             fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size,
                                         traced_layout))
-            return fn.lower(*specs).compile()
+            return fn.lower(*specs).compile(compiler_options=QUICK_COMPILE if quick else None)
     executable = build(jax_cache=not fresh)
     layout = tuple(traced_layout)
     probe = (np.int64(0), tuple(jax.device_put(a, dev) for a in axes))
@@ -280,7 +286,7 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
         executable = build(jax_cache=False)
         kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
     return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
-                    "compiled", n_grads, fast_ops, key, fresh)
+                    "compiled", n_grads, fast_ops, key, fresh, quick=quick)
 
 
 def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:

@@ -94,14 +94,14 @@ def jax_compile_cache(enabled: bool = True):
 
 
 def executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
-                   kept: tuple[str, ...], fast: bool) -> str:
+                   kept: tuple[str, ...], fast: bool, quick: bool = False) -> str:
     from . import __version__
     import jaxlib
     implementations = sorted({(n.op, n.param, op_for(n.op, n.param).jax)
                               for n in graph.nodes if n.primitive is not None})
     identity = repr((graph.structure_key(), implementations, grid.mode,
                      tuple(len(a.values) for a in grid.axes), dtype, dev.platform,
-                     dev.client.platform_version, chunk_size, kept, fast, KERNEL_SOURCE,
+                     dev.client.platform_version, chunk_size, kept, fast, quick, KERNEL_SOURCE,
                      jax.__version__, jaxlib.__version__, __version__))
     return hashlib.sha256(identity.encode()).hexdigest()
 

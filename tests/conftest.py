@@ -21,10 +21,10 @@ def _repo_root(monkeypatch):
 
 @pytest.fixture
 def fast_math_everywhere(monkeypatch):
-    """The plan gives every job with sin/cos the fast polynomials (it otherwise keeps them for
-    grids big enough to repay their longer compile: api.fast_math_for)."""
-    from gradsvc import api
-    monkeypatch.setattr(api, "FAST_MATH_MIN_POINTS", 1)
+    """Every job is hot: the plan gives every job with sin/cos the fast polynomials (it otherwise
+    keeps them for work big enough to repay their longer compile: gradsvc.plan)."""
+    from gradsvc import plan
+    monkeypatch.setattr(plan, "HOT_POINTS", 1)
 
 
 @pytest.fixture
