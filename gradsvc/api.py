@@ -39,7 +39,7 @@ class Result:
     device: str
 
     def __repr__(self) -> str:
-        # the generated one printed every array and the whole report: 55 kB for 780 points
+        # the generated one printed every array and the whole report: tens of kB for a small grid
         return (f"<Result {self.job.name!r}: {self.points:,} point{'s' * (self.points != 1)}, "
                 f"shape {self.shape}, "
                 f"{self.dtype}, ok={self.ok}, outputs {list(self.job.graph.outputs)}>")

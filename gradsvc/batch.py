@@ -28,7 +28,7 @@ from rich.text import Text
 
 from .errors import (EXIT_DEVICE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_IO,
                      EXIT_MISMATCH, EXIT_OK, EXIT_TERMINATED, BusyError, GradsvcError, UsageError,
-                     write_failure_words)
+                     internal_error, write_failure_words)
 from .spec import Job, load_job
 from .store import (remove_stale_temporaries, safe_folder_name, stored_result, write_json_atomic,
                     write_result)
@@ -166,7 +166,7 @@ def _load_all(files, overrides, config, jobs: dict[str, Job], outcomes: list[Job
             continue
         except Exception as error:  # a bug in loading this one file: the other jobs still run
             outcomes.append(JobOutcome(str(path), path.stem, "error", exit_code=EXIT_INTERNAL,
-                                       message=internal_error(str(path), error)))
+                                       message=internal_error(error, str(path))))
             continue
         folder = safe_folder_name(job.name)
         if folder in folders:
@@ -179,11 +179,6 @@ def _load_all(files, overrides, config, jobs: dict[str, Job], outcomes: list[Job
         jobs[str(path)] = job
         outcomes.append(JobOutcome(str(path), job.name, "not run", points=job.grid.size,
                                    folder=folder))
-
-
-def internal_error(file: str, error: Exception) -> str:
-    return (f"{file}: internal error: {type(error).__name__}: {error}\n"
-            "  hint: this is a bug in gradsvc; please report it with the job file")
 
 
 def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force: bool,
@@ -211,7 +206,7 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                 outcome.message = write_failure(outcome.file, error)
             except Exception as error:  # a bug: record it, keep the other jobs going
                 outcome.status, outcome.exit_code = "error", EXIT_INTERNAL
-                outcome.message = internal_error(outcome.file, error)
+                outcome.message = internal_error(error, outcome.file)
 
 
 def _run_one(job: Job, outcome: JobOutcome, out: Path, force: bool, verify: bool | None,

@@ -20,7 +20,8 @@ import typer
 from rich.console import Console
 
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_MISMATCH, EXIT_OK,
-                     EXIT_TERMINATED, GradsvcError, OutputError, write_failure_words)
+                     EXIT_TERMINATED, GradsvcError, OutputError, internal_error,
+                     write_failure_words)
 
 
 app = typer.Typer(help="gradsvc: values and verified gradients of formula graphs, from YAML jobs.",
@@ -428,6 +429,5 @@ def main() -> None:
         err.print(str(error), markup=False)
         sys.exit(error.exit_code)
     except Exception as exc:  # a bug in gradsvc, not the user's fault: say so in one line
-        err.print(f"internal error: {type(exc).__name__}: {exc}\n  hint: this is a bug in gradsvc; "
-                  "please report it with the job file", markup=False)
+        err.print(internal_error(exc), markup=False)
         sys.exit(EXIT_INTERNAL)

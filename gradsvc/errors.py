@@ -123,6 +123,13 @@ class BusyError(GradsvcError):
     exit_code = EXIT_BUSY
 
 
+def internal_error(error: Exception, file: str | None = None) -> str:
+    """The message for a bug in gradsvc (not the user's doing): what was raised, and a plea."""
+    where = f"{file}: " if file else ""
+    return (f"{where}internal error: {type(error).__name__}: {error}\n"
+            "  hint: this is a bug in gradsvc; please report it with the job file")
+
+
 class OutputError(GradsvcError):
     """A result or picture could not be written (disk full, permissions, a vanished folder)."""
 

@@ -12,8 +12,8 @@ import os
 import zlib
 from pathlib import Path
 
-# Up to this many recorded bytes, checksums are checked even unasked: CRC-32 runs at about 2 GB/s
-# here, so this costs some 30 ms, less than starting the JAX that would rerun the job.
+# Up to this many recorded bytes, checksums are checked even unasked: hashing them costs less than
+# starting the JAX that would rerun the job (benchmarks/README.md has CRC-32's speed)
 CHEAP_TO_VERIFY_BYTES = 64 * 2**20
 READ_BLOCK = 4 * 2**20
 
@@ -92,7 +92,7 @@ def find_damage(folder: Path, records: dict[str, dict], checksums: bool) -> str 
 def _inside(name: str) -> bool:
     """A relative path that stays in the folder (a summary is read from disk: trust nothing)."""
     path = Path(name)
-    return bool(name) and not path.is_absolute() and ".." not in path.parts
+    return bool(name) and "\x00" not in name and not path.is_absolute() and ".." not in path.parts
 
 
 def _well_formed(record) -> bool:
@@ -105,8 +105,8 @@ def _size_problem(folder: Path, name: str, expected: int) -> str | None:
         size = (folder / name).stat().st_size
     except FileNotFoundError:
         return f"{_missing_part(folder, name)} is missing"
-    except OSError as error:
-        return f"{name} cannot be read: {error.strerror}"
+    except (OSError, ValueError) as error:  # ValueError: a name the OS cannot take
+        return f"{name} cannot be read: {getattr(error, 'strerror', None) or error}"
     if size < expected:
         return f"{name} is truncated: {size:,} bytes, expected {expected:,}"
     if size > expected:
@@ -130,8 +130,8 @@ def _checksum_problem(path: Path, name: str, record: dict, seen: set) -> str | N
         if identity in seen:  # the same file under another name (a hard link): checked
             return None
         actual = record_of(path)
-    except OSError as error:
-        return f"{name} cannot be read: {error.strerror}"
+    except (OSError, ValueError) as error:
+        return f"{name} cannot be read: {getattr(error, 'strerror', None) or error}"
     seen.add(identity)
     if actual["crc32"] != record["crc32"]:
         return f"{name} does not match its checksum: its contents changed after it was written"

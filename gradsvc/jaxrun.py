@@ -253,6 +253,7 @@ QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
                    kept: tuple[str, ...], fast: bool, fresh: bool, quick: bool) -> Compiled:
+    fresh = fresh or kcache.cache_folder() is None  # no cache to come from: fresh all the same
     np_dtype = DTYPES[dtype]
     dev = get_device(device, inline=grid.size <= chunk_size)
     start = time.perf_counter()
@@ -276,7 +277,12 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
             fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size,
                                         traced_layout))
             return fn.lower(*specs).compile(compiler_options=QUICK_COMPILE if quick else None)
-    executable = build(jax_cache=not fresh)
+    try:
+        executable = build(jax_cache=not fresh)
+    except Exception:
+        if fresh:
+            raise
+        executable = build(jax_cache=False)  # an entry of JAX's cache it could not use
     layout = tuple(traced_layout)
     probe = (np.int64(0), tuple(jax.device_put(a, dev) for a in axes))
     stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,10 +51,8 @@ KERNEL_SOURCE = _kernel_source_hash()
 
 
 _cache_dir: list = [None]  # the cache folder of gradsvc's compilations in this process
-
-# JAX warns of a cache entry it cannot read (or write) and then compiles: the fallback gradsvc
-# wants anyway, and nothing for its user to act on
-_UNUSABLE_JAX_ENTRY = r"Error (reading|writing) persistent compilation cache entry"
+# JAX's cache object is one per process, and is reset on the way into and out of gradsvc's blocks
+_JAX_CACHE_LOCK = threading.Lock()
 
 
 def cache_folder() -> str | None:
@@ -75,17 +73,18 @@ def jax_compile_cache(enabled: bool = True):
     Every compilation is cached, however quick: even small graphs take a sizeable share of a cold
     run to compile. The settings change for this thread and this block (a minimum entry size of
     -1 also stops JAX from setting its default globally); JAX builds its cache object once, for the
-    folder configured at its first use, so it is reset on the way in and on the way out, and the
-    user's own compilations find their own folder (or none) again. Warnings of unusable entries
-    are dropped in this block only.
+    folder configured at its first use, so it is reset on the way in and on the way out (one
+    gradsvc thread at a time), and the user's own compilations find their own folder (or none)
+    again; a user thread compiling at that very moment may still share gradsvc's cache object.
+    An entry JAX cannot read or write raises here (JAX would warn the user of it) instead: the
+    caller compiles again with `enabled=False`, which is all there is to do.
     """
     from jax.experimental.compilation_cache import compilation_cache as cc
     folder = _cache_dir[0] if enabled else None
-    with jax_states.compilation_cache_dir(folder), \
+    with _JAX_CACHE_LOCK, jax_states.compilation_cache_dir(folder), \
             jax_states.persistent_cache_min_compile_time_secs(0.0), \
             jax_states.persistent_cache_min_entry_size_bytes(-1), \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", _UNUSABLE_JAX_ENTRY, UserWarning)
+            jax_states.raise_persistent_cache_errors(True):
         cc.reset_cache()
         try:
             yield

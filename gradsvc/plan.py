@@ -1,9 +1,9 @@
 """Which kernel a run gets: the one place that weighs a kernel's compile time against its run time.
 
-A kernel can be compiled three ways. `QUICK`: LLVM's optimisation off, which compiles about a third
-faster and runs up to ~10% slower; `FULL`: optimised; `FULL_FAST`: optimised, with the fused
-polynomial sin/cos of `fastmath` (2-4x faster runs, about 2.5x longer compiles). A job gets the
-cheapest kernel that its work repays (benchmarks/README.md, "Which kernel a run gets"):
+A kernel can be compiled three ways: `QUICK`, LLVM's optimisation off (a faster compile, a slightly
+slower run); `FULL`, optimised; `FULL_FAST`, optimised, with the fused polynomial sin/cos of
+`fastmath` (a much faster run, a longer compile). A job gets the cheapest kernel that its work
+repays (benchmarks/README.md, "Which kernel a run gets", has the measurements):
 
 - a kernel of this job's shape already compiled, in this process or in the executable cache, is
   used as it is, the best one first: its compile is paid for;
@@ -22,7 +22,7 @@ from . import limits
 from .jaxrun import uses_fast_ops
 from .spec import Job
 
-HOT_POINTS = 3_000_000  # from here a fresh fast kernel's compile is repaid (2.3e6-6.7e6 measured)
+HOT_POINTS = 3_000_000  # about where a fresh fast kernel's longer compile is repaid
 QUICK_MAX_POINTS = 100_000  # up to here an unoptimised kernel's slower run costs less than it saves
 
 

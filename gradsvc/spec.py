@@ -7,6 +7,7 @@ named by `--config` / `GRADSVC_CONFIG`) < the job's `settings:` < command-line f
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import OrderedDict
 import hashlib
 import keyword
@@ -221,23 +222,33 @@ def job_from_text(text: str, file: str = "<job>", overrides: dict | None = None,
     parsing, and gets the same grid, whose axes then stay on the device.
     """
     key = (text, file, default_name)
-    built = _BUILT.get(key)
+    with _BUILT_LOCK:
+        built = _BUILT.get(key)
+        if built is not None:
+            _BUILT.move_to_end(key)
     if built is None:
         built = _build(load_yaml(text, file), text, default_name)
-        if len(text) <= MAX_REMEMBERED_TEXT:
-            _BUILT[key] = built
-            while len(_BUILT) > MAX_REMEMBERED_JOBS:
-                _BUILT.popitem(last=False)
-    else:
-        _BUILT.move_to_end(key)
+        if _worth_remembering(built, text):
+            with _BUILT_LOCK:
+                _BUILT[key] = built
+                while len(_BUILT) > MAX_REMEMBERED_JOBS:
+                    _BUILT.popitem(last=False)
     return _with_settings(built, overrides, config)
 
 
-# Jobs built from texts, least recently used first: parsing was most of a warm small job's call
+# Jobs built from texts, least recently used first: parsing was most of a warm small job's call.
+# Only small jobs are kept (a big job's parse is small beside its run), so that what is kept stays
+# small: a short text can still ask for 1e7-value axes.
 _BUILT: OrderedDict[tuple, "Job"] = OrderedDict()
+_BUILT_LOCK = threading.Lock()
 MAX_REMEMBERED_JOBS = 64
-MAX_REMEMBERED_TEXT = 100_000  # characters; a bigger job's parse is small beside its run
+MAX_REMEMBERED_TEXT = 100_000  # characters
+MAX_REMEMBERED_AXIS_BYTES = 1 << 20  # the job's axes, in all
 
+
+def _worth_remembering(built: "Job", text: str) -> bool:
+    axis_bytes = sum(axis.values.nbytes for axis in built.grid.axes)
+    return len(text) <= MAX_REMEMBERED_TEXT and axis_bytes <= MAX_REMEMBERED_AXIS_BYTES
 
 def job_from_dict(data: dict, overrides: dict | None = None, config: str | Path | None = None) -> Job:
     """Like `load_job`, from a dict shaped like a job file (e.g. built in a notebook)."""
@@ -534,7 +545,7 @@ def load_config(path: str | Path | None) -> dict:
     """The settings a config file sets (validated), as a dict of only the keys it names.
 
     Parsed once per version of the file: every `gradsvc.run` reads the config, and parsing it
-    was 40% of a warm small job. A version is the file's (mtime, size, inode, ctime): an edit,
+    was a large share of a warm small job (benchmarks/README.md). A version is the file's (mtime, size, inode, ctime): an edit,
     or a file moved over it, is read afresh. A file changed in the last CONFIG_SETTLE_S seconds
     is always read: an edit of the same size within the clock's tick keeps every stamp.
     """
@@ -619,6 +630,7 @@ def with_overrides(job: Job, overrides: dict | None, config=None) -> Job:
         return job
     own, earlier, earlier_config = job.setting_layers or (job.settings, {}, None)
     merged = {**earlier, **new}
-    settings = resolve_settings(own, merged, config if config is not None else earlier_config)
+    config = config if config is not None else earlier_config
+    settings = resolve_settings(own, merged, config)
     return dataclasses.replace(job, settings=settings,
-                               setting_layers=(own, merged, config or earlier_config))
+                               setting_layers=(own, merged, config))

@@ -98,7 +98,7 @@ def stored_result(folder: Path, job: Job, verify: bool | None = None) -> Stored:
         return Stored(None, _summary_unreadable(folder) if unreadable else None)
     if not (summary.get("complete") and summary.get("key") == result_key(job)):
         return Stored(None, None)
-    return Stored(summary, files_damage(folder, summary, verify))
+    return Stored(summary, summary_damage(summary) or files_damage(folder, summary, verify))
 
 
 def _summary_unreadable(folder: Path) -> str:
@@ -107,10 +107,18 @@ def _summary_unreadable(folder: Path) -> str:
 
 
 def files_damage(folder: Path, summary: dict, verify: bool | None) -> str | None:
-    """What is wrong with the files a finished result's summary records, or None."""
+    """What is wrong with the files of a finished result (whose summary is well formed: see
+    `summary_damage`), or None. Every array the summary names must be recorded, so that a
+    record removed together with its file is damage too."""
     records = summary.get("files")
     if not isinstance(records, dict) or not records:
         return "summary.json records no files"
+    named = [f"values/{n}.npy" for n in summary["nodes"]]
+    named += [f"grads/{o}/{n}.npy" for o in summary["outputs"] for n in summary["wrt"]]
+    named += [f"axes/{n}.npy" for n in summary["grid"]["inputs"]]
+    unrecorded = next((name for name in named if name not in records), None)
+    if unrecorded:
+        return f"summary.json names {unrecorded} but records no such file"
     return find_damage(folder, records, wants_checksums(records, verify))
 
 
@@ -379,9 +387,7 @@ def load_result(folder: str | Path, mmap: bool = True, verify: bool | None = Non
     points, dtype = summary["points"], np.dtype(summary["dtype"])
 
     def load(name: str, length: int | None = points, how=mode) -> np.ndarray:
-        if name not in summary["files"]:  # only files whose size was just checked are read
-            raise _damaged(folder, f"summary.json names {name} but records no such file")
-        return _load_array(folder, name, how, length, dtype)
+        return _load_array(folder, name, how, length, dtype)  # a recorded file: size just checked
     values = {n: load(f"values/{n}.npy") for n in summary["nodes"]}
     grads = {o: {n: load(f"grads/{o}/{n}.npy") for n in summary["wrt"]} for o in summary["outputs"]}
     grid = summary["grid"]
@@ -391,7 +397,19 @@ def load_result(folder: str | Path, mmap: bool = True, verify: bool | None = Non
             "coords": PointCoords(grid, axes)}
 
 
-SUMMARY_KEYS = ("complete", "key", "points", "grid", "dtype", "outputs", "wrt", "nodes", "files")
+SUMMARY_KEYS = ("complete", "status", "key", "points", "grid", "dtype", "outputs", "wrt", "nodes",
+                "files", "verify", "timings")
+
+
+def summary_damage(summary: dict) -> str | None:
+    """What is wrong with a finished result's summary.json (a file a hand or a tool may have
+    changed), or None: the fields that loading and resuming read, with the types gradsvc writes."""
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing or summary["complete"] is not True:
+        return f"summary.json lacks {', '.join(missing) or 'complete: true'}"
+    if not _well_typed(summary):
+        return "summary.json's grid, dtype, names or status are not what gradsvc writes"
+    return None
 
 
 def _finished_summary(folder: Path) -> dict:
@@ -411,11 +429,9 @@ def _finished_summary(folder: Path) -> dict:
         raise ResultError(f"{folder} was written in result format {written}, this gradsvc reads "
                           f"format {FORMAT_VERSION}",
                           hint="rerun the `gradsvc batch` that made it: it rewrites the result")
-    missing = [key for key in SUMMARY_KEYS if key not in summary]
-    if missing or summary["complete"] is not True:
-        raise _damaged(folder, f"summary.json lacks {', '.join(missing) or 'complete: true'}")
-    if not _well_typed(summary):
-        raise _damaged(folder, "summary.json's grid, dtype or names are not what gradsvc writes")
+    damage = summary_damage(summary)
+    if damage:
+        raise _damaged(folder, damage)
     return summary
 
 
@@ -433,7 +449,9 @@ def _well_typed(summary: dict) -> bool:
             and isinstance(summary["points"], int)
             and (grid["mode"] == "zip" or (len(shape) == len(grid["inputs"])
                                            and int(np.prod(shape)) == summary["points"])) and summary["dtype"] in ("float32", "float64")
-            and all(names(summary[key]) for key in ("nodes", "wrt", "outputs")))
+            and all(names(summary[key]) for key in ("nodes", "wrt", "outputs"))
+            and summary["status"] in ("ok", "mismatch") and isinstance(summary["timings"], dict)
+            and isinstance(summary["verify"], dict) and "max_rel_err" in summary["verify"])
 
 
 def _damaged(folder: Path, damage: str) -> ResultError:
@@ -460,7 +478,7 @@ class PointCoords(Mapping):
     """Each input's value at every point (a read-only array per input), built on first lookup.
 
     A product grid's point i sits at `np.unravel_index(i, shape)` in the axes; building all inputs'
-    coordinates at once used to take int64 index arrays as well (about 1 GB at 2e7 points). Here
+    coordinates at once took int64 index arrays as well (benchmarks/README.md has the peak). Here
     one lookup costs one array of the input's own size, made from a broadcast view of its axis.
     """
 

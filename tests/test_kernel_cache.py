@@ -154,9 +154,9 @@ def test_a_forged_entry_that_computes_wrong_numbers_is_evicted_and_the_job_recom
 
 def test_a_mismatching_kernel_in_this_process_is_evicted(tmp_path):
     """The in-process LRU is checked the same way: B's kernel under A's key is replaced."""
-    gradsvc.run(B, compile_cache="off")
+    gradsvc.run(B, compile_cache=str(tmp_path))
     ((_, wrong),) = api._COMPILED.items()
-    job_a = gradsvc.spec.as_job(A, {"compile_cache": "off"}, None)
+    job_a = gradsvc.spec.as_job(A, {"compile_cache": str(tmp_path)}, None)
     chunk = api.chunk_size_for(job_a, whole=True)
     key_a = api._kernel_key(job_a, chunk, api.kernel_plan(job_a, chunk))
     api._COMPILED[key_a] = wrong
@@ -184,6 +184,15 @@ def test_a_real_mismatch_is_reported_after_one_fresh_compile(tmp_path, monkeypat
     rerun = gradsvc.run(A, compile_cache=str(tmp_path), fast_math=False)
     assert not rerun.ok and rerun.timings["compiled_from"] == "this process"
     assert fresh_compiles == [False, True]
+
+
+def test_a_mismatch_with_no_cache_is_not_run_twice(monkeypatch):
+    """With the compile cache off, no cache could have supplied the kernel: its mismatch is the
+    result at once (a 1e8-point job is not computed and written twice for nothing)."""
+    monkeypatch.setitem(ops.OPS, "sin", dataclasses.replace(ops.OPS["sin"], jax="jax.numpy.cos"))
+    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())
+    result = gradsvc.run(A, compile_cache="off", fast_math=False)
+    assert not result.ok and result.timings["compiled_from"] == "compiled"
 
 
 def test_a_batch_writes_the_rerun_s_numbers_after_a_mismatch(tmp_path, write_job):

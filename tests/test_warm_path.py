@@ -97,3 +97,13 @@ def test_remembered_jobs_are_bounded(monkeypatch):
     for k in range(spec.MAX_REMEMBERED_JOBS + 5):
         spec.job_from_text(SEED_CHAIN.replace("a: 2.0", f"a: {k}.5"), "chain.yaml")
     assert len(spec._BUILT) == spec.MAX_REMEMBERED_JOBS
+
+
+def test_a_job_with_big_axes_is_not_remembered(monkeypatch):
+    """A short text can ask for big axes: only jobs whose axes are small stay in memory."""
+    monkeypatch.setattr(spec, "_BUILT", type(spec._BUILT)())
+    big = SEED_CHAIN.replace("a: 2.0", "a: {linspace: [0, 1, 1000000]}")
+    first = spec.job_from_text(big, "big.yaml")
+    assert spec.job_from_text(big, "big.yaml").grid is not first.grid and not spec._BUILT
+    spec.job_from_text(SEED_CHAIN, "chain.yaml")
+    assert len(spec._BUILT) == 1
