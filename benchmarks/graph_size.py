@@ -36,7 +36,8 @@ RECENT = 4  # most operands come from the last few nodes: deep chains that meet 
 P_BINARY = 0.7
 P_FAR = 0.3  # the second operand of an op comes from any earlier node
 DEFAULT_SIZES = (10, 100, 300, 1000)
-CONTENDERS = ("gradsvc_fast", "gradsvc_exact", "jax")
+# gradsvc's kernel with fast sin/cos, with XLA's, the one the plan gives a fresh job, hand JAX
+CONTENDERS = ("gradsvc_fast", "gradsvc_exact", "gradsvc_plan", "jax")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def measure(n_nodes: int, contender: str, points: int = POINTS) -> dict:
     graph = random_graph(n_nodes)
     if contender == "jax":
         compile_s, run = _hand_jax(graph, points)
+    elif contender == "gradsvc_plan":
+        compile_s, run = _gradsvc_planned(graph, points)
     else:
         compile_s, run = _gradsvc(graph, contender == "gradsvc_fast", points)
     run()
@@ -142,6 +145,25 @@ def _gradsvc(graph: RandomGraph, fast: bool, points: int):
 
     def exact():
         return compile_graph(job.graph, job.grid, "float64", "cpu", points, (), False)
+    return compiled.compile_s, lambda: run_chunks(compiled, job.grid, lambda *a: None, exact)
+
+
+def _gradsvc_planned(graph: RandomGraph, points: int):
+    """The kernel `gradsvc.run` gives this job in a fresh process (gradsvc.plan), compiled past
+    every cache as in the other cells."""
+    from gradsvc import api
+    from gradsvc.jaxrun import compile_graph, run_chunks
+    from gradsvc.spec import job_from_dict
+    spec = job_dict(graph, True, points)
+    spec["settings"]["compile_cache"] = "off"  # as the other cells: no cache to load from
+    job = job_from_dict(spec)
+    kernel = api.kernel_plan(job, points)
+    compiled = compile_graph(job.graph, job.grid, "float64", "cpu", points, (), kernel.fast,
+                             quick=kernel.quick)
+
+    def exact():
+        return compile_graph(job.graph, job.grid, "float64", "cpu", points, (), False,
+                             quick=kernel.quick)
     return compiled.compile_s, lambda: run_chunks(compiled, job.grid, lambda *a: None, exact)
 
 

@@ -138,7 +138,7 @@ class Settings(_Strict):
                                   "this fraction of the compile + run time (small jobs are "
                                   "checked in full whatever it is)")
     verify_min_points: Count = Field(32, ge=1, description="check at least this many points when "
-                                     "they fit in the budget (the first and last point always)")
+                                     "they fit in the budget (the first point always)")
     verify_seed: Count = 0
     fd_points: Count = Field(50, ge=0, description="points given central finite-difference checks "
                              "(at most 16 output/wrt pairs each)")

@@ -6,9 +6,10 @@ a budget: `verify_budget` (10%) of the job's own compile + run time.
     finite differences included, at most FULL_CHECK_WORK node evaluations: a few tenths of a second)
     is checked at every point, whatever the budget: small jobs are always checked in full.
   - Any other grid is checked in a seeded random order that starts with its first and last point
-    (a larger grid: at most `verify_points` candidates), until the budget is spent. The first and
-    last point are always checked; so are `verify_min_points` points when one point's check is cheap
-    enough for them to fit in the budget, and otherwise as many as fit (the report says so).
+    (a larger grid: at most `verify_points` candidates), until the budget is spent. The first point
+    (and one finite difference there) is always checked; so are `verify_min_points` points when one
+    point's check is cheap enough for them to fit in the budget, and otherwise as many as fit (the
+    report says so).
 The report says how many points were checked. A full check depends on nothing but the graph (and
 its op table entries), the points, JAX's numbers and the settings: when all of them match a check
 this process already made (a warm rerun), that check's report is returned again, marked `repeated`.
@@ -57,7 +58,7 @@ FD_SHARE = 0.5  # under a budget, finite differences stop once they took this sh
 # (checked points x graph nodes, each finite difference counted as one more point): a few tenths
 # of a second, and every shipped job fits (benchmarks/README.md).
 FULL_CHECK_WORK = 20_000
-ENDS = 2  # the first and the last point: checked whatever the budget
+ALWAYS_CHECKED = 1  # the first point (and a finite difference there): checked whatever the budget
 REMEMBERED_CHECKS = 256  # full checks remembered per process (see `verify`)
 
 
@@ -271,7 +272,7 @@ def _check(graph: Graph, grid, dtype: str, indices: np.ndarray, coords_all: np.n
         fd_every = max(1, math.ceil(len(indices) / fd_points)) if fd_points else 0
         fd_from = 0
     else:  # at the points checked first, from the last of the two always checked
-        fd_every, fd_from = (1 if fd_points else 0), min(ENDS, len(indices)) - 1
+        fd_every, fd_from = (1 if fd_points else 0), 0
     fd = _FiniteDifferences(graph, fd_rtol, EPS64 / cmp.unit, seed)
     for done, k in enumerate(order):
         if not budget.more_points(done):
@@ -306,15 +307,15 @@ def _check_order(indices: np.ndarray, seed: int) -> list[int]:
 class _Budget:
     """How long verification may take, and what it checks whatever that is.
 
-    Without seconds every point is checked. With them: the first and last point always; then
-    `min_points` if one point's check (timed on those two) is cheap enough for them to fit in
+    Without seconds every point is checked. With them: the first point always; then `min_points`
+    (the last point first) if one point's check (timed on the first) is cheap enough for them to fit in
     the reference's share of the budget, else as many as fit; then more until it is spent.
     Finite differences stop once they took FD_SHARE of it, after at least one.
     """
 
     def __init__(self, seconds: float | None, n_points: int, min_points: int):
         self.seconds, self.wanted = seconds, min(min_points, n_points)
-        self.floor = n_points if seconds is None else min(ENDS, n_points)
+        self.floor = n_points if seconds is None else min(ALWAYS_CHECKED, n_points)
         self.per_point = 0.0
         self.start = time.perf_counter()
         self.points_s, self.points, self.fd_s = 0.0, 0, 0.0
@@ -343,7 +344,7 @@ class _Budget:
             return ""
         return (f"{checked} points checked instead of verify_min_points = {self.wanted}: one "
                 f"point's check takes {self.per_point * 1e3:.3g} ms, the budget is "
-                f"{self.seconds * 1e3:.3g} ms (the first and last point are always checked)")
+                f"{self.seconds * 1e3:.3g} ms (the first point is always checked)")
 
     def difference_allowed(self, taken: int) -> bool:
         if self.seconds is None or taken == 0:

@@ -94,13 +94,15 @@ def test_sampled_verification_above_the_cap():
     assert math.isfinite(r.verify.max_rel_err)
 
 
-def test_a_zero_verification_budget_still_checks_the_first_and_last_point():
+def test_a_zero_verification_budget_still_checks_the_first_point():
     """The floor of verify_min_points shrinks to what fits in the budget (issue 10: a floor that
-    cost more than the job); the first and last point are checked whatever the budget."""
+    cost more than the job); the first point, and a finite difference there, are checked whatever
+    the budget."""
     r = gradsvc.run("jobs/rosenbrock_grid.yaml", verify_points=100, verify_budget=0.0,
                     verify_min_points=20)
-    assert r.verify.sampled and r.verify.checked_points == 2 and r.ok
-    assert r.verify.floor_points == 2 and "verify_min_points = 20" in r.verify.floor_note
+    assert r.verify.sampled and r.verify.checked_points == 1 and r.ok
+    assert r.verify.floor_points == 1 and "verify_min_points = 20" in r.verify.floor_note
+    assert r.verify.fd["taken"] == 1 and r.verify.fd["checked"] + r.verify.fd["skipped_kink"] == 1
 
 
 def test_verification_budget_keeps_the_minimum_sample_when_it_fits():
