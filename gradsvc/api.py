@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Result:
 # thousands of distinct graphs (a long fuzz campaign did) reached the kernel's limit of 65,530
 # mappings and XLA crashed. Evicted kernels come back from the on-disk executable cache.
 _COMPILED: OrderedDict[tuple, Compiled] = OrderedDict()
+_COMPILED_LOCK = threading.Lock()  # threads of one process (a service) share the kernels
 
 
 def kept_nodes(job: Job) -> tuple[str, ...]:
@@ -126,23 +128,28 @@ def _compiled_for(job: Job, chunk_size: int, fresh: bool = False) -> tuple[Compi
     s = job.settings
     kernel = kernel_plan(job, chunk_size)
     key = _kernel_key(job, chunk_size, kernel)
-    if not fresh and key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        return _COMPILED[key], True
+    with _COMPILED_LOCK:
+        have = None if fresh else _COMPILED.get(key)
+        if have is not None:
+            _COMPILED.move_to_end(key)
+    if have is not None:
+        return have, True
     use_compile_cache(s.compile_cache)
     compiled = compile_graph(job.graph, job.grid, s.dtype, s.device, chunk_size, kept_nodes(job),
                              kernel.fast, fresh=fresh, quick=kernel.quick)
-    _COMPILED.pop(key, None)
-    _COMPILED[key] = compiled
-    while len(_COMPILED) > limits.MAX_COMPILED_KERNELS:
-        _COMPILED.popitem(last=False)
+    with _COMPILED_LOCK:
+        _COMPILED.pop(key, None)
+        _COMPILED[key] = compiled
+        while len(_COMPILED) > limits.MAX_COMPILED_KERNELS:
+            _COMPILED.popitem(last=False)
     return compiled, False
 
 
 def _evict(job: Job, chunk_size: int, compiled: Compiled) -> None:
     """Never use this kernel (or its exact twin) again: not from this process, not from disk."""
-    _COMPILED.pop(_kernel_key(job, chunk_size, plan.KernelPlan(compiled.fast, compiled.quick)),
-                  None)
+    with _COMPILED_LOCK:
+        _COMPILED.pop(_kernel_key(job, chunk_size, plan.KernelPlan(compiled.fast, compiled.quick)),
+                      None)
     use_compile_cache(job.settings.compile_cache)  # the folder it came from
     for kernel in (compiled, compiled.exact):
         if kernel is not None:

@@ -14,6 +14,7 @@ repays (benchmarks/README.md, "Which kernel a run gets", has the measurements):
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -36,6 +37,7 @@ FULL_FAST, FULL, QUICK = KernelPlan(True, False), KernelPlan(False, False), Kern
 
 # points run per job shape in this process, least recently used first (bounded like the kernels)
 _POINTS_RUN: OrderedDict[tuple, int] = OrderedDict()
+_POINTS_LOCK = threading.Lock()
 
 
 def shape_key(job: Job, chunk_size: int, kept: tuple[str, ...]) -> tuple:
@@ -46,9 +48,10 @@ def shape_key(job: Job, chunk_size: int, kept: tuple[str, ...]) -> tuple:
 
 
 def record_run(shape: tuple, points: int) -> None:
-    _POINTS_RUN[shape] = _POINTS_RUN.pop(shape, 0) + points
-    while len(_POINTS_RUN) > limits.MAX_COMPILED_KERNELS:
-        _POINTS_RUN.popitem(last=False)
+    with _POINTS_LOCK:
+        _POINTS_RUN[shape] = _POINTS_RUN.pop(shape, 0) + points
+        while len(_POINTS_RUN) > limits.MAX_COMPILED_KERNELS:
+            _POINTS_RUN.popitem(last=False)
 
 
 def choose(job: Job, shape: tuple, in_process: Callable[[KernelPlan], bool],

@@ -97,3 +97,21 @@ def test_one_chunk_jobs_run_inline_on_a_client_of_their_own():
         np.testing.assert_array_equal(a.values[out], b.values[out])
     for name in ("x", "y", "u"):
         np.testing.assert_array_equal(a.grads["z"][name], b.grads["z"][name])
+
+
+def test_runs_in_several_threads_at_once_each_get_their_own_numbers():
+    """A service runs jobs in threads: the kernel, job and check caches, the plan's counts and
+    gradsvc's scoped JAX settings are shared, and every run still gets its own, right numbers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def job(k: int) -> str:
+        return (f"inputs: {{x: {{linspace: [-2, 2, {50 + k % 3}]}}, y: {k}.5}}\n"
+                "graph: {u: sin(x) * y, z: u * x}\noutputs: [z]\nsettings: {compile_cache: off}\n")
+
+    def run(k: int) -> bool:
+        r = gradsvc.run(job(k))
+        x = r.values["x"]
+        expected = (k + 0.5) * (np.cos(x) * x + np.sin(x))  # dz/dx of y*x*sin(x)
+        return r.ok and np.allclose(r.grads["z"]["x"], expected, rtol=1e-12, atol=1e-12)
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(run, range(24)))
