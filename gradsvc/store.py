@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Location, ResultError, UsageError
+from .errors import Location, ResultError
 from .integrity import ChecksummedFile, find_damage, record_of, wants_checksums
 from .spec import Job
 
@@ -283,7 +283,7 @@ def _summary(job: Job, done, files: dict[str, dict]) -> dict:
         "description": job.description,
         "key": result_key(job),
         "points": grid.size,
-        "grid": {"mode": grid.mode, "shape": list(grid.shape), "inputs": list(grid.names)},
+        "grid": _grid_summary(job),
         "dtype": job.settings.dtype,
         "device": done.device,
         "outputs": list(graph.outputs),
@@ -298,11 +298,15 @@ def _summary(job: Job, done, files: dict[str, dict]) -> dict:
     })
 
 
+def _grid_summary(job: Job) -> dict:
+    """The grid as summary.json holds it (and as PointCoords reads it)."""
+    grid = job.grid
+    return {"mode": grid.mode, "shape": list(grid.shape), "inputs": list(grid.names)}
+
+
 def _write_csv(folder: Path, job: Job, kept: tuple[str, ...]) -> None:
     graph = job.graph
-    axes = dict(_axes_as_run(job))
-    grid = {"mode": job.grid.mode, "shape": list(job.grid.shape), "inputs": list(job.grid.names)}
-    coords = PointCoords(grid, axes)
+    coords = PointCoords(_grid_summary(job), dict(_axes_as_run(job)))
     columns = [(n, folder / "values" / f"{n}.npy") for n in kept]
     columns += [(f"d{o}/d{n}", folder / "grads" / o / f"{n}.npy") for o in graph.outputs
                 for n in graph.wrt]
