@@ -321,10 +321,12 @@ class _Budget:
         self.points_s, self.points, self.fd_s = 0.0, 0, 0.0
 
     def more_points(self, done: int) -> bool:
-        """Check another point, `done` being checked already?"""
+        """Check another point, `done` being checked already? Beyond the floor, only if one more
+        (as long as the points so far took on average) still ends within the budget."""
         if self.seconds is None or done < self.floor:
             return done < self.floor
-        return time.perf_counter() - self.start <= self.seconds
+        expected = self.points_s / self.points if self.points else 0.0
+        return time.perf_counter() - self.start + expected <= self.seconds
 
     def point_checked(self, seconds: float) -> None:
         self.points_s += seconds
@@ -347,10 +349,14 @@ class _Budget:
                 f"{self.seconds * 1e3:.3g} ms (the first point is always checked)")
 
     def difference_allowed(self, taken: int) -> bool:
+        """Take another finite difference, `taken` being taken? The first always; another only if
+        it (as long as those so far took on average) still ends within FD_SHARE of the budget,
+        and within the budget."""
         if self.seconds is None or taken == 0:
             return True
-        return (self.fd_s <= FD_SHARE * self.seconds
-                and time.perf_counter() - self.start <= self.seconds)
+        expected = self.fd_s / taken
+        return (self.fd_s + expected <= FD_SHARE * self.seconds
+                and time.perf_counter() - self.start + expected <= self.seconds)
 
 
 def _check_point(rep: VerifyReport, cmp: _Comparer, graph: Graph, index: int, inputs: dict,
