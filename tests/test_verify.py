@@ -214,3 +214,29 @@ def test_a_warm_rerun_repeats_the_full_check_it_already_did(patched_op):
     patched_op("sin", partials=lambda a, o: (1.001 * ops.ieee_cos(a[0]),))
     r = gradsvc.run(JOB)  # a replaced op is another check, even with the same JAX numbers
     assert not r.ok and r.verify.fd["mismatches"] > 0
+
+
+def test_the_budget_starts_nothing_that_would_end_past_it(monkeypatch):
+    """Beyond the floor a point (or a finite difference) is started only if, at the average so
+    far, it ends within the budget: checking until the budget was passed overshot it by one."""
+    from gradsvc import verify as verify_module
+    clock = [0.0]
+    monkeypatch.setattr(verify_module.time, "perf_counter", lambda: clock[0])
+    budget = verify_module._Budget(1.0, 100, 1)
+
+    def spend(seconds: float, difference: bool = False) -> None:
+        clock[0] += seconds
+        if difference:
+            budget.fd_s += seconds
+        else:
+            budget.point_checked(seconds)
+    assert budget.more_points(0)  # the floor: the first point
+    spend(0.3)
+    assert budget.difference_allowed(0)  # the first difference, whatever the budget
+    spend(0.2, difference=True)
+    assert budget.difference_allowed(1)  # 0.2 + 0.2 within FD_SHARE (0.5) of the budget
+    spend(0.2, difference=True)
+    assert not budget.difference_allowed(2)  # 0.4 + 0.2 would not be
+    assert budget.more_points(1)  # 0.7 spent + 0.3 expected: just within
+    spend(0.3)
+    assert not budget.more_points(2)  # 1.0 spent is within the budget, 1.0 + 0.3 is not
