@@ -145,6 +145,9 @@ def _compiled_for(job: Job, chunk_size: int, fresh: bool = False) -> tuple[Compi
     return compiled, False
 
 
+RECOMPILED = "recompiled after a mismatch"  # timings["compiled_from"] of a job run twice
+
+
 def _evict(job: Job, chunk_size: int, compiled: Compiled) -> None:
     """Never use this kernel (or its exact twin) again: not from this process, not from disk."""
     with _COMPILED_LOCK:
@@ -229,7 +232,7 @@ def execute(job: Job, sink, progress=None) -> Execution:
         sink.rewind()
         compiled, _ = _compiled_for(job, chunk_size, fresh=True)
         compile_s += compiled.compile_s
-        source = "recompiled after a mismatch"
+        source = RECOMPILED
         attempt = _run_and_verify(job, compiled, sink, None, start)  # progress was shown in full
     run_s = attempt.run_s
     timings = {"compile_s": compile_s, "compiled_from": source,

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import gradsvc
 from gradsvc import api, jaxrun, kcache, ops
+from gradsvc.report import print_table
 from gradsvc.store import load_result
 from tests.conftest import cli
 
@@ -144,6 +146,9 @@ def test_a_forged_entry_that_computes_wrong_numbers_is_evicted_and_the_job_recom
     assert result.ok and result.verify.mismatches == 0
     assert result.timings["compiled_from"] == "recompiled after a mismatch"
     assert_same_numbers(result, expected(A))
+    shown = Console(record=True, width=100)
+    print_table(result, shown)
+    assert "disagreed with the reference: it was thrown away" in shown.export_text()
     assert entry_a.read_bytes() != entry_b.read_bytes()  # the bad entry was replaced on disk...
     (kernel,) = api._COMPILED.values()
     assert kernel.fresh  # ...and in this process
