@@ -110,10 +110,8 @@ def measure(n_nodes: int, contender: str, points: int = POINTS) -> dict:
     graph = random_graph(n_nodes)
     if contender == "jax":
         compile_s, run = _hand_jax(graph, points)
-    elif contender == "gradsvc_plan":
-        compile_s, run = _gradsvc_planned(graph, points)
     else:
-        compile_s, run = _gradsvc(graph, contender == "gradsvc_fast", points)
+        compile_s, run = _gradsvc(graph, contender, points)
     run()
     best, spent, reps = float("inf"), 0.0, 0
     while reps < 3 or (spent < 1.0 and reps < 50):  # minimum of a few: the machine is noisy
@@ -150,27 +148,17 @@ def _hand_jax(graph: RandomGraph, points: int):
     return compile_s, lambda: jax.block_until_ready(compiled(*columns))
 
 
-def _gradsvc(graph: RandomGraph, fast: bool, points: int):
+def _gradsvc(graph: RandomGraph, contender: str, points: int):
+    """gradsvc's kernel with fast sin/cos, with XLA's, or the one `gradsvc.run` gives this job in
+    a fresh process (gradsvc.plan); each compiled past every cache."""
+    from gradsvc import api, plan
     from gradsvc.jaxrun import compile_graph, run_chunks
     from gradsvc.spec import job_from_dict
-    job = job_from_dict(job_dict(graph, fast, points))
-    compiled = compile_graph(job.graph, job.grid, "float64", "cpu", points, (), fast)
-
-    def exact():
-        return compile_graph(job.graph, job.grid, "float64", "cpu", points, (), False)
-    return compiled.compile_s, lambda: run_chunks(compiled, job.grid, lambda *a: None, exact)
-
-
-def _gradsvc_planned(graph: RandomGraph, points: int):
-    """The kernel `gradsvc.run` gives this job in a fresh process (gradsvc.plan), compiled past
-    every cache as in the other cells."""
-    from gradsvc import api
-    from gradsvc.jaxrun import compile_graph, run_chunks
-    from gradsvc.spec import job_from_dict
-    spec = job_dict(graph, True, points)
-    spec["settings"]["compile_cache"] = "off"  # as the other cells: no cache to load from
+    spec = job_dict(graph, contender != "gradsvc_exact", points)
+    spec["settings"]["compile_cache"] = "off"  # no cache to load from: every cell compiles
     job = job_from_dict(spec)
-    kernel = api.kernel_plan(job, points)
+    kernel = {"gradsvc_fast": plan.FULL_FAST, "gradsvc_exact": plan.FULL}.get(contender) or \
+        api.kernel_plan(job, points)
     compiled = compile_graph(job.graph, job.grid, "float64", "cpu", points, (), kernel.fast,
                              quick=kernel.quick)
 

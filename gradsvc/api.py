@@ -102,14 +102,14 @@ def chunk_size_for(job: Job, whole: bool) -> int:
     return min(WHOLE_CHUNK if whole else STREAM_CHUNK, size)
 
 
-def _kernel_key(job: Job, chunk_size: int, kernel: plan.KernelPlan) -> tuple:
-    return (*plan.shape_key(job, chunk_size, kept_nodes(job)), kernel)
+def _shape(job: Job, chunk_size: int) -> tuple:
+    return plan.shape_key(job, chunk_size, kept_nodes(job))
 
 
-def kernel_plan(job: Job, chunk_size: int) -> plan.KernelPlan:
-    """Which kernel this run of `job` gets (`plan.choose`)."""
-    return plan.choose(job, plan.shape_key(job, chunk_size, kept_nodes(job)),
-                       lambda kernel: _kernel_key(job, chunk_size, kernel) in _COMPILED,
+def kernel_plan(job: Job, chunk_size: int, shape: tuple | None = None) -> plan.KernelPlan:
+    """Which kernel this run of `job` gets (`plan.choose`); `shape`: the job's `_shape`."""
+    shape = shape or _shape(job, chunk_size)
+    return plan.choose(job, shape, lambda kernel: (*shape, kernel) in _COMPILED,
                        lambda kernel: _on_disk(job, chunk_size, kernel))
 
 
@@ -122,12 +122,14 @@ def _on_disk(job: Job, chunk_size: int, kernel: plan.KernelPlan) -> bool:
     return path is not None and path.is_file()
 
 
-def _compiled_for(job: Job, chunk_size: int, fresh: bool = False) -> tuple[Compiled, bool]:
+def _compiled_for(job: Job, chunk_size: int, fresh: bool = False,
+                  shape: tuple | None = None) -> tuple[Compiled, bool]:
     """The job's kernel, and whether this process had it already. `fresh`: compiled past every
-    cache (see compile_graph)."""
+    cache (see compile_graph); `shape`: the job's `_shape`, where the caller has it."""
     s = job.settings
-    kernel = kernel_plan(job, chunk_size)
-    key = _kernel_key(job, chunk_size, kernel)
+    shape = shape or _shape(job, chunk_size)
+    kernel = kernel_plan(job, chunk_size, shape)
+    key = (*shape, kernel)  # a kernel of this shape, compiled this way
     with _COMPILED_LOCK:
         have = None if fresh else _COMPILED.get(key)
         if have is not None:
@@ -148,11 +150,10 @@ def _compiled_for(job: Job, chunk_size: int, fresh: bool = False) -> tuple[Compi
 RECOMPILED = "recompiled after a mismatch"  # timings["compiled_from"] of a job run twice
 
 
-def _evict(job: Job, chunk_size: int, compiled: Compiled) -> None:
+def _evict(job: Job, shape: tuple, compiled: Compiled) -> None:
     """Never use this kernel (or its exact twin) again: not from this process, not from disk."""
     with _COMPILED_LOCK:
-        _COMPILED.pop(_kernel_key(job, chunk_size, plan.KernelPlan(compiled.fast, compiled.quick)),
-                      None)
+        _COMPILED.pop((*shape, plan.KernelPlan(compiled.fast, compiled.quick)), None)
     use_compile_cache(job.settings.compile_cache)  # the folder it came from
     for kernel in (compiled, compiled.exact):
         if kernel is not None:
@@ -222,15 +223,16 @@ def execute(job: Job, sink, progress=None) -> Execution:
     """
     start = time.perf_counter()
     chunk_size = chunk_size_for(job, getattr(sink, "whole", False))
-    compiled, reused = _compiled_for(job, chunk_size)
+    shape = _shape(job, chunk_size)
+    compiled, reused = _compiled_for(job, chunk_size, shape=shape)
     compile_s = 0.0 if reused else compiled.compile_s
     source = "this process" if reused else compiled.source
     attempt = _run_and_verify(job, compiled, sink, progress, start)
-    plan.record_run(plan.shape_key(job, chunk_size, kept_nodes(job)), job.grid.size)
+    plan.record_run(shape, job.grid.size)
     if attempt.report.mismatches and not compiled.fresh:
-        _evict(job, chunk_size, compiled)
+        _evict(job, shape, compiled)
         sink.rewind()
-        compiled, _ = _compiled_for(job, chunk_size, fresh=True)
+        compiled, _ = _compiled_for(job, chunk_size, fresh=True, shape=shape)
         compile_s += compiled.compile_s
         source = RECOMPILED
         attempt = _run_and_verify(job, compiled, sink, None, start)  # progress was shown in full

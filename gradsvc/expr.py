@@ -161,9 +161,8 @@ class _Flattener:
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise self.error(f"the number {_short(self.text.strip(), node)} is too large for a float64",
-                             node,
-                             "write a finite number (at most about 1.8e308)")
+            raise self.error(f"the number {_short(self.text.strip(), node)} is too large for a "
+                             "float64", node, "write a finite number (at most about 1.8e308)")
         return self.emit("const", (), node, const=number)
 
 

@@ -89,7 +89,7 @@ class Grid:
 
 
 _FLOAT64_MAX_LOG10 = math.log10(np.finfo(np.float64).max)  # 308.25...
-_BEYOND = "beyond float64's range (at most about 1.8e308)"
+BEYOND_FLOAT64 = "beyond float64's range (at most about 1.8e308)"
 
 
 def _check_named(at: dict, axes, varying) -> None:
@@ -146,10 +146,10 @@ def _axis_length(name: str, spec, where: Callable) -> int:
 def _check_span(name: str, kind: str, start: float, stop: float, where: Callable) -> None:
     if kind in ("linspace", "uniform") and not math.isfinite(stop - start):
         raise JobFileError(f"input '{name}': {kind} from {start:g} to {stop:g} spans a range "
-                           f"{_BEYOND}", where=where((name, kind)),
+                           f"{BEYOND_FLOAT64}", where=where((name, kind)),
                            hint="split the range, or use a list of values")
     if kind == "logspace" and max(start, stop) > _FLOAT64_MAX_LOG10:
-        raise JobFileError(f"input '{name}': logspace up to 10**{max(start, stop):g} is {_BEYOND}",
+        raise JobFileError(f"input '{name}': logspace up to 10**{max(start, stop):g} is {BEYOND_FLOAT64}",
                            where=where((name, kind)), hint="keep the exponents at most 308")
 
 
@@ -191,7 +191,7 @@ def _axis(name: str, spec, where: Callable) -> Axis:
     with np.errstate(over="ignore", invalid="ignore"):
         values, kind = _axis_values(spec)
     if not np.all(np.isfinite(values)):
-        raise JobFileError(f"input '{name}' produces values {_BEYOND}", where=where((name,)),
+        raise JobFileError(f"input '{name}' produces values {BEYOND_FLOAT64}", where=where((name,)),
                            hint="keep the range within float64")
     return Axis(name, values, kind)
 
@@ -213,27 +213,26 @@ def _input_length(name: str, spec, where: Callable) -> int:
 def build_grid(inputs: dict, mode: str, where: Callable[[tuple], Location]) -> Grid:
     """Check every size against the limits (in exact integers, before allocating), then build axes.
     Every input's problem is reported (`JobProblems`), not only the first."""
-    lengths, problems = {}, []
-    for name, spec in inputs.items():
-        try:
-            lengths[name] = _input_length(name, spec, where)
-        except GradsvcError as error:
-            problems.append(error)
-    if problems:
-        raise JobProblems.of(problems)
+    lengths = _for_each_input(inputs, lambda name, spec: _input_length(name, spec, where))
     size = _grid_size(lengths, mode, where)
     if size > limits.MAX_GRID_POINTS:
         raise LimitError(f"the grid has {size:,} points, more than {limits.MAX_GRID_POINTS:,}",
                          where=where(()), hint="shrink the inputs' ranges (MAX_GRID_POINTS)")
-    axes = []
+    axes = _for_each_input(inputs, lambda name, spec: _axis(name, spec, where))
+    return Grid(tuple(axes.values()), mode, size)
+
+
+def _for_each_input(inputs: dict, make: Callable) -> dict:
+    """{name: make(name, spec)} for every input; every input's problem raised at once."""
+    made, problems = {}, []
     for name, spec in inputs.items():
         try:
-            axes.append(_axis(name, spec, where))
+            made[name] = make(name, spec)
         except GradsvcError as error:
             problems.append(error)
     if problems:
         raise JobProblems.of(problems)
-    return Grid(tuple(axes), mode, size)
+    return made
 
 
 def kind_of(spec) -> str:

@@ -286,7 +286,7 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
     layout = tuple(traced_layout)
     probe = (np.int64(0), tuple(jax.device_put(a, dev) for a in axes))
     stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
-    if not stored and not fresh and kcache.cache_folder() is not None:
+    if not stored and not fresh:
         # JAX's own cache served this compile, and such an executable does not serialize whole:
         # compile once more past that cache, so that later processes load ours and skip tracing
         executable = build(jax_cache=False)

@@ -53,16 +53,6 @@ def forward(graph: Graph, inputs: dict[str, float], overrides: dict[str, float] 
     return values
 
 
-def branches(graph: Graph, values: dict[str, float]) -> tuple:
-    """Which side of its kink each kinked op is on: equal tuples mean the same smooth piece."""
-    out = []
-    for node in graph.nodes:
-        op = node.primitive
-        if op is not None and op.branch is not None:
-            out.append(op.branch(*(values[a] for a in node.args)))
-    return tuple(out)
-
-
 def backward(graph: Graph, values: dict[str, float], output: str, within: str | None = None
              ) -> dict[str, float]:
     """d(output)/d(node) for every node on a path to `output` (others are absent: no dependence).

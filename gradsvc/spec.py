@@ -7,15 +7,15 @@ named by `--config` / `GRADSVC_CONFIG`) < the job's `settings:` < command-line f
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections import OrderedDict
 import hashlib
 import keyword
 import math
 import os
 import re
+import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -27,13 +27,10 @@ from . import limits
 from .errors import (GradsvcError, GraphError, JobFileError, JobProblems, LimitError, Location,
                      UsageError)
 from .expr import parse_formula
-from .grid import Grid, build_grid
+from .grid import BEYOND_FLOAT64, Grid, build_grid
 from .ir import Graph, Node, build_graph, did_you_mean
 from .ops import CALLABLE
 from .source import Document, load_yaml, read_job_text
-
-
-BEYOND_FLOAT64 = "beyond float64's range (at most about 1.8e308)"
 
 
 def _number(value: Any) -> float:
@@ -250,6 +247,7 @@ def _worth_remembering(built: "Job", text: str) -> bool:
     axis_bytes = sum(axis.values.nbytes for axis in built.grid.axes)
     return len(text) <= MAX_REMEMBERED_TEXT and axis_bytes <= MAX_REMEMBERED_AXIS_BYTES
 
+
 def job_from_dict(data: dict, overrides: dict | None = None, config: str | Path | None = None) -> Job:
     """Like `load_job`, from a dict shaped like a job file (e.g. built in a notebook)."""
     import yaml  # a dict goes through the same path as a file, so it gets the same checks
@@ -274,9 +272,13 @@ def compile_job(doc: Document, text: str, overrides: dict | None, config, defaul
 
 def _with_settings(built: Job, overrides: dict | None, config) -> Job:
     """`built` (whose settings are the job's own) with its settings resolved."""
-    own = built.setting_layers[0]
-    return dataclasses.replace(built, settings=resolve_settings(own, overrides, config),
-                               setting_layers=(own, dict(overrides or {}), config))
+    return _resolved(built, built.setting_layers[0], dict(overrides or {}), config)
+
+
+def _resolved(job: Job, own: Settings, overrides: dict, config) -> Job:
+    """`job` with its settings resolved from these layers, which it keeps (`with_overrides`)."""
+    return dataclasses.replace(job, settings=resolve_settings(own, overrides, config),
+                               setting_layers=(own, overrides, config))
 
 
 def _build(doc: Document, text: str, default_name: str) -> Job:
@@ -545,8 +547,8 @@ def load_config(path: str | Path | None) -> dict:
     """The settings a config file sets (validated), as a dict of only the keys it names.
 
     Parsed once per version of the file: every `gradsvc.run` reads the config, and parsing it
-    was a large share of a warm small job (benchmarks/README.md). A version is the file's (mtime, size, inode, ctime): an edit,
-    or a file moved over it, is read afresh. A file changed in the last CONFIG_SETTLE_S seconds
+    was a large share of a warm small job (benchmarks/README.md). A version is the file's (mtime,
+    size, inode, ctime): an edit, or a file moved over it, is read afresh. A file changed in the last CONFIG_SETTLE_S seconds
     is always read: an edit of the same size within the clock's tick keeps every stamp.
     """
     if path is None:
@@ -629,8 +631,5 @@ def with_overrides(job: Job, overrides: dict | None, config=None) -> Job:
     if not new and config is None:
         return job
     own, earlier, earlier_config = job.setting_layers or (job.settings, {}, None)
-    merged = {**earlier, **new}
-    config = config if config is not None else earlier_config
-    settings = resolve_settings(own, merged, config)
-    return dataclasses.replace(job, settings=settings,
-                               setting_layers=(own, merged, config))
+    return _resolved(job, own, {**earlier, **new},
+                     config if config is not None else earlier_config)

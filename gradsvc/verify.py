@@ -203,8 +203,7 @@ def verify(graph: Graph, grid, dtype: str, indices: np.ndarray, kept: tuple[str,
     Without `budget_s`, every index is checked, in order, and finite differences are spread evenly
     over them. With it, indices are checked in a seeded order starting with the first and last
     point of the grid until that many seconds are spent (see `_Budget` for the floor), and finite
-    differences are taken at the points checked first, from the second on (so that both ends are
-    checked before any difference). The report says how many.
+    differences are taken at the points checked first. The report says how many.
     """
     coords_all = grid.coords(indices).astype(dtype).astype(np.float64)  # what JAX saw, exactly
     memo = None
@@ -270,9 +269,8 @@ def _check(graph: Graph, grid, dtype: str, indices: np.ndarray, coords_all: np.n
     order = _check_order(indices, seed) if budget_s is not None else range(len(indices))
     if budget_s is None:  # spread over every point
         fd_every = max(1, math.ceil(len(indices) / fd_points)) if fd_points else 0
-        fd_from = 0
-    else:  # at the points checked first, from the last of the two always checked
-        fd_every, fd_from = (1 if fd_points else 0), 0
+    else:  # at the points checked first
+        fd_every = 1 if fd_points else 0
     fd = _FiniteDifferences(graph, fd_rtol, EPS64 / cmp.unit, seed)
     for done, k in enumerate(order):
         if not budget.more_points(done):
@@ -283,8 +281,7 @@ def _check(graph: Graph, grid, dtype: str, indices: np.ndarray, coords_all: np.n
         result = run_point(graph, inputs, unit=cmp.unit)
         _check_point(rep, cmp, graph, index, inputs, result, kept, values[k], grads[k])
         budget.point_checked(time.perf_counter() - point_start)
-        if (fd_every and done >= fd_from and done % fd_every == 0
-                and fd.counts["checked_points"] < fd_points):
+        if fd_every and done % fd_every == 0 and fd.counts["checked_points"] < fd_points:
             fd.check(inputs, result, index, budget)
         rep.checked_points = done + 1
     rep.sampled = rep.checked_points < grid.size
@@ -308,8 +305,8 @@ class _Budget:
     """How long verification may take, and what it checks whatever that is.
 
     Without seconds every point is checked. With them: the first point always; then `min_points`
-    (the last point first) if one point's check (timed on the first) is cheap enough for them to fit in
-    the reference's share of the budget, else as many as fit; then more until it is spent.
+    (the last point first) if one point's check (timed on the first) is cheap enough for them to
+    fit in the reference's share of the budget, else as many as fit; then more until it is spent.
     Finite differences stop once they took FD_SHARE of it, after at least one.
     """
 

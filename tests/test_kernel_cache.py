@@ -163,7 +163,7 @@ def test_a_mismatching_kernel_in_this_process_is_evicted(tmp_path):
     ((_, wrong),) = api._COMPILED.items()
     job_a = gradsvc.spec.as_job(A, {"compile_cache": str(tmp_path)}, None)
     chunk = api.chunk_size_for(job_a, whole=True)
-    key_a = api._kernel_key(job_a, chunk, api.kernel_plan(job_a, chunk))
+    key_a = (*api._shape(job_a, chunk), api.kernel_plan(job_a, chunk))
     api._COMPILED[key_a] = wrong
     result = gradsvc.run(job_a)
     assert result.ok and result.timings["compiled_from"] == "recompiled after a mismatch"
