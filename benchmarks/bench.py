@@ -116,7 +116,7 @@ def job_dict(graph: str, n: int, dtype: str, keep: str, fast: bool = True) -> di
 
 
 def grid_arrays(job) -> list[np.ndarray]:
-    from gradsvc.jaxrun import DTYPES
+    from gradsvc.engine.jaxrun import DTYPES
     return [axis.values.astype(DTYPES[job.settings.dtype]) for axis in job.grid.axes]
 
 
@@ -125,7 +125,7 @@ def gradsvc_runner(job):
     has settled on its kernel as in a long-running process: the job's shape is hot once it has
     computed plan.HOT_POINTS points."""
     from gradsvc.api import MemorySink, execute
-    from gradsvc.plan import HOT_POINTS
+    from gradsvc.engine.plan import HOT_POINTS
     first = execute(job, MemorySink(job))
     for _ in range(1, -(-HOT_POINTS // job.grid.size)):
         first = execute(job, MemorySink(job))
@@ -144,7 +144,7 @@ def run_phase(job):
     """The run phase alone, as a repeated run takes it: the compiled kernel looked up, every chunk
     computed and its results delivered to host memory (imports done here, outside the timing)."""
     from gradsvc.api import MemorySink, _compiled_for, _exact_twin, chunk_size_for
-    from gradsvc.jaxrun import run_chunks
+    from gradsvc.engine.jaxrun import run_chunks
 
     def run() -> None:
         compiled, _ = _compiled_for(job, chunk_size_for(job, whole=True))
@@ -182,7 +182,7 @@ def torch_runner(graph: str, arrays):
 
 
 def time_reference(job) -> float:
-    from gradsvc.reference import run_point
+    from gradsvc.reference.backprop import run_point
     coords = job.grid.coords(np.arange(min(REFERENCE_POINTS, job.grid.size)))
     names = job.graph.inputs
     start = time.perf_counter()
@@ -192,7 +192,7 @@ def time_reference(job) -> float:
 
 
 def throughput_table(sizes, dtypes) -> list[dict]:
-    from gradsvc.spec import job_from_dict
+    from gradsvc.job.spec import job_from_dict
     rows = []
     for graph in GRAPHS:
         for dtype in dtypes:
@@ -232,7 +232,7 @@ def fast_math_table(n: int = 1_000_000) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from gradsvc import fastmath
+    from gradsvc.engine import fastmath
     rows = []
     for dtype in ("float32", "float64"):
         for bound in (1.0, 50.0, 1e4, fastmath.ACCURATE_UP_TO[dtype]):
@@ -255,7 +255,7 @@ def fast_math_table(n: int = 1_000_000) -> list[dict]:
 
 
 def fast_math_on_medium(n: int = 1_000_000) -> dict:
-    from gradsvc.spec import job_from_dict
+    from gradsvc.job.spec import job_from_dict
     out = {}
     for dtype in ("float32", "float64"):
         for fast in (True, False):
@@ -363,7 +363,7 @@ def _peak_rss_kb(cmd: list[str]) -> int:
 def engine_scale(points_big: int) -> dict:
     """Engine throughput with results discarded (no disk), 1e6 vs `points_big` points."""
     from gradsvc.api import execute
-    from gradsvc.spec import job_from_text
+    from gradsvc.job.spec import job_from_text
 
     class Discard:
         def write(self, *args):

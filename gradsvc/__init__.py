@@ -6,7 +6,7 @@ pure-Python reference backprop and finite differences.
 >>> {name: float(g[0]) for name, g in r.grads["z"].items()}
 {'a': 20.0, 'b': 20.0, 'c': 25.0, 'd': 20.0, 'x': 20.0, 'y': 5.0, 'z': 1.0}
 
-Submodules load on first use, also as attributes (`gradsvc.store.load_result` after a plain
+Submodules load on first use, also as attributes (`gradsvc.storage.store.load_result` after a plain
 `import gradsvc`): `gradsvc.errors`, the IR and the reference need only the standard library, the
 job loader adds numpy and pydantic, and only running a job imports JAX.
 """
@@ -20,8 +20,9 @@ from .errors import (BusyError, DeviceError, FormulaError, GradsvcError, GraphEr
 
 __version__ = "0.1.0"
 
-_LAZY = {"run": "api", "Result": "api", "Job": "spec", "load_job": "spec", "job_from_text": "spec",
-         "job_from_dict": "spec", "job_schema": "spec", "explain": "explain", "load_result": "store"}
+_LAZY = {"run": "api", "Result": "api", "Job": "job.spec", "load_job": "job.spec",
+         "job_from_text": "job.spec", "job_from_dict": "job.spec", "job_schema": "job.spec",
+         "explain": "teaching.explain", "load_result": "storage.store"}
 
 __all__ = [*_LAZY, "GradsvcError", "JobFileError", "FormulaError", "GraphError", "LimitError",
            "UsageError", "DeviceError", "OutputError", "ResultError", "BusyError", "Location",
@@ -32,5 +33,5 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f".{name}", __name__)  # a submodule: gradsvc.store
+        return importlib.import_module(f".{name}", __name__)  # a submodule: gradsvc.storage.store
     raise AttributeError(f"module 'gradsvc' has no attribute {name!r}")

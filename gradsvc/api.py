@@ -15,11 +15,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import limits, plan
+from . import limits
+from .engine import plan
 from .errors import LimitError
-from .jaxrun import DTYPES, Compiled, compile_graph, get_device, run_chunks
-from .kcache import executable_key, executable_path, remove_entry, use_compile_cache
-from .spec import Job, as_job
+from .engine.jaxrun import DTYPES, Compiled, compile_graph, get_device, run_chunks
+from .engine.kcache import executable_key, executable_path, remove_entry, use_compile_cache
+from .job.spec import Job, as_job
 from .verify import VerifyReport, candidate_points, checks_in_full, verify
 
 

@@ -29,8 +29,8 @@ from rich.text import Text
 from .errors import (EXIT_DEVICE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_IO,
                      EXIT_MISMATCH, EXIT_OK, EXIT_TERMINATED, BusyError, GradsvcError, UsageError,
                      internal_error, write_failure_words)
-from .spec import Job, load_job
-from .store import (remove_stale_temporaries, safe_folder_name, stored_result, write_json_atomic,
+from .job.spec import Job, load_job
+from .storage.store import (remove_stale_temporaries, safe_folder_name, stored_result, write_json_atomic,
                     write_result)
 
 JOB_SUFFIXES = (".yaml", ".yml")
@@ -254,7 +254,7 @@ def _skip(outcome: JobOutcome, summary: dict) -> None:
 
 
 def _write_batch_json(out: Path, outcomes: list[JobOutcome]) -> None:
-    from .report import json_safe
+    from .teaching.report import json_safe
     write_json_atomic(out / "batch.json", {
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "pid": os.getpid(),

@@ -74,8 +74,8 @@ def start_up():
 def _load(path: Path, overrides: dict | None, config: Path | None):
     """A job from a file, or from stdin for `-`."""
     with start_up():
-        from .source import read_stdin_text
-        from .spec import job_from_text, load_job
+        from .job.source import read_stdin_text
+        from .job.spec import job_from_text, load_job
 
     if str(path) == "-":
         return job_from_text(read_stdin_text(), "<stdin>", overrides, config, "stdin")
@@ -99,7 +99,7 @@ def run(
     """Run jobs: every node's value and d(output)/d(node), verified against the reference."""
     with start_up():
         from .api import run as run_job
-        from .report import print_table, to_json
+        from .teaching.report import print_table, to_json
 
     overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
                  "verify_points": verify_points, "chunk_size": chunk_size,
@@ -147,7 +147,7 @@ def batch(
 ) -> None:
     """Run many jobs into one folder each under --out, with progress; skips finished jobs."""
     with start_up():
-        from . import api  # noqa: F401  (JAX: every batch runs jobs)
+        from . import api  # noqa: F401  (JAX: every batch runs jobs
         from .batch import Terminated, exit_code, run_batch, sigterm_as_interrupt, summary_table
 
     overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
@@ -250,8 +250,8 @@ def explain(
 ) -> None:
     """Explain every gradient at one point through the chain rule, with numbers and a check."""
     with start_up():
-        from .explain import explain as explain_job
-        from .report import json_safe
+        from .teaching.explain import explain as explain_job
+        from .teaching.report import json_safe
 
     try:
         loaded = _load(job, None, config)
@@ -278,7 +278,7 @@ def graph(
 ) -> None:
     """Draw the computational graph, each node labelled with its value and gradient at a point."""
     with start_up():
-        from .picture import build_picture, write_picture
+        from .teaching.picture import build_picture, write_picture
 
     try:
         loaded = _load(job, None, config)
@@ -302,7 +302,7 @@ def plot(
 ) -> None:
     """Plot values and gradients over a 1-D grid, or heatmaps over a 2-D product grid."""
     with start_up():
-        from .plot import from_folder, from_job, plot as draw
+        from .teaching.plot import from_folder, from_job, plot as draw
 
     try:
         grids = from_folder(source) if source.is_dir() else from_job(_load(source, None, config))
@@ -328,7 +328,7 @@ def _write_text(text: str) -> None:
 @app.command()
 def ops() -> None:
     """List the formula language: operators, functions, constants and their derivative rules."""
-    from .ops import CALLABLE, CONSTANTS, OPS
+    from .core.ops import CALLABLE, CONSTANTS, OPS
 
     rows = []
     for op in OPS.values():
@@ -354,7 +354,7 @@ def ops() -> None:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of job files (for editor autocompletion and validation)."""
-    from .spec import job_schema
+    from .job.spec import job_schema
 
     sys.stdout.write(json.dumps(job_schema(), indent=2) + "\n")
 

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ir import Graph
-from .reference import PointResult, run_point
+from .core.ir import Graph
+from .reference.backprop import PointResult, run_point
 
 LISTED_POINTS = 20  # points listed per category in reports; counts are always complete
 FD_STEP = 6.0554544523933395e-06  # cube root of float64 epsilon: balances truncation and rounding

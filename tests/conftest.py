@@ -22,8 +22,8 @@ def _repo_root(monkeypatch):
 @pytest.fixture
 def fast_math_everywhere(monkeypatch):
     """Every job is hot: the plan gives every job with sin/cos the fast polynomials (it otherwise
-    keeps them for work big enough to repay their longer compile: gradsvc.plan)."""
-    from gradsvc import plan
+    keeps them for work big enough to repay their longer compile: gradsvc.engine.plan)."""
+    from gradsvc.engine import plan
     monkeypatch.setattr(plan, "HOT_POINTS", 1)
 
 

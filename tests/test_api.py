@@ -83,7 +83,7 @@ def test_one_chunk_jobs_run_inline_on_a_client_of_their_own():
     import jax
 
     from gradsvc.api import _compiled_for, chunk_size_for
-    from gradsvc.spec import as_job
+    from gradsvc.job.spec import as_job
     text = ("inputs: {x: {linspace: [-3, 3, 1000]}, y: 0.7}\n"
             "graph: {u: sin(x) * exp(-y * x), z: u * u + tanh(x + y)}\noutputs: [z]\n")
     whole, chunked = as_job(text, {}, None), as_job(text, {"chunk_size": 256}, None)

@@ -13,7 +13,7 @@ import gradsvc
 from gradsvc.api import execute as real_execute
 from gradsvc.batch import run_batch
 from gradsvc.errors import EXIT_BUSY, BusyError
-from gradsvc.store import load_result
+from gradsvc.storage.store import load_result
 from conftest import JOBS, ROOT, cli
 
 
@@ -217,7 +217,7 @@ def test_an_unusable_out_folder_is_a_usage_error(tmp_path, make_out):
 
 def test_a_write_failure_is_recorded_with_its_own_exit_code(tmp_path, monkeypatch):
     """A job whose result cannot be written (here: the disk says it is full) fails alone."""
-    from gradsvc import store
+    from gradsvc.storage import store
 
     real = store._NpyColumn.write
 
@@ -250,7 +250,7 @@ def test_a_shared_result_that_stops_being_shared_gets_its_own_file(tmp_path, mon
     """Sharing is decided at the first chunk; a later chunk that brings two arrays (a chunk
     recomputed by another kernel could) starts the second file from a copy of the first. Where
     the file system has no hard links, a shared result is copied."""
-    from gradsvc.store import DiskSink
+    from gradsvc.storage.store import DiskSink
     if not links:
         def no_links(*args):
             raise OSError(1, "Operation not permitted")

@@ -177,7 +177,7 @@ def test_a_table_too_wide_for_the_terminal_becomes_one_table_per_output():
     from rich.console import Console
 
     import gradsvc
-    from gradsvc.report import print_table
+    from gradsvc.teaching.report import print_table
     result = gradsvc.run("inputs: {x: {linspace: [-2, 2, 50]}, y: 0.5}\n"
                          "graph: {u: sin(x) * exp(-y * x), v: u * u + tanh(x + y),"
                          " w: log(1 + v * v) - u / (1 + x * x)}\noutputs: [u, v, w]\n")

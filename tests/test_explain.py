@@ -5,9 +5,9 @@ import math
 import pytest
 
 from conftest import JOBS, ROOT, cli
-from gradsvc.explain import _dependence, AFFINE, NONE, NONLINEAR, explain
-from gradsvc.reference import run_point
-from gradsvc.spec import job_from_text, load_job
+from gradsvc.teaching.explain import _dependence, AFFINE, NONE, NONLINEAR, explain
+from gradsvc.reference.backprop import run_point
+from gradsvc.job.spec import job_from_text, load_job
 
 GOLDEN = ROOT / "tests" / "golden"
 

@@ -2,7 +2,7 @@
 import pytest
 
 from gradsvc.errors import FormulaError, LimitError, Location
-from gradsvc.expr import parse_formula
+from gradsvc.core.expr import parse_formula
 
 WHERE = Location("job.yaml", 7, 6)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradsvc
-from gradsvc import fastmath
+from gradsvc.engine import fastmath
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +84,8 @@ SIN_JOB = {"inputs": {"x": {"linspace": [-3.0, 3.0, 1000]}}, "graph": {"f": "sin
 @pytest.fixture
 def fresh_process(monkeypatch):
     """No kernel compiled and no points run in this process yet."""
-    from gradsvc import api, plan
+    from gradsvc import api
+    from gradsvc.engine import plan
     monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())
     monkeypatch.setattr(plan, "_POINTS_RUN", type(plan._POINTS_RUN)())
 
@@ -97,7 +98,7 @@ def test_a_small_fresh_job_gets_xla_sin_cos(fresh_process):
 
 
 def test_a_job_past_the_quick_size_gets_an_optimised_kernel(fresh_process, monkeypatch):
-    from gradsvc import plan
+    from gradsvc.engine import plan
     monkeypatch.setattr(plan, "QUICK_MAX_POINTS", 500)
     r = gradsvc.run(SIN_JOB)
     assert r.ok and (r.timings["fast_math"], r.timings["quick_compile"]) == (False, False)
@@ -105,7 +106,7 @@ def test_a_job_past_the_quick_size_gets_an_optimised_kernel(fresh_process, monke
 
 def test_a_better_kernel_compiled_already_is_used(fresh_process, monkeypatch):
     """A fast kernel this process has compiled serves a small job too: its compile is paid."""
-    from gradsvc import plan
+    from gradsvc.engine import plan
     monkeypatch.setattr(plan, "HOT_POINTS", 1)
     gradsvc.run(SIN_JOB)
     monkeypatch.setattr(plan, "HOT_POINTS", 10**9)
@@ -114,7 +115,7 @@ def test_a_better_kernel_compiled_already_is_used(fresh_process, monkeypatch):
 
 
 def test_a_grid_big_enough_gets_fast_sin_cos(fresh_process, monkeypatch):
-    from gradsvc import plan
+    from gradsvc.engine import plan
     monkeypatch.setattr(plan, "HOT_POINTS", 1000)
     assert gradsvc.run(SIN_JOB).timings["fast_math"] is True
     assert gradsvc.run(SIN_JOB, fast_math=False).timings["fast_math"] is False  # off is off
@@ -123,7 +124,7 @@ def test_a_grid_big_enough_gets_fast_sin_cos(fresh_process, monkeypatch):
 def test_a_hot_kernel_is_recompiled_with_fast_sin_cos(fresh_process, monkeypatch):
     """In a long-running process, once the XLA sin/cos kernel has computed enough points, the
     same job gets the fast kernel (tiering up, as a JIT compiler does)."""
-    from gradsvc import plan
+    from gradsvc.engine import plan
     monkeypatch.setattr(plan, "HOT_POINTS", 2500)
     runs = [gradsvc.run(SIN_JOB) for _ in range(4)]
     assert [r.timings["fast_math"] for r in runs] == [False, False, True, True]
@@ -135,7 +136,8 @@ def test_a_hot_kernel_is_recompiled_with_fast_sin_cos(fresh_process, monkeypatch
 
 def test_a_fast_kernel_in_the_executable_cache_is_used(fresh_process, monkeypatch, tmp_path):
     """Compiling it was paid for already: a later process loads it, whatever the grid's size."""
-    from gradsvc import api, plan
+    from gradsvc import api
+    from gradsvc.engine import plan
     job = {**SIN_JOB, "settings": {"compile_cache": str(tmp_path)}}
     monkeypatch.setattr(plan, "HOT_POINTS", 1)
     assert gradsvc.run(job).timings["fast_math"] is True

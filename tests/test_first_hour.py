@@ -16,10 +16,10 @@ def test_a_result_repr_is_one_short_line():
 
 
 def test_submodules_are_reachable_after_a_plain_import():
-    """README showed gradsvc.store.load_result(...), an AttributeError after `import gradsvc`."""
+    """README showed gradsvc.storage.store.load_result(...), an AttributeError after `import gradsvc`."""
     code = ("import gradsvc, sys\n"
-            "assert 'gradsvc.store' not in sys.modules\n"
-            "assert gradsvc.store.load_result is gradsvc.load_result\n"
+            "assert 'gradsvc.storage.store' not in sys.modules\n"
+            "assert gradsvc.storage.store.load_result is gradsvc.load_result\n"
             "assert gradsvc.limits.MAX_NAME_CHARS == 64\n"
             "try:\n    gradsvc.no_such_thing\nexcept AttributeError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

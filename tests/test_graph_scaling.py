@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from gradsvc import jaxrun
-from gradsvc.spec import job_from_dict
+from gradsvc.engine import jaxrun
+from gradsvc.job.spec import job_from_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import graph_size  # noqa: E402  (the benchmark's seeded random graphs)

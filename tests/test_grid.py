@@ -6,7 +6,7 @@ import pytest
 
 from gradsvc import limits
 from gradsvc.errors import JobFileError, JobProblems, LimitError, UsageError
-from gradsvc.spec import job_from_text
+from gradsvc.job.spec import job_from_text
 
 
 def grid_of(inputs: str, mode="product"):

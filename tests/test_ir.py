@@ -2,7 +2,7 @@
 import pytest
 
 from gradsvc.errors import FormulaError, GraphError, JobFileError
-from gradsvc.spec import job_from_text
+from gradsvc.job.spec import job_from_text
 
 
 def graph_of(graph: str, outputs="[z]", wrt="all", inputs="{a: 1.0, b: 2.0}"):

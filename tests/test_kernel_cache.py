@@ -13,9 +13,11 @@ import pytest
 from rich.console import Console
 
 import gradsvc
-from gradsvc import api, jaxrun, kcache, ops
-from gradsvc.report import print_table
-from gradsvc.store import load_result
+from gradsvc import api
+from gradsvc.engine import jaxrun, kcache
+from gradsvc.core import ops
+from gradsvc.teaching.report import print_table
+from gradsvc.storage.store import load_result
 from tests.conftest import cli
 
 
@@ -161,7 +163,7 @@ def test_a_mismatching_kernel_in_this_process_is_evicted(tmp_path):
     """The in-process LRU is checked the same way: B's kernel under A's key is replaced."""
     gradsvc.run(B, compile_cache=str(tmp_path))
     ((_, wrong),) = api._COMPILED.items()
-    job_a = gradsvc.spec.as_job(A, {"compile_cache": str(tmp_path)}, None)
+    job_a = gradsvc.job.spec.as_job(A, {"compile_cache": str(tmp_path)}, None)
     chunk = api.chunk_size_for(job_a, whole=True)
     key_a = (*api._shape(job_a, chunk), api.kernel_plan(job_a, chunk))
     api._COMPILED[key_a] = wrong

@@ -8,7 +8,7 @@ import pytest
 
 from gradsvc import limits
 from gradsvc.errors import GradsvcError, LimitError
-from gradsvc.spec import job_from_dict, job_from_text, load_job
+from gradsvc.job.spec import job_from_dict, job_from_text, load_job
 from test_security import job_with, refused
 
 MEMORY_MB = 200  # what refusing any of these may allocate, at most (the attacks ask for far more)

@@ -9,7 +9,7 @@ import pytest
 
 import gradsvc
 from conftest import cli
-from gradsvc.reference import run_point
+from gradsvc.reference.backprop import run_point
 
 TRAPS = """name: traps
 inputs:

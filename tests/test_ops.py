@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradsvc
-from gradsvc.ops import CALLABLE, OPS
+from gradsvc.core.ops import CALLABLE, OPS
 
 SWEEP = [-5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0]
 POSITIVE = [1e-3, 0.1, 0.5, 1.0, 2.0, 5.0, 40.0]

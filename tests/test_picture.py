@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from conftest import JOBS, cli
-from gradsvc.picture import build_picture, to_dot, write_picture
-from gradsvc.spec import job_from_text, load_job
+from gradsvc.teaching.picture import build_picture, to_dot, write_picture
+from gradsvc.job.spec import job_from_text, load_job
 
 
 def _svg_size(path):

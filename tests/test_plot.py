@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import JOBS, cli
-from gradsvc.plot import from_folder, from_job, line_points, plot
-from gradsvc.spec import job_from_text, load_job
+from gradsvc.teaching.plot import from_folder, from_job, line_points, plot
+from gradsvc.job.spec import job_from_text, load_job
 
 
 def _png(path):

@@ -91,7 +91,7 @@ def _python(example: Example, cwd: Path) -> str | None:
 
 def _yaml(example: Example, cwd: Path) -> str | None:
     from gradsvc.errors import GradsvcError
-    from gradsvc.spec import job_from_text
+    from gradsvc.job.spec import job_from_text
     try:
         job_from_text(example.body, file=f"README.md:{example.line}")
     except GradsvcError as error:

@@ -3,8 +3,8 @@ import math
 import subprocess
 import sys
 
-from gradsvc.reference import backward, forward, run_point
-from gradsvc.spec import job_from_text
+from gradsvc.reference.backprop import backward, forward, run_point
+from gradsvc.job.spec import job_from_text
 from conftest import ROOT
 
 
@@ -14,10 +14,10 @@ def test_reference_runs_with_numpy_and_jax_unimportable():
         "import sys\n"
         "for banned in ('jax', 'jaxlib', 'numpy'):\n"
         "    sys.modules[banned] = None\n"
-        "from gradsvc.ir import build_graph\n"
-        "from gradsvc.expr import parse_formula\n"
+        "from gradsvc.core.ir import build_graph\n"
+        "from gradsvc.core.expr import parse_formula\n"
         "from gradsvc.errors import Location\n"
-        "from gradsvc.reference import run_point\n"
+        "from gradsvc.reference.backprop import run_point\n"
         "where = Location('x', 1, 1)\n"
         "nodes = {'x': parse_formula('x', 'a + b', where, {'a','b','c','d','x','y','z'}),\n"
         "         'y': parse_formula('y', 'c * d', where, {'a','b','c','d','x','y','z'}),\n"

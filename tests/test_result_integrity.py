@@ -13,10 +13,10 @@ import pytest
 
 import gradsvc
 from conftest import cli
-from gradsvc import integrity
+from gradsvc.storage import integrity
 from gradsvc.batch import run_batch
 from gradsvc.errors import ResultError
-from gradsvc.store import FORMAT_VERSION, load_result
+from gradsvc.storage.store import FORMAT_VERSION, load_result
 
 # 1,000 points on a product grid; dz/da and dz/dx are one array, sin(b) (written once, hard-linked)
 JOB = ("name: ring\ninputs:\n  a: {linspace: [0, 1, 40]}\n  b: {linspace: [1, 2, 25]}\n"
@@ -207,7 +207,7 @@ def test_a_float32_job_stores_the_coordinates_the_kernel_saw(tmp_path):
 
 
 def test_product_coordinates_are_built_per_input_on_lookup_in_grid_order():
-    from gradsvc.store import PointCoords
+    from gradsvc.storage.store import PointCoords
     axes = {"a": np.array([1.0, 2.0]), "b": np.array([10.0, 20.0, 30.0]), "c": np.array([5.0])}
     coords = PointCoords({"mode": "product", "shape": [2, 3, 1], "inputs": ["a", "b", "c"]}, axes)
     assert list(coords) == ["a", "b", "c"] and not coords._built

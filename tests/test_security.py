@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gradsvc.errors import FormulaError, GradsvcError, GraphError
-from gradsvc.spec import job_from_text
+from gradsvc.job.spec import job_from_text
 from conftest import cli
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import gradsvc
 from gradsvc.errors import GradsvcError, GraphError, JobFileError, UsageError
-from gradsvc.spec import Settings, job_from_text, job_schema, load_config, load_job
+from gradsvc.job.spec import Settings, job_from_text, job_schema, load_config, load_job
 
 BASE = "inputs:\n  a: 2.0\n  b: 3.0\ngraph:\n  z: a * b\noutputs: [z]\n"
 
@@ -229,6 +229,6 @@ def test_run_of_a_loaded_job_applies_its_overrides():
 
 def test_overrides_given_at_load_stay_under_later_ones():
     job = load_job("jobs/seed_chain.yaml", {"dtype": "float32"})
-    again = gradsvc.spec.as_job(job, {"verify_points": 5, "device": None})
+    again = gradsvc.job.spec.as_job(job, {"verify_points": 5, "device": None})
     assert (again.settings.dtype, again.settings.verify_points) == ("float32", 5)
-    assert gradsvc.spec.as_job(job, {"dtype": None}) is job  # nothing new: the job itself
+    assert gradsvc.job.spec.as_job(job, {"dtype": None}) is job  # nothing new: the job itself

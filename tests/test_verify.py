@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import gradsvc
-from gradsvc import api, ops
+from gradsvc import api
+from gradsvc.core import ops
 from gradsvc.verify import candidate_points
 
 JOB = {"inputs": {"x": {"linspace": [-2.0, 2.0, 9]}}, "graph": {"f": "sin(x) * x"}, "outputs": ["f"]}
@@ -36,7 +37,7 @@ def test_a_wrong_jax_implementation_is_caught(patched_op):
 
 
 def test_a_wrong_fast_sin_is_caught(monkeypatch, fast_math_everywhere):
-    from gradsvc import fastmath, jaxrun, kcache
+    from gradsvc.engine import fastmath, jaxrun, kcache
     monkeypatch.setitem(jaxrun.FAST_OPS, "sin", fastmath.cos)
     monkeypatch.setattr(api, "_COMPILED", {})
     monkeypatch.setattr(kcache, "_cache_dir", [None])  # no executable cache: really recompile
@@ -106,7 +107,7 @@ def test_a_gradient_that_is_zero_by_cancellation_passes_its_finite_difference():
 
 def chain_job(named: int, points: int):
     """A deep graph: ~7 IR nodes per named node, every one differentiated (`wrt: all`)."""
-    from gradsvc.spec import job_from_dict
+    from gradsvc.job.spec import job_from_dict
     graph = {"n0": "sin(a) + b"}
     for k in range(1, named):
         graph[f"n{k}"] = f"tanh(n{k - 1}) * 0.5 + cos(n{max(k - 2, 0)}) * 0.25"
@@ -116,7 +117,7 @@ def chain_job(named: int, points: int):
 
 def reference_rows(job, indices):
     """What a correct backend returns at `indices`: every named node's value, every gradient."""
-    from gradsvc.reference import run_point
+    from gradsvc.reference.backprop import run_point
     graph = job.graph
     values = np.empty((len(indices), len(graph.named)))
     grads = np.empty((len(indices), len(graph.outputs), len(graph.wrt)))

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import gradsvc
-from gradsvc import spec
+from gradsvc.job import spec
 
 LONG_AGO = time.time() - 3600  # a settled file: edits older than spec.CONFIG_SETTLE_S
 

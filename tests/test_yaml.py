@@ -3,7 +3,7 @@ keys, numbers written as strings, non-mapping roots, invalid syntax), each with 
 import pytest
 
 from gradsvc.errors import GradsvcError, JobFileError, LimitError
-from gradsvc.spec import job_from_text
+from gradsvc.job.spec import job_from_text
 from test_security import refused
 from test_spec import BASE, error_of
 

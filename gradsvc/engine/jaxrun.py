@@ -21,10 +21,10 @@ import numpy as np
 from jaxlib import xla_client
 
 from . import fastmath, kcache
-from .errors import DeviceError
-from .grid import Grid
-from .ir import Graph
-from .ops import op_for
+from ..errors import DeviceError
+from ..job.grid import Grid
+from ..core.ir import Graph
+from ..core.ops import op_for
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .ir import Graph
-from .ops import op_for
+from ..core.ir import Graph
+from ..core.ops import op_for
 
 LIBM_ULPS = 4.0  # transcendental functions are accurate to a few units in the last place
 INSTABILITY_WINDOW = 8.0  # error bounds widened this much when looking for nearby domain edges
@@ -85,7 +85,7 @@ def _contributions(op, bar: float, args: tuple, out: float) -> tuple:
 def run_point(graph: Graph, inputs: dict[str, float], unit: float | None = None) -> PointResult:
     """Values and gradients at one point; with `unit`, also their rounding-error bounds.
 
-    >>> from gradsvc.spec import job_from_text
+    >>> from gradsvc.job.spec import job_from_text
     >>> job = job_from_text("inputs: {a: 2, b: 3}\\ngraph: {z: a * b}\\noutputs: [z]")
     >>> run_point(job.graph, {"a": 2.0, "b": 3.0}).grads["z"]["a"]
     3.0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from . import limits
-from .errors import JobFileError, LimitError, Location
+from .. import limits
+from ..errors import JobFileError, LimitError, Location
 
 DataPath = tuple  # a path into the data: ("inputs", "c", "linspace", 2)
 

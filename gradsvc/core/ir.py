@@ -7,17 +7,19 @@ needs are named `owner.k`, which no user name can clash with. For an output `o` 
 value, everything downstream recomputed: exactly what PyTorch reports for a leaf's `.grad`, or for an
 intermediate after `retain_grad()`.
 
-`Node.shape` is `()` for every node today; it is where vector, matrix, Jacobian and Hessian nodes will
-say what they hold, without changing how graphs are built or walked.
+Every node has a shape at one grid point: `()` for a scalar, `(2, 4)` for a matrix. Input shapes come
+from the job (tensor inputs), every other shape is inferred when the graph links (`tensor_ops`), so a
+shape problem is found before anything runs. A graph whose shapes are all `()` is a scalar graph.
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from .errors import GraphError, JobProblems, Location
+from ..errors import GraphError, JobProblems, Location
 from .ops import op_for, Op
+from .tensor_ops import TENSOR_OPS, ShapeError, TensorOp, result_shape
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,16 @@ class Node:
     op: str  # "input", "const", or a key of ops.OPS ("ipow" with `param`)
     args: tuple[str, ...] = ()
     const: float | None = None
-    param: int | None = None  # integer exponent for "ipow"
+    param: object = None  # "ipow": the integer exponent; tensor ops: see tensor_ops
     owner: str = ""  # the input or named node whose formula produced this one
     where: Location | None = None  # where in the job file this node's text starts
-    shape: tuple[int, ...] = ()
+    shape: tuple[int, ...] = ()  # at one grid point; set when the graph links
 
     @property
-    def primitive(self) -> Op | None:
-        return None if self.op in ("input", "const") else op_for(self.op, self.param)
+    def primitive(self) -> Op | TensorOp | None:
+        if self.op in ("input", "const"):
+            return None
+        return TENSOR_OPS.get(self.op) or op_for(self.op, self.param)
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,17 @@ class Graph:
     def node(self, name: str) -> Node:
         return self.nodes[self.position[name]]
 
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return self.nodes[self.position[name]].shape
+
+    @cached_property
+    def has_tensors(self) -> bool:
+        """Whether any node holds more than one number per point."""
+        return any(n.shape for n in self.nodes)
+
     @cached_property
     def _structure(self) -> tuple:
-        return (tuple((n.name, n.op, n.args, n.const, n.param) for n in self.nodes),
+        return (tuple((n.name, n.op, n.args, n.const, n.param, n.shape) for n in self.nodes),
                 self.inputs, self.named, self.outputs, self.wrt)
 
     def structure_key(self) -> tuple:
@@ -72,14 +84,19 @@ def did_you_mean(name: str, candidates) -> str | None:
 
 def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs: list[str],
                 wrt: str | list[str], formulas: dict[str, str],
-                output_where: dict[str, Location] | None = None) -> Graph:
-    """Link parsed formulas into one topologically sorted graph; reject bad names and cycles.
+                output_where: dict[str, Location] | None = None,
+                input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """Link parsed formulas into one topologically sorted graph with every node's shape; reject bad
+    names, cycles and shapes that do not fit.
 
-    `formula_nodes[name]` holds the primitive nodes of one formula, the last being `name` itself.
+    `formula_nodes[name]` holds the primitive nodes of one formula, the last being `name` itself;
+    `input_shapes` the shape of each tensor input (the others are scalars at each point).
     """
     output_where = output_where or {}
+    input_shapes = input_shapes or {}
     defined = set(inputs) | set(formula_nodes)
-    by_name: dict[str, Node] = {n: Node(n, "input", owner=n) for n in inputs}
+    by_name: dict[str, Node] = {n: Node(n, "input", owner=n, shape=tuple(input_shapes.get(n, ())))
+                                for n in inputs}
     for nodes in formula_nodes.values():
         for node in nodes:
             by_name[node.name] = node
@@ -87,7 +104,7 @@ def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs
                  if arg not in by_name]
     if undefined:  # every one, in every formula: one run of `validate` shows them all
         raise JobProblems.of(list({e.message: e for e in undefined}.values()))
-    order = _topological_order(by_name, formula_nodes)
+    order = _with_shapes(_topological_order(by_name, formula_nodes))
     named = tuple(n.name for n in order if n.name in formula_nodes)
     for k, out in enumerate(outputs):
         if out in outputs[:k]:
@@ -99,6 +116,37 @@ def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs
     wrt_names = _resolve_wrt(wrt, tuple(inputs), named, defined, output_where)
     position = {n.name: i for i, n in enumerate(order)}
     return Graph(tuple(order), tuple(inputs), named, tuple(outputs), wrt_names, dict(formulas), position)
+
+
+def _with_shapes(order: list[Node]) -> list[Node]:
+    """Each node with its inferred shape. Every formula's first shape problem is reported; nodes
+    that use a node whose shape is unknown are not checked again (their problem is that one)."""
+    shapes: dict[str, tuple | None] = {}
+    problems: dict[str, GraphError] = {}
+    out = []
+    for node in order:
+        shape: tuple | None = node.shape
+        if node.args:
+            arg_shapes = [shapes[a] for a in node.args]
+            shape = None
+            if all(s is not None for s in arg_shapes):
+                try:
+                    shape = result_shape(node.op, arg_shapes, node.param)
+                except ShapeError as error:
+                    problems.setdefault(node.owner, _shape_error(node, error))
+            node = replace(node, shape=shape or ())
+        shapes[node.name] = shape
+        out.append(node)
+    if problems:
+        raise JobProblems.of(list(problems.values()))
+    return out
+
+
+def _shape_error(node: Node, error: ShapeError) -> GraphError:
+    what = "@" if node.op == "matmul" else ("indexing" if node.op == "index" else f"{node.op}()")
+    return GraphError(f"in the formula of '{node.owner}', {what}: {error}", where=node.where,
+                      hint="check the shapes of the inputs and nodes it uses (`gradsvc validate` "
+                      "lists every node's shape)")
 
 
 def _undefined(name: str, user: Node, defined: set[str]) -> GraphError:

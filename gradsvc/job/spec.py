@@ -23,13 +23,13 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
                       ValidationError)
 
-from . import limits
-from .errors import (GradsvcError, GraphError, JobFileError, JobProblems, LimitError, Location,
+from .. import limits
+from ..errors import (GradsvcError, GraphError, JobFileError, JobProblems, LimitError, Location,
                      UsageError)
-from .expr import parse_formula
+from ..core.expr import parse_formula
 from .grid import BEYOND_FLOAT64, Grid, build_grid
-from .ir import Graph, Node, build_graph, did_you_mean
-from .ops import CALLABLE
+from ..core.ir import Graph, Node, build_graph, did_you_mean
+from ..core.ops import CALLABLE
 from .source import Document, load_yaml, read_job_text
 
 

@@ -17,11 +17,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 from .explain import check_point, number_text
 from .plot import pyplot
-from .reference import backward, forward
-from .spec import Job
+from ..reference.backprop import backward, forward
+from ..job.spec import Job
 
 FORMATS = (".svg", ".png", ".dot", ".gv")
 SWEEPS = 4  # barycenter passes each way

@@ -141,7 +141,7 @@ def _where_partials(args: tuple, out: float) -> tuple:
 
 
 def _comparison(name: str, symbol: str, jax_name: str, test: Callable[[float, float], bool]) -> "Op":
-    return Op(name, 2, f"gradsvc.jaxops.{jax_name}", lambda a, b: 1.0 if test(a, b) else 0.0,
+    return Op(name, 2, f"gradsvc.engine.jaxops.{jax_name}", lambda a, b: 1.0 if test(a, b) else 0.0,
               lambda a, o: (0.0, 0.0), f"a {symbol} b is 1 or 0: no gradient (the edge is cut)",
               symbol=symbol, branch=_order_branch, no_gradient=True, partial_texts=("0", "0"))
 
@@ -152,7 +152,7 @@ def _comparison(name: str, symbol: str, jax_name: str, test: Callable[[float, fl
 class Op:
     name: str
     arity: int
-    jax: str  # dotted name of the JAX function, resolved by gradsvc.jaxrun
+    jax: str  # dotted name of the JAX function, resolved by gradsvc.engine.jaxrun
     value: Callable[..., float]
     # partials(args, out) -> one local derivative d(out)/d(arg_i) per argument
     partials: Callable[[tuple, float], tuple]
@@ -250,7 +250,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        branch=_order_branch,
        partial_texts=("(1 if {0} < {1} else 0.5 if {0} == {1} else 0)",
                       "(1 if {1} < {0} else 0.5 if {0} == {1} else 0)")),
-    Op("where", 3, "gradsvc.jaxops.where", lambda c, a, b: a if c != 0 else b, _where_partials,
+    Op("where", 3, "gradsvc.engine.jaxops.where", lambda c, a, b: a if c != 0 else b, _where_partials,
        "d where(c,a,b)/da = 1 where c holds, else 0 (and the other way for b); c is a comparison",
        zero_blocks=True, partial_texts=("0", "(1 if {0} else 0)", "(0 if {0} else 1)"),
        doc="where(x > 0, a, b): a where the comparison holds, else b"),

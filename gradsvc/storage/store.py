@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Location, ResultError
+from ..errors import Location, ResultError
 from .integrity import ChecksummedFile, find_damage, record_of, wants_checksums
-from .spec import Job
+from ..job.spec import Job
 
 CSV_MAX_POINTS = 10_000  # grids up to this many points also get results.csv
 FORMAT_VERSION = 2  # 2: summary.json records each file's size and CRC-32; axes in the job's dtype
@@ -47,7 +47,7 @@ def _versions() -> dict:
     import jax
     import jaxlib
 
-    from . import __version__
+    from .. import __version__
     return {"gradsvc": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
 
@@ -55,7 +55,7 @@ def _versions() -> dict:
 def result_key(job: Job) -> dict:
     """What must match for an existing result to count as this job's: the job text, the resolved
     settings and the gradsvc version."""
-    from . import __version__
+    from .. import __version__
     return {"content_hash": job.content_hash, "settings": job.settings.model_dump(),
             "gradsvc_version": __version__, "format": FORMAT_VERSION}
 
@@ -157,8 +157,8 @@ class DiskSink:
     """
 
     def __init__(self, job: Job, folder: Path):
-        from .api import kept_nodes
-        from .jaxrun import DTYPES
+        from ..api import kept_nodes
+        from ..engine.jaxrun import DTYPES
         graph = job.graph
         self.folder = folder
         self.size, self.dtype = job.grid.size, DTYPES[job.settings.dtype]
@@ -254,7 +254,7 @@ def write_result(out: Path, job: Job, execute, progress=None) -> Written:
 def _axes_as_run(job: Job) -> list[tuple[str, np.ndarray]]:
     """Each input's axis in the job's dtype: the numbers the kernel computed with (a float32
     job's 0.1 is 0.100000001490116..., not float64's 0.1)."""
-    from .jaxrun import DTYPES
+    from ..engine.jaxrun import DTYPES
     dtype = DTYPES[job.settings.dtype]
     return [(axis.name, axis.values.astype(dtype)) for axis in job.grid.axes]
 
@@ -273,7 +273,7 @@ def _write_axes(folder: Path, job: Job) -> dict[str, dict]:
 
 
 def _summary(job: Job, done, files: dict[str, dict]) -> dict:
-    from .report import json_safe
+    from ..teaching.report import json_safe
     graph, grid = job.graph, job.grid
     return json_safe({
         "complete": True,

@@ -186,7 +186,7 @@ def _print_verify(result, console: Console) -> None:
             console.print(f"    point {item['index']} ({_coords(item['coords'])}): {item['quantity']} "
                           f"jax={_fmt(item['jax'])} reference={_fmt(item['reference'])} "
                           f"({item['reason']})")
-    from .api import RECOMPILED  # loaded already: the result came from it
+    from ..api import RECOMPILED  # loaded already: the result came from it
     t = result.timings
     if t.get("compiled_from") == RECOMPILED:
         console.print("  the kernel first used (from a cache) disagreed with the reference: it was "

@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import limits
-from .errors import (GradsvcError, JobFileError, JobProblems, LimitError, Location,
+from .. import limits
+from ..errors import (GradsvcError, JobFileError, JobProblems, LimitError, Location,
                      UsageError)
 
 

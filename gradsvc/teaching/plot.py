@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 from .explain import ancestors, formula_uses
-from .ir import Graph
+from ..core.ir import Graph
 
 MAX_LINE_POINTS = 100_000
 MAX_SIDE_CELLS = 1_000
@@ -42,7 +42,7 @@ class Grids:
 
 
 def from_job(job) -> Grids:
-    from .api import run
+    from ..api import run
     result = run(job, keep_values="outputs")
     g = job.graph
     return Grids(job.name, job.grid.mode, {a.name: a.values for a in job.grid.axes},
@@ -50,8 +50,8 @@ def from_job(job) -> Grids:
 
 
 def from_folder(folder: Path) -> Grids:
-    from .spec import job_from_dict
-    from .store import load_result
+    from ..job.spec import job_from_dict
+    from ..storage.store import load_result
     if (folder / "batch.json").is_file():
         jobs = sorted(p.name for p in folder.iterdir() if (p / "summary.json").is_file())
         raise UsageError(f"{folder} holds a whole batch; plot one job's folder inside it",
@@ -227,7 +227,7 @@ def _label(ax, label: str, bad: np.ndarray, drawn: Drawn, x_name: str) -> None:
 def _kink_mask(grids: Grids, coords: dict[str, np.ndarray]) -> np.ndarray | None:
     """Which points have an op exactly on a kink: the reference's forward pass at each point
     (only for graphs that have kinked ops). None when there are too many points to check."""
-    from .reference import forward
+    from ..reference.backprop import forward
     g = grids.graph
     kinked = [n for n in g.nodes if n.primitive is not None and n.primitive.branch is not None]
     n_points = len(next(iter(coords.values())))

@@ -15,8 +15,8 @@ import ast
 import math
 import re
 
-from . import limits
-from .errors import FormulaError, LimitError, Location
+from .. import limits
+from ..errors import FormulaError, LimitError, Location
 from .ir import Node, did_you_mean
 from .ops import BINARY_SYMBOLS, CALLABLE, COMPARISONS, CONSTANTS
 

@@ -32,10 +32,11 @@ import numpy as np
 from jax._src import config as jax_states  # jax.config's options, as context managers
 from jax.experimental import serialize_executable
 
-from . import fastmath, ops
-from .grid import Grid
-from .ir import Graph
-from .ops import op_for
+from . import fastmath
+from ..core import ops
+from ..job.grid import Grid
+from ..core.ir import Graph
+from ..core.ops import op_for
 
 
 def _kernel_source_hash() -> str:
@@ -94,7 +95,7 @@ def jax_compile_cache(enabled: bool = True):
 
 def executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
                    kept: tuple[str, ...], fast: bool, quick: bool = False) -> str:
-    from . import __version__
+    from .. import __version__
     import jaxlib
     implementations = sorted({(n.op, n.param, op_for(n.op, n.param).jax)
                               for n in graph.nodes if n.primitive is not None})

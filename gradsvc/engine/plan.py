@@ -19,9 +19,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from . import limits
+from .. import limits
 from .jaxrun import uses_fast_ops
-from .spec import Job
+from ..job.spec import Job
 
 HOT_POINTS = 3_000_000  # about where a fresh fast kernel's longer compile is repaid
 QUICK_MAX_POINTS = 100_000  # up to here an unoptimised kernel's slower run costs less than it saves

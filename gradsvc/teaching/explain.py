@@ -19,10 +19,10 @@ import math
 import tokenize
 from dataclasses import asdict, dataclass, field
 
-from .errors import UsageError
-from .ir import Graph
-from .reference import backward, forward, run_point
-from .spec import as_job
+from ..errors import UsageError
+from ..core.ir import Graph
+from ..reference.backprop import backward, forward, run_point
+from ..job.spec import as_job
 
 LANGS = ("en", "id")
 CENTRAL_STEP = 1e-6  # relative step of the central difference shown where a bump is not exact
@@ -76,7 +76,7 @@ def explain(job, point: int = 0, lang: str = "en") -> Explanation:
       point: the grid point's index.
       lang: "en" (English) or "id" (Indonesian, the seed notebook's language).
 
-    >>> from gradsvc.spec import job_from_text
+    >>> from gradsvc.job.spec import job_from_text
     >>> job = job_from_text("inputs: {a: 2, b: 3, d: 4}\\ngraph: {c: a * b, e: c * d}\\noutputs: [e]")
     >>> [line.strip() for line in explain(job).text.splitlines() if "de/da =" in line]
     ['de/da = de/dc · dc/da = 4 · 3 = 12']

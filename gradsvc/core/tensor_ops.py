@@ -1,0 +1,358 @@
+"""The tensor operations: for each, its shape rule, its JAX lowering and its reference expansion.
+
+Elementwise operations (the scalar table in `ops`) apply to tensors with numpy's broadcasting and need
+nothing here. Each structural operation below has one entry, read by every layer:
+  - `shape(arg_shapes, param)`: the result's shape at one grid point, or `ShapeError` naming the
+    shapes involved (checked when the graph links, before anything runs);
+  - `lower(jnp, args, param)`: the computation in JAX (`jnp` is passed in, so that this module, like
+    the reference, imports only the standard library); JAX differentiates it by its own rules;
+  - `expand(emit, args, param)`: the same computation written with scalar operations of `ops`, for
+    the reference: `args` are `Elements` (a shape and the names of its element nodes in C order),
+    `emit(op, args, param=None, const=None)` appends one scalar node and returns its name. The
+    reference differentiates the expansion with the scalar rules, by its own reverse mode: when the
+    two backends agree, that is evidence, not a tautology;
+  - `rule`: the derivative rule as people write it (`gradsvc ops`, `gradsvc explain`).
+
+`param` is a hashable parameter the parser sets: the axis of a reduction (None for all axes), the
+target shape of `reshape`, the subscript of `index` (one item per position: an int, or
+("slice", start, stop, step)).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+Shape = tuple[int, ...]
+Elements = tuple[Shape, tuple[str, ...]]  # a tensor in the reference: its shape, its elements' names
+
+
+class ShapeError(ValueError):
+    """Shapes an operation cannot take; the message names them (the IR adds where)."""
+
+
+def broadcast(*shapes: Shape) -> Shape:
+    """numpy's broadcasting of shapes (right-aligned; a 1 stretches to the other's length)."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for dims in zip(*((1,) * (ndim - len(s)) + tuple(s) for s in shapes)):
+        longer = {d for d in dims if d != 1}
+        if len(longer) > 1:
+            raise ShapeError("shapes " + " and ".join(map(_text, shapes)) + " do not broadcast "
+                             f"(lengths {' vs '.join(map(str, sorted(longer)))} in one dimension)")
+        out.append(longer.pop() if longer else 1)
+    return tuple(out)
+
+
+def broadcast_index(index: Shape, shape: Shape) -> Shape:
+    """Which element of a tensor of `shape` broadcasting reads for the result's element `index`."""
+    offset = len(index) - len(shape)
+    return tuple(0 if d == 1 else i for i, d in zip(index[offset:], shape))
+
+
+def _text(shape: Shape) -> str:
+    return "()" if not shape else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def indices(shape: Shape):
+    """Every index of a tensor of `shape`, in C order."""
+    return itertools.product(*(range(n) for n in shape))
+
+
+def flat(index: Shape, shape: Shape) -> int:
+    position = 0
+    for i, n in zip(index, shape):
+        position = position * n + i
+    return position
+
+
+def _at(tensor: Elements, index: Shape) -> str:
+    shape, names = tensor
+    return names[flat(index, shape)]
+
+
+def _fold(emit, op: str, names: list[str]) -> str:
+    """names[0] op names[1] op ... from the left: how the reference sums or multiplies."""
+    total = names[0]
+    for name in names[1:]:
+        total = emit(op, (total, name))
+    return total
+
+
+# --- matmul and dot ---
+
+def _matmul_shape(shapes: list[Shape], param) -> Shape:
+    a, b = shapes
+    if not a or not b or len(a) > 2 or len(b) > 2:
+        raise ShapeError(f"@ and dot take vectors or matrices, got shapes {_text(a)} and {_text(b)}"
+                         + (": use * to scale by a scalar" if not a or not b else ""))
+    if a[-1] != b[0]:
+        raise ShapeError(f"shapes {_text(a)} and {_text(b)} do not line up for a product: "
+                         f"{a[-1]} (last of the first) != {b[0]} (first of the second)")
+    return a[:-1] + b[1:]
+
+
+def _matmul_expand(emit, args: list[Elements], param) -> Elements:
+    (sa, _), (sb, _) = a, b = args
+    shape = sa[:-1] + sb[1:]
+    out = []
+    for index in indices(shape):
+        row, col = index[:len(sa) - 1], index[len(sa) - 1:]
+        terms = [emit("mul", (_at(a, row + (k,)), _at(b, (k,) + col))) for k in range(sa[-1])]
+        out.append(_fold(emit, "add", terms))
+    return shape, tuple(out)
+
+
+# --- rearrangements: no arithmetic, the reference only renames ---
+
+def _transpose_shape(shapes: list[Shape], param) -> Shape:
+    return shapes[0][::-1]
+
+
+def _transpose_expand(emit, args: list[Elements], param) -> Elements:
+    x = args[0]
+    shape = x[0][::-1]
+    return shape, tuple(_at(x, index[::-1]) for index in indices(shape))
+
+
+def _reshape_shape(shapes: list[Shape], param: Shape) -> Shape:
+    size = math.prod(shapes[0])
+    unknown = [i for i, n in enumerate(param) if n == -1]
+    if len(unknown) > 1 or any(n < -1 or n == 0 for n in param):
+        raise ShapeError(f"reshape's target {list(param)} may hold positive lengths and one -1")
+    known = math.prod(n for n in param if n != -1)
+    if unknown:
+        if size % known:
+            raise ShapeError(f"cannot reshape {_text(shapes[0])} ({size} elements) to "
+                             f"{list(param)}: {size} is not a multiple of {known}")
+        param = tuple(size // known if n == -1 else n for n in param)
+    if math.prod(param) != size:
+        raise ShapeError(f"cannot reshape {_text(shapes[0])} ({size} elements) to "
+                         f"{_text(tuple(param))} ({math.prod(param)} elements)")
+    return tuple(param)
+
+
+def _reshape_expand(emit, args: list[Elements], param) -> Elements:
+    return _reshape_shape([args[0][0]], param), args[0][1]
+
+
+def _stack_shape(shapes: list[Shape], param) -> Shape:
+    if len(set(shapes)) > 1:
+        raise ShapeError("stack needs equal shapes, got " + ", ".join(map(_text, shapes)))
+    return (len(shapes),) + shapes[0]
+
+
+def _stack_expand(emit, args: list[Elements], param) -> Elements:
+    return (len(args),) + args[0][0], tuple(n for _, names in args for n in names)
+
+
+def _concat_shape(shapes: list[Shape], param) -> Shape:
+    if any(not s for s in shapes) or len({s[1:] for s in shapes}) > 1:
+        raise ShapeError("concat joins vectors or tensors that agree past their first axis, got "
+                         + ", ".join(map(_text, shapes)))
+    return (sum(s[0] for s in shapes),) + shapes[0][1:]
+
+
+def _concat_expand(emit, args: list[Elements], param) -> Elements:
+    return _concat_shape([s for s, _ in args], param), tuple(n for _, names in args for n in names)
+
+
+def _index_items(shape: Shape, param: tuple) -> list:
+    """Each subscript item as an int (in range, not negative) or a range of ints."""
+    if len(param) > len(shape):
+        raise ShapeError(f"{len(param)} subscripts for shape {_text(shape)}, which has "
+                         f"{len(shape)} ax{'is' if len(shape) == 1 else 'es'}")
+    items = []
+    for axis, (item, n) in enumerate(zip(param, shape)):
+        if isinstance(item, int):
+            if not -n <= item < n:
+                raise ShapeError(f"index {item} is out of range for axis {axis} of length {n} "
+                                 f"(shape {_text(shape)})")
+            items.append(item % n)
+        else:
+            _, start, stop, step = item
+            if step == 0:
+                raise ShapeError("a slice step cannot be 0")
+            chosen = range(*slice(start, stop, step).indices(n))
+            if not chosen:
+                raise ShapeError(f"the slice {_slice_text(item)} selects nothing from axis {axis} "
+                                 f"of length {n}")
+            items.append(chosen)
+    return items + [range(n) for n in shape[len(param):]]
+
+
+def _slice_text(item: tuple) -> str:
+    _, start, stop, step = item
+    text = f"{'' if start is None else start}:{'' if stop is None else stop}"
+    return text + (f":{step}" if step is not None else "")
+
+
+def _index_shape(shapes: list[Shape], param) -> Shape:
+    return tuple(len(i) for i in _index_items(shapes[0], param) if isinstance(i, range))
+
+
+def _index_expand(emit, args: list[Elements], param) -> Elements:
+    x = args[0]
+    items = _index_items(x[0], param)
+    picks = [(i,) if isinstance(i, int) else tuple(i) for i in items]
+    shape = tuple(len(i) for i in items if isinstance(i, range))
+    return shape, tuple(_at(x, index) for index in itertools.product(*picks))
+
+
+# --- reductions along an axis (or all axes) ---
+
+def _axis(shape: Shape, axis: int | None, what: str) -> int | None:
+    if axis is None:
+        return None
+    if not -len(shape) <= axis < len(shape) or not shape:
+        raise ShapeError(f"{what}: axis={axis} is out of range for shape {_text(shape)}")
+    return axis % len(shape)
+
+
+def _reduce_shape(what: str) -> Callable:
+    def shape_rule(shapes: list[Shape], param) -> Shape:
+        axis = _axis(shapes[0], param, what)
+        return () if axis is None else shapes[0][:axis] + shapes[0][axis + 1:]
+    return shape_rule
+
+
+def _groups(x: Elements, axis: int | None) -> tuple[Shape, list[list[str]]]:
+    """The result's shape, and for each of its elements the elements of `x` reduced into it."""
+    shape, _ = x
+    if axis is None:
+        return (), [list(x[1])]
+    out_shape = shape[:axis] + shape[axis + 1:]
+    groups = [[_at(x, index[:axis] + (k,) + index[axis:]) for k in range(shape[axis])]
+              for index in indices(out_shape)]
+    return out_shape, groups
+
+
+def _reduce_expand(op: str, divide: bool = False) -> Callable:
+    def expand(emit, args: list[Elements], param) -> Elements:
+        shape, groups = _groups(args[0], _axis(args[0][0], param, op))
+        out = []
+        for group in groups:
+            total = _fold(emit, op, group)
+            if divide:  # mean: the sum divided by the count, as jnp.mean computes it
+                total = emit("div", (total, emit("const", (), const=float(len(group)))))
+            out.append(total)
+        return shape, tuple(out)
+    return expand
+
+
+def _cumsum_axis(shape: Shape, param) -> int:
+    if not shape:
+        raise ShapeError("cumsum needs a vector or a tensor, got a scalar")
+    return _axis(shape, -1 if param is None else param, "cumsum")
+
+
+def _cumsum_shape(shapes: list[Shape], param) -> Shape:
+    _cumsum_axis(shapes[0], param)
+    return shapes[0]
+
+
+def _cumsum_expand(emit, args: list[Elements], param) -> Elements:
+    x = args[0]
+    shape = x[0]
+    axis = _cumsum_axis(shape, param)
+    out = list(x[1])
+    for index in indices(shape[:axis] + shape[axis + 1:]):
+        running = None
+        for k in range(shape[axis]):
+            at = flat(index[:axis] + (k,) + index[axis:], shape)
+            running = out[at] if running is None else emit("add", (running, out[at]))
+            out[at] = running
+    return shape, tuple(out)
+
+
+# --- the trapezoid integral ---
+
+def _trapz_shape(shapes: list[Shape], param) -> Shape:
+    y, x = shapes
+    if not y or len(x) != 1 or x[0] != y[-1]:
+        raise ShapeError(f"trapz(y, x) integrates along y's last axis over a vector x of the "
+                         f"same length, got y {_text(y)} and x {_text(x)}")
+    if x[0] < 2:
+        raise ShapeError(f"trapz needs at least 2 samples, got {x[0]}")
+    return y[:-1]
+
+
+def _trapz_expand(emit, args: list[Elements], param) -> Elements:
+    """0.5 * sum((x[i+1] - x[i]) * (y[i+1] + y[i])), in jnp.trapezoid's order."""
+    y, x = args
+    n = x[0][0]
+    steps = [emit("sub", (x[1][i + 1], x[1][i])) for i in range(n - 1)]
+    half = emit("const", (), const=0.5)
+    out = []
+    for index in indices(y[0][:-1]):
+        terms = [emit("mul", (steps[i], emit("add", (_at(y, index + (i + 1,)), _at(y, index + (i,))))))
+                 for i in range(n - 1)]
+        out.append(emit("mul", (half, _fold(emit, "add", terms))))
+    return y[0][:-1], tuple(out)
+
+
+@dataclass(frozen=True)
+class TensorOp:
+    name: str
+    min_args: int
+    max_args: int | None  # None: any number
+    shape: Callable[[list[Shape], object], Shape]
+    lower: Callable  # (jnp, args, param) -> array
+    expand: Callable  # (emit, args: list[Elements], param) -> Elements
+    rule: str
+    axis_keyword: bool = False  # accepts `axis=<integer literal>`
+
+    def result_shape(self, shapes: list[Shape], param) -> Shape:
+        return self.shape(list(shapes), param)
+
+
+def _with_axis(fn_name: str) -> Callable:
+    return lambda jnp, args, param: getattr(jnp, fn_name)(args[0], axis=param)
+
+
+TENSOR_OPS: dict[str, TensorOp] = {op.name: op for op in [
+    TensorOp("matmul", 2, 2, _matmul_shape, lambda jnp, a, p: jnp.matmul(*a), _matmul_expand,
+             "d(A@B)/dA = g Bᵀ, d(A@B)/dB = Aᵀ g  (g: the gradient arriving at A@B)"),
+    TensorOp("dot", 2, 2, _matmul_shape, lambda jnp, a, p: jnp.matmul(*a), _matmul_expand,
+             "dot(a, b) is a @ b for vectors and matrices: d/da = g bᵀ, d/db = aᵀ g"),
+    TensorOp("transpose", 1, 1, _transpose_shape, lambda jnp, a, p: jnp.transpose(a[0]),
+             _transpose_expand, "d transpose(x)/dx: the arriving gradient, transposed back"),
+    TensorOp("reshape", 1, 1, _reshape_shape, lambda jnp, a, p: jnp.reshape(a[0], p),
+             _reshape_expand, "d reshape(x)/dx: the arriving gradient, reshaped back"),
+    TensorOp("stack", 1, None, _stack_shape, lambda jnp, a, p: jnp.stack(a), _stack_expand,
+             "d stack(a, b, ...)/da: slice 0 of the arriving gradient (1 for b, ...)"),
+    TensorOp("concat", 1, None, _concat_shape, lambda jnp, a, p: jnp.concatenate(a),
+             _concat_expand, "d concat(a, b, ...)/da: the arriving gradient's rows that came from a"),
+    TensorOp("index", 1, 1, _index_shape, lambda jnp, a, p: a[0][_jax_subscript(p)], _index_expand,
+             "d x[i]/dx = 1 at the selected elements, 0 elsewhere"),
+    TensorOp("sum", 1, 1, _reduce_shape("sum"), _with_axis("sum"), _reduce_expand("add"),
+             "d sum(x)/dx_i = 1", axis_keyword=True),
+    TensorOp("mean", 1, 1, _reduce_shape("mean"), _with_axis("mean"),
+             _reduce_expand("add", divide=True), "d mean(x)/dx_i = 1/n", axis_keyword=True),
+    TensorOp("prod", 1, 1, _reduce_shape("prod"), _with_axis("prod"), _reduce_expand("mul"),
+             "d prod(x)/dx_i = the product of the other elements", axis_keyword=True),
+    TensorOp("amax", 1, 1, _reduce_shape("max"), _with_axis("max"), _reduce_expand("max"),
+             "d max(x)/dx_i = 1 for the largest element, 0 for the others (a tie is a kink)",
+             axis_keyword=True),
+    TensorOp("amin", 1, 1, _reduce_shape("min"), _with_axis("min"), _reduce_expand("min"),
+             "d min(x)/dx_i = 1 for the smallest element, 0 for the others (a tie is a kink)",
+             axis_keyword=True),
+    TensorOp("cumsum", 1, 1, _cumsum_shape,
+             lambda jnp, a, p: jnp.cumsum(a[0], axis=-1 if p is None else p), _cumsum_expand,
+             "d cumsum(x)_k/dx_i = 1 for i <= k", axis_keyword=True),
+    TensorOp("trapz", 2, 2, _trapz_shape, lambda jnp, a, p: jnp.trapezoid(a[0], a[1], axis=-1),
+             _trapz_expand, "d trapz(y, x)/dy_i = w_i, the trapezoid weights: (x_1 - x_0)/2 at the "
+             "first sample, (x_{i+1} - x_{i-1})/2 inside, (x_n - x_{n-1})/2 at the last"),
+]}
+
+
+def _jax_subscript(param: tuple) -> tuple:
+    return tuple(item if isinstance(item, int) else slice(*item[1:]) for item in param)
+
+
+def result_shape(op: str, shapes: list[Shape], param) -> Shape:
+    """The shape of a node of `op` (a tensor op or an elementwise one) with arguments of `shapes`."""
+    if op in TENSOR_OPS:
+        return TENSOR_OPS[op].result_shape(shapes, param)
+    return broadcast(*shapes)
