@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +20,7 @@ import numpy as np
 from . import limits
 from .engine import plan
 from .errors import LimitError
+from .engine.jacobians import derivative_shapes, uses_jacobians
 from .engine.jaxrun import DTYPES, Compiled, compile_graph, get_device, run_chunks
 from .engine.kcache import executable_key, executable_path, remove_entry, use_compile_cache
 from .job.spec import Job, as_job
@@ -28,9 +31,12 @@ from .verify import VerifyReport, candidate_points, checks_in_full, verify
 class Result:
     """Values and gradients of one job over its grid, in grid order, with the verification report.
 
-    `values[name]` is a 1-D array over points for every input and node; `grads[output][name]` the
-    gradient of `output` with respect to `name` (every `wrt` name). An input's values are its grid
-    coordinates; `shape` is the grid's shape (reshape any array to it for product grids).
+    Every array runs over points first: `values[name]` has shape (points, *node shape) for every
+    input and node; `grads[output][name]` (every `wrt` name) has shape (points, *output shape,
+    *name shape): the gradient of a scalar output, the Jacobian of a tensor output; with `order: 2`,
+    `hessians[output][a][b]` has shape (points, *a shape, *b shape) for every scalar output. A grid
+    input's values are its coordinates, a tensor input's the same tensor at every point (a view,
+    no copy); `shape` is the grid's shape (reshape the points axis to it for product grids).
     """
     job: Job
     values: dict[str, np.ndarray]
@@ -39,6 +45,7 @@ class Result:
     timings: dict[str, float]
     dtype: str
     device: str
+    hessians: dict[str, dict[str, dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
         # the generated one printed every array and the whole report: tens of kB for a small grid
@@ -59,9 +66,18 @@ class Result:
         return self.job.grid.shape
 
     def point(self, index: int) -> dict:
-        """Everything at one point: {"values": {name: v}, "grads": {out: {name: g}}}."""
-        return {"values": {n: float(a[index]) for n, a in self.values.items()},
-                "grads": {o: {n: float(a[index]) for n, a in g.items()} for o, g in self.grads.items()}}
+        """Everything at one point: {"values": {name: v}, "grads": {out: {name: g}}} (and
+        "hessians"), each a float or, for a tensor, nested lists."""
+        at = {"values": {n: _at(a, index) for n, a in self.values.items()},
+              "grads": {o: {n: _at(a, index) for n, a in g.items()} for o, g in self.grads.items()}}
+        if self.hessians:
+            at["hessians"] = {o: {a: {b: _at(h, index) for b, h in row.items()}
+                                  for a, row in rows.items()} for o, rows in self.hessians.items()}
+        return at
+
+
+def _at(array: np.ndarray, index: int):
+    return array[index].tolist() if array.ndim > 1 else float(array[index])
 
 
 # Jobs with the same graph structure compile once per process. Least recently used first, and
@@ -172,6 +188,13 @@ def _exact_twin(job: Job, compiled: Compiled) -> Callable[[], Compiled]:
     return build
 
 
+def result_shapes(job: Job) -> tuple[list[tuple], list[tuple]]:
+    """The shape at one point of each array a kernel returns: the kept values, then the
+    derivatives (Jacobians output-major, then Hessians)."""
+    graph = job.graph
+    return [graph.shape_of(n) for n in kept_nodes(job)], derivative_shapes(graph)
+
+
 class MemorySink:
     """Keeps every point's values and gradients in memory, one array per node and per gradient."""
 
@@ -179,14 +202,14 @@ class MemorySink:
 
     def __init__(self, job: Job):
         graph, size, dtype = job.graph, job.grid.size, DTYPES[job.settings.dtype]
-        n_values, n_grads = len(kept_nodes(job)), len(graph.outputs) * len(graph.wrt)
-        n_numbers = len(graph.inputs) + n_values + n_grads
+        self.shapes = result_shapes(job)
+        n_numbers = len(graph.grid_inputs) + sum(math.prod(s) for s in self.shapes[0] + self.shapes[1])
         if size * n_numbers * np.dtype(dtype).itemsize > limits.MAX_RESULT_BYTES:
             raise LimitError(f"{size:,} points x {n_numbers} numbers would need more than "
                              f"{limits.MAX_RESULT_BYTES:,} bytes in memory",
                              hint="use `gradsvc batch`, which streams results to disk, or "
                              "`wrt: inputs` (MAX_RESULT_BYTES)")
-        self.counts, self.dtype, self.size = (n_values, n_grads), dtype, size
+        self.dtype, self.size = dtype, size
         self.values: list[np.ndarray] | None = None
         self.grads: list[np.ndarray] | None = None
 
@@ -199,8 +222,8 @@ class MemorySink:
             self.values, self.grads = list(values), list(grads)
             return
         if self.values is None:
-            self.values = [np.empty(self.size, self.dtype) for _ in range(self.counts[0])]
-            self.grads = [np.empty(self.size, self.dtype) for _ in range(self.counts[1])]
+            self.values = [np.empty((self.size, *s), self.dtype) for s in self.shapes[0]]
+            self.grads = [np.empty((self.size, *s), self.dtype) for s in self.shapes[1]]
         for column, chunk in zip(self.values + self.grads, list(values) + list(grads)):
             column[start:stop] = chunk
 
@@ -263,7 +286,7 @@ def _run_and_verify(job: Job, compiled: Compiled, sink, progress, start: float) 
     s, graph, grid = job.settings, job.graph, job.grid
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
     kept = kept_nodes(job)
-    capture = _Capture(indices, len(kept), (len(graph.outputs), len(graph.wrt)), DTYPES[s.dtype])
+    capture = _Capture(indices, result_shapes(job), DTYPES[s.dtype])
 
     def on_chunk(lo: int, hi: int, values: list, grads: list) -> None:
         sink.write(lo, hi, values, grads)
@@ -275,34 +298,48 @@ def _run_and_verify(job: Job, compiled: Compiled, sink, progress, start: float) 
     recomputed = run_chunks(compiled, grid, on_chunk, _exact_twin(job, compiled))
     run_s = time.perf_counter() - run_start
     verify_start = time.perf_counter()
-    in_full = not sampled and checks_in_full(graph, len(indices), s.fd_points)
-    budget = None if in_full else s.verify_budget * (time.perf_counter() - start)
-    report = verify(graph, grid, s.dtype, indices, kept, capture.values, capture.grads,
-                    factor=s.tolerance.factor, fd_points=s.fd_points, fd_rtol=s.tolerance.fd_rtol,
-                    budget_s=budget, min_points=s.verify_min_points, seed=s.verify_seed)
+    budget = s.verify_budget * (time.perf_counter() - start)
+    options = dict(factor=s.tolerance.factor, fd_points=s.fd_points, fd_rtol=s.tolerance.fd_rtol,
+                   min_points=s.verify_min_points, seed=s.verify_seed)
+    if uses_jacobians(graph):  # whether it checks in full depends on its scalar view
+        from .verify_jacobians import verify_jacobians  # its reference parts load with it
+        report = verify_jacobians(graph, grid, s.dtype, indices, kept, capture.values,
+                                  capture.derivatives, budget_s=budget, sampled=sampled, **options)
+    else:
+        in_full = not sampled and checks_in_full(graph, len(indices), s.fd_points)
+        values, grads = capture.scalar_rows(len(graph.outputs), len(graph.wrt))
+        report = verify(graph, grid, s.dtype, indices, kept, values, grads,
+                        budget_s=None if in_full else budget, **options)
     return _Attempt(report, run_s, time.perf_counter() - verify_start, recomputed)
 
 
 class _Capture:
-    """The rows of chosen point indices, picked out of chunks as they stream past."""
+    """The rows of chosen point indices, picked out of chunks as they stream past: for each
+    kept value and each derivative, an array (chosen points, *its shape)."""
 
-    def __init__(self, indices: np.ndarray, n_values: int, grad_shape: tuple, dtype):
+    def __init__(self, indices: np.ndarray, shapes: tuple[list, list], dtype):
         self.order = np.argsort(indices, kind="stable")
         self.sorted = indices[self.order]
-        self.grad_shape = grad_shape
-        self.values = np.empty((len(indices), n_values), dtype)
-        self.grads = np.empty((len(indices), *grad_shape), dtype)
+        self.values = [np.empty((len(indices), *s), dtype) for s in shapes[0]]
+        self.derivatives = [np.empty((len(indices), *s), dtype) for s in shapes[1]]
+        self.dtype = dtype
 
-    def take(self, lo: int, hi: int, values: list, grads: list) -> None:
+    def take(self, lo: int, hi: int, values: list, derivatives: list) -> None:
         a, b = np.searchsorted(self.sorted, [lo, hi])
         if a == b:
             return
         rows, local = self.order[a:b], self.sorted[a:b] - lo
-        for j, column in enumerate(values):
-            self.values[rows, j] = column[local]
-        flat = self.grads.reshape(len(self.grads), -1)
-        for j, column in enumerate(grads):
-            flat[rows, j] = column[local]
+        for kept, column in zip(self.values + self.derivatives, list(values) + list(derivatives)):
+            kept[rows] = column[local]
+
+    def scalar_rows(self, n_outputs: int, n_wrt: int) -> tuple[np.ndarray, np.ndarray]:
+        """A scalar job's rows as the scalar verification takes them: values (points, kept),
+        gradients (points, outputs, wrt)."""
+        n = len(self.order)
+        values = np.stack(self.values, axis=1) if self.values else np.empty((n, 0), self.dtype)
+        grads = (np.stack(self.derivatives, axis=1) if self.derivatives
+                 else np.empty((n, 0), self.dtype))
+        return values, grads.reshape(n, n_outputs, n_wrt)
 
 
 def run(job, *, dtype: str | None = None, device: str | None = None, config=None,
@@ -323,10 +360,15 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
     done = execute(job, sink)
     graph, grid = job.graph, job.grid
     coords = grid.coords(np.arange(grid.size)).astype(DTYPES[job.settings.dtype])
-    value_arrays = {name: coords[:, j] for j, name in enumerate(graph.inputs)}
+    value_arrays = {name: coords[:, j] for j, name in enumerate(grid.names)}
+    for name, tensor in grid.tensors.items():  # the same at every point: a view, no copy
+        value_arrays[name] = np.broadcast_to(tensor.astype(DTYPES[job.settings.dtype]),
+                                             (grid.size, *tensor.shape))
+    value_arrays = {name: value_arrays[name] for name in graph.inputs}  # in the file's order
     value_arrays.update(dict(zip(kept_nodes(job), sink.values)))
-    n_wrt = len(graph.wrt)
-    grad_arrays = {out: {name: sink.grads[o * n_wrt + w] for w, name in enumerate(graph.wrt)}
-                   for o, out in enumerate(graph.outputs)}
+    derivatives = iter(sink.grads)
+    grad_arrays = {out: {name: next(derivatives) for name in graph.wrt} for out in graph.outputs}
+    hessians = {out: {a: {b: next(derivatives) for b in graph.wrt} for a in graph.wrt}
+                for out in graph.hessian_outputs}
     return Result(job, value_arrays, grad_arrays, done.verify, done.timings, job.settings.dtype,
-                  done.device)
+                  done.device, hessians)

@@ -14,6 +14,9 @@ MAX_GRID_POINTS = 1_000_000_000  # points in a whole grid (never materialised, b
 MAX_RESULT_BYTES = 4_000_000_000  # values + gradients `run` may hold in memory for one job
 MAX_INT_EXPONENT = 64  # `x ** n` with |n| up to this uses exact repeated multiplication (integer_pow)
 MAX_NAME_CHARS = 64  # characters in an input or node name
+MAX_DATA_FILE_BYTES = 100_000_000  # data files (.npy, .csv) one job reads, in all: each checked before it is read
+MAX_TENSOR_ELEMENTS = 10_000_000  # elements of one job's tensor inputs, in all (checked before allocating)
+MAX_TENSOR_DIMS = 8  # dimensions of one tensor input
 MAX_COMPILED_KERNELS = 256  # compiled kernels one process keeps (each holds memory mappings)
 
 ALL = {name: value for name, value in globals().items() if name.startswith("MAX_")}

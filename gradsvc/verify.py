@@ -105,6 +105,10 @@ class VerifyReport:
     # this very check (same graph and op table, points, JAX numbers and settings) was done before
     # in this process: its outcome, which cannot differ, is what this report holds
     repeated: bool = False
+    # tensor jobs only (verify_jacobians): how many numbers were compared out of how many, and the
+    # Hessian comparisons
+    elements: dict = field(default_factory=dict)
+    hessians: dict = field(default_factory=dict)
 
 
 def candidate_points(size: int, cap: int, seed: int) -> tuple[np.ndarray, bool]:

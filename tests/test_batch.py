@@ -33,7 +33,9 @@ def batch_out(tmp_path_factory):
 def test_one_folder_per_job_with_arrays_summary_and_csv(batch_out):
     out, result = batch_out
     names = {"seed-chain", "seed-sum-product", "logistic-curve", "rosenbrock-grid",
-             "damped-oscillator", "kinks-and-domains"}
+             "damped-oscillator", "kinks-and-domains", "least-squares", "logistic-regression",
+             "mlp-micrograd", "jacobian-forward", "jacobian-reverse",
+             "functional-trapz"}
     assert {p.name for p in out.iterdir() if p.is_dir()} == names
     assert "batch summary" in result.stdout
     chain = out / "seed-chain"

@@ -51,7 +51,7 @@ def test_e_is_an_ordinary_name():
 
 @pytest.mark.parametrize("formula, message, col", [
     ("x.real", "attribute access", 1),
-    ("x[0]", "indexing", 1),
+    ("x[i]", "subscripts may only hold integer literals", 3),  # x[0] is indexing: allowed
     ("x if y else 1", "`x if c else y`", 1),
     ("x == y", "only the comparisons > >= < <= are allowed", 1),
     ("x != y", "only the comparisons > >= < <= are allowed", 1),

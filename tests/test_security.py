@@ -102,3 +102,62 @@ def test_cli_never_shows_a_traceback_for_attacks(write_job, canary):
     path = write_job(job_with(f"\"__import__('os').system('touch {canary}')\""))
     result = cli("run", path)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
+
+
+def test_axis_keyword_with_an_os_call(canary):
+    """sum(x, axis=__import__('os').system(...)): axis= takes an integer literal only."""
+    e = refused(job_with(f"\"sum(x, axis=__import__('os').system('touch {canary}'))\""), FormulaError)
+    assert e.message.startswith("axis= must be an integer literal, not the call")
+    assert (e.where.line, e.where.col) == (3, 19)  # the call, not the keyword
+
+
+def test_axis_keyword_with_a_name():
+    """sum(x, axis=x): a name where an integer literal belongs."""
+    assert refused(job_with('"sum(x, axis=x)"'), FormulaError).message == \
+        "axis= must be an integer literal, not the name 'x'"
+
+
+def test_keyword_other_than_axis(canary):
+    """sum(x, key=open(...)) and sum(x, **{...}): axis= is the only keyword formulas allow."""
+    e = refused(job_with(f"\"sum(x, key=open('{canary}', 'w'))\""), FormulaError)
+    assert e.message == "sum() takes only the keyword axis=, not key="
+    refused(job_with("\"sum(x, **{'axis': 0})\""), FormulaError)
+
+
+def test_keyword_on_a_function_without_axis(canary):
+    """dot(x, x, axis=...) and exp(x=...): other functions take no keywords at all."""
+    e = refused(job_with(f"\"dot(x, x, axis=__import__('os').system('touch {canary}'))\""),
+                FormulaError)
+    assert e.message == "dot() takes no keyword arguments"
+
+
+def test_subscript_with_an_os_call(canary):
+    """x[__import__('os').system(...)]: subscripts hold integer literals only."""
+    e = refused(job_with(f"\"x[__import__('os').system('touch {canary}')]\""), FormulaError)
+    assert e.message.startswith("subscripts may only hold integer literals, not the call")
+    assert (e.where.line, e.where.col) == (3, 9)  # inside the brackets
+
+
+def test_subscript_with_a_name_or_a_slice_bound_call(canary):
+    """x[x] and x[:eval(...)]: no names or calls inside subscripts, slice bounds included."""
+    assert "not the name 'x'" in refused(job_with('"x[x]"'), FormulaError).message
+    e = refused(job_with(f"\"x[:eval('open(\\\"{canary}\\\", \\\"w\\\")')]\""), FormulaError)
+    assert e.message.startswith("slices may only hold integer literals, not the call eval(")
+
+
+def test_subscript_with_a_walrus_or_a_lambda():
+    """x[(y := 0)] and x[(lambda: 0)()]: refused as non-literals."""
+    refused(job_with('"x[(y := 0)]"'), FormulaError)
+    refused(job_with('"x[(lambda: 0)()]"'), FormulaError)
+
+
+def test_reshape_target_with_a_call(canary):
+    """reshape(x, [__import__('os').system(...)]): the target shape holds integer literals only."""
+    e = refused(job_with(f"\"reshape(x, [__import__('os').system('touch {canary}')])\""), FormulaError)
+    assert e.message.startswith("reshape()'s target shape may only hold integer literals, not the "
+                                "call")
+
+
+def test_huge_index_literal():
+    """x[99...9] (3000 digits): refused before numpy could overflow on it."""
+    assert "is too large" in refused(job_with('"x[' + "9" * 3000 + ']"'), FormulaError).message

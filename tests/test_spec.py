@@ -142,7 +142,7 @@ def test_schema_is_json_schema_with_every_top_level_key():
     schema = job_schema()
     json.dumps(schema)
     assert set(schema["properties"]) == {"name", "description", "inputs", "grid", "graph",
-                                         "outputs", "wrt", "settings"}
+                                         "outputs", "wrt", "order", "mode", "settings"}
     assert set(schema["required"]) == {"inputs", "graph", "outputs"}
 
 

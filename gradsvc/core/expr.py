@@ -1,45 +1,76 @@
 """Formula text -> primitive IR nodes, through an `ast` allow-list. Nothing is ever evaluated.
 
-The language: numbers, names, `+ - * / **`, unary `-` and `+`, the comparisons `> >= < <=` (1 or 0,
-no gradient), parentheses, and calls of the functions in `ops.CALLABLE` (`where`'s condition must be
-a comparison); `pi` is a constant unless an input or node takes that name. Every other Python
-construct (attributes, subscripts, lambdas, comprehensions, strings, keywords, unknown functions...) is
-rejected with its column and a hint. Length and nesting depth are bounded by `limits`.
+The language: numbers, names, `+ - * / **` and `@` (matrix product), unary `-` and `+`, the comparisons
+`> >= < <=` (1 or 0, no gradient), parentheses, calls of the elementwise functions in `ops.CALLABLE`
+(`where`'s condition must be a comparison) and of the tensor functions in `tensor_ops.TENSOR_OPS`
+(`dot transpose reshape stack concat sum mean prod max min cumsum trapz`; one-argument `max(x)` and
+`min(x)` are the reductions `amax`/`amin`, two-argument ones stay elementwise), and subscripts
+(`v[0]`, `v[-1]`, `v[1:3]`, `v[::2]`, `M[:, 0]`, `M[1, 0]`). Subscripts, `axis=` and `reshape`'s
+target shape (`reshape(x, [2, -1])`) hold integer literals only; `axis=` is the only keyword, taken
+by the reductions and `cumsum`. `pi` is a constant unless an input or node takes that name. Every other
+Python construct (attributes, names or calls inside subscripts, lambdas, comprehensions, strings, other
+keywords, unknown functions...) is rejected with its column and a hint. Shapes are not checked here:
+the graph infers them when it links. Length and nesting depth are bounded by `limits`.
 
 >>> [n.op for n in parse_formula("z", "x * sin(y) ** 2", Location("job.yaml", 3, 6), {"x", "y"})]
 ['sin', 'ipow', 'mul']
+>>> [(n.op, n.param) for n in parse_formula("z", "mean(W[0] * v, axis=-1)", Location("job.yaml", 3, 6),
+...                                             {"W", "v"})]
+[('index', (0,)), ('mul', None), ('mean', -1)]
 """
 from __future__ import annotations
 
 import ast
 import math
 import re
+from dataclasses import replace
 
 from .. import limits
 from ..errors import FormulaError, LimitError, Location
 from .ir import Node, did_you_mean
 from .ops import BINARY_SYMBOLS, CALLABLE, COMPARISONS, CONSTANTS
+from .tensor_ops import TENSOR_OPS, TensorOp
 
-_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.MatMult: "@"}
 _COMPARE = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
 
 _WHY_NOT = {  # friendlier words for constructs people try
-    ast.Attribute: "attribute access (`a.b`)", ast.Subscript: "indexing (`a[i]`)",
+    ast.Attribute: "attribute access (`a.b`)",
     ast.Lambda: "lambda", ast.BoolOp: "`and`/`or`",
     ast.IfExp: "`x if c else y`", ast.NamedExpr: "`:=`", ast.Starred: "`*args`",
     ast.ListComp: "comprehensions", ast.GeneratorExp: "comprehensions", ast.SetComp: "comprehensions",
     ast.DictComp: "comprehensions", ast.JoinedStr: "f-strings", ast.List: "lists", ast.Tuple: "tuples",
     ast.Dict: "dicts", ast.Set: "sets", ast.Await: "await", ast.Yield: "yield",
-    ast.MatMult: "`@`", ast.FloorDiv: "`//`", ast.Mod: "`%`", ast.BitAnd: "`&`", ast.BitOr: "`|`",
+    ast.FloorDiv: "`//`", ast.Mod: "`%`", ast.BitAnd: "`&`", ast.BitOr: "`|`",
     ast.BitXor: "`^` (use `**` for powers)", ast.LShift: "`<<`", ast.RShift: "`>>`",
     ast.Invert: "`~`", ast.Not: "`not`",
 }
-_ALIASES = {"ln": "log", "power": "pow", "maximum": "max", "minimum": "min", "fabs": "abs",
-            "logistic": "sigmoid", "expit": "sigmoid"}  # other languages' names for our functions
+_ALIASES = {  # other languages' names for our functions
+    "ln": "log", "power": "pow", "maximum": "max", "minimum": "min", "fabs": "abs",
+    "logistic": "sigmoid", "expit": "sigmoid", "average": "mean", "amax": "max", "amin": "min",
+    "concatenate": "concat", "vstack": "stack", "trapezoid": "trapz",
+}
+
+# Tensor functions as formulas spell them: TENSOR_OPS's entries, one-argument max/min named after the
+# elementwise functions they share a name with; `matmul` and `index` are written `a @ b` and `v[0]`.
+_SPELLED = {"amax": "max", "amin": "min"}
+_WRITTEN_AS = {"matmul": "a @ b", "index": "v[0], v[1:3] or M[:, 0]"}
+TENSOR_CALLS: dict[str, TensorOp] = {_SPELLED.get(name, name): op for name, op in TENSOR_OPS.items()
+                                     if name not in _WRITTEN_AS}
+FUNCTION_NAMES = frozenset(CALLABLE) | frozenset(TENSOR_CALLS)  # every name a formula can call
+_USAGE = {"reshape": "reshape(x, [2, 3]) (one length may be -1: the length that fits)",
+          "trapz": "trapz(y, x), the integral of y over the samples x along y's last axis"}
+MAX_INTEGER_LITERAL = 2 ** 63 - 1  # indices, axes and lengths fit numpy's int64
 # a number written against a name, `2theta` or `3e5y`: Python's "invalid decimal literal"
 _IMPLICIT_PRODUCT = re.compile(r"(?<![\w.])(\d[\d_]*\.?\d*(?:[eE][-+]?\d+)?)([^\W\d]\w*)")
-_HINT = ("formulas may use numbers, names, + - * / **, parentheses and the functions "
-         + ", ".join(sorted(CALLABLE)))
+_HINT = ("formulas may use numbers, names, + - * / ** @, parentheses, subscripts with integers "
+         "(v[0], v[1:3], M[:, 0]), the keyword axis= of the reductions (sum(x, axis=0)) and the "
+         "functions " + ", ".join(sorted(FUNCTION_NAMES)))
+_SUBSCRIPT_HINT = ("index with fixed integers and slices of them: v[0], v[-1], v[1:3], v[::2], "
+                   "M[:, 0], M[1, 0]; names and expressions cannot be indices")
+_AXIS_HINT = "write a fixed integer, e.g. sum(x, axis=0) or sum(x, axis=-1); axes cannot be computed"
+_RESHAPE_HINT = ("write the target shape as a list of integers, e.g. reshape(x, [2, 3]) or "
+                 "reshape(x, [-1]) (-1: the length that fits)")
 
 
 class _Flattener:
@@ -91,7 +122,8 @@ class _Flattener:
         if symbol == "**":
             return self.power(left, node.right, node, depth)
         right = self.visit(node.right, depth)
-        return self.emit(BINARY_SYMBOLS[symbol].name, (left, right), node)
+        op = "matmul" if symbol == "@" else BINARY_SYMBOLS[symbol].name
+        return self.emit(op, (left, right), node)
 
     def power(self, base: str, exponent: ast.AST, node: ast.AST, depth: int) -> str:
         n = _small_integer_literal(exponent)
@@ -124,11 +156,25 @@ class _Flattener:
             what = _WHY_NOT.get(type(node.func), "an expression")
             raise self.error(f"only plain function names can be called, not {what}", node.func)
         fname = node.func.id
-        op = CALLABLE.get(fname)
-        if op is None or fname in self.names:
+        if fname not in FUNCTION_NAMES or fname in self.names:
             hint = (f"did you mean '{_ALIASES[fname]}'?" if fname in _ALIASES else
-                    did_you_mean(fname, CALLABLE) or _HINT)
+                    f"write {_WRITTEN_AS[fname]}" if fname in _WRITTEN_AS else
+                    did_you_mean(fname, FUNCTION_NAMES) or _HINT)
             raise self.error(f"unknown function '{fname}'", node, hint)
+        op = CALLABLE.get(fname)
+        if fname in _EXTREME:  # max, min: elementwise with 2 arguments, reductions with 1
+            if len(node.args) not in (1, op.arity):
+                most, more = _EXTREME[fname]
+                raise self.error(f"{fname}() takes 1 argument (the {most} element) or {op.arity} (the "
+                                 f"{more} of two, element by element), got {len(node.args)}", node,
+                                 _extremum_hint(fname))
+            if len(node.args) == op.arity and node.keywords:
+                raise self.error(f"{fname}() of two arguments is elementwise and takes no keyword "
+                                 "arguments", node.keywords[0].value, _extremum_hint(fname))
+            if len(node.args) == 1:
+                op = None
+        if op is None:
+            return self.tensor_call(node, fname, TENSOR_CALLS[fname], depth)
         if node.keywords:
             raise self.error(f"{fname}() takes no keyword arguments", node.keywords[0].value)
         if len(node.args) != op.arity:
@@ -143,12 +189,89 @@ class _Flattener:
         args = tuple(self.visit(arg, depth) for arg in node.args)
         return self.emit(op.name, args, node)
 
+    def tensor_call(self, node: ast.Call, fname: str, op: TensorOp, depth: int) -> str:
+        """sum(x, axis=0), reshape(x, [2, 3]), stack(a, b, c)...: one node, `param` from literals."""
+        axis = self.axis(node, fname, op)
+        literal = fname == "reshape"  # reshape(x, [2, 3]): the target shape is no argument node
+        low, high = op.min_args + literal, op.max_args and op.max_args + literal
+        if not low <= len(node.args) <= (high or len(node.args)):
+            raise self.error(f"{fname}() takes {_count(low, high)}, got {len(node.args)}", node,
+                             f"write it like {_usage(fname, op)}")
+        args = tuple(self.visit(arg, depth) for arg in node.args[:len(node.args) - literal])
+        param = self.shape_literal(node.args[-1]) if literal else axis
+        return self.emit(op.name, args, node, param=param)
+
+    def axis(self, node: ast.Call, fname: str, op: TensorOp) -> int | None:
+        """The value of `axis=`, the only keyword formulas know, or None."""
+        if node.keywords and not op.axis_keyword:
+            raise self.error(f"{fname}() takes no keyword arguments", node.keywords[0].value,
+                             f"write it like {_usage(fname, op)}")
+        for keyword in node.keywords:
+            if keyword.arg is None:
+                raise self.error("`**` arguments are not allowed in formulas", keyword, _AXIS_HINT)
+            if keyword.arg != "axis":
+                raise self.error(f"{fname}() takes only the keyword axis=, not {keyword.arg}=",
+                                 keyword, _AXIS_HINT)
+        if len(node.keywords) > 1:  # Python's parser leaves a repeated keyword to its compiler
+            raise self.error(f"{fname}() is given axis= more than once", node.keywords[1], _AXIS_HINT)
+        if not node.keywords:
+            return None
+        return self.integer(node.keywords[0].value, "axis= must be an integer literal", _AXIS_HINT)
+
+    def shape_literal(self, node: ast.AST) -> tuple[int, ...]:
+        """reshape's target: a list of integer literals, lengths of at least 1 and one -1 at most."""
+        if not isinstance(node, ast.List):
+            raise self.error("reshape()'s target shape must be a list of integer literals like "
+                             f"[2, 3], not {_describe(self.text.strip(), node)}", node, _RESHAPE_HINT)
+        lengths: list[int] = []
+        for item in node.elts:
+            n = self.integer(item, "reshape()'s target shape may only hold integer literals",
+                             _RESHAPE_HINT)
+            if n == -1 and -1 in lengths:
+                raise self.error("reshape()'s target shape may hold -1 (the length that fits) only "
+                                 "once", item, _RESHAPE_HINT)
+            if n < -1 or n == 0:
+                raise self.error(f"reshape()'s target shape holds lengths of at least 1 (and one -1), "
+                                 f"not {n}", item, _RESHAPE_HINT)
+            lengths.append(n)
+        return tuple(lengths)
+
+    def visit_subscript(self, node: ast.Subscript, depth: int) -> str:
+        value = self.visit(node.value, depth)
+        items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if not items:
+            raise self.error("a subscript needs at least one index", node.slice, _SUBSCRIPT_HINT)
+        index = tuple(self.index_item(item) for item in items)
+        return self.emit("index", (value,), node.slice, param=index)
+
+    def index_item(self, node: ast.AST) -> int | tuple:
+        """One position of a subscript: an int, or ("slice", start, stop, step) with None for gaps."""
+        if not isinstance(node, ast.Slice):
+            return self.integer(node, "subscripts may only hold integer literals", _SUBSCRIPT_HINT)
+        parts = tuple(None if part is None else
+                      self.integer(part, "slices may only hold integer literals", _SUBSCRIPT_HINT)
+                      for part in (node.lower, node.upper, node.step))
+        if parts[2] == 0:
+            raise self.error("a slice step cannot be 0", node.step, _SUBSCRIPT_HINT)
+        return ("slice",) + parts
+
+    def integer(self, node: ast.AST, must: str, hint: str) -> int:
+        """An integer literal, possibly negated (`3`, `-1`); anything else is refused at its column."""
+        negative = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+        literal = node.operand if negative else node
+        if not (isinstance(literal, ast.Constant) and type(literal.value) is int):
+            raise self.error(f"{must}, not {_describe(self.text.strip(), node)}", node, hint)
+        if literal.value > MAX_INTEGER_LITERAL:
+            raise self.error(f"the integer {_short(self.text.strip(), node)} is too large (at most "
+                             f"{MAX_INTEGER_LITERAL})", node, hint)
+        return -literal.value if negative else literal.value
+
     def visit_name(self, node: ast.Name, depth: int) -> str:
         if node.id in self.names:
             return node.id
         if node.id in CONSTANTS:
             return self.emit("const", (), node, const=CONSTANTS[node.id])
-        if node.id in CALLABLE:
+        if node.id in FUNCTION_NAMES:
             raise self.error(f"'{node.id}' is a function; call it like {node.id}(x)", node)
         return node.id  # resolved (or reported as undefined, with a suggestion) when the graph links
 
@@ -169,12 +292,62 @@ class _Flattener:
 _VISITORS = {ast.BinOp: _Flattener.visit_binop, ast.UnaryOp: _Flattener.visit_unary,
              ast.Compare: _Flattener.visit_compare,
              ast.Call: _Flattener.visit_call, ast.Name: _Flattener.visit_name,
+             ast.Subscript: _Flattener.visit_subscript,
              ast.Constant: _Flattener.visit_constant}
 
 
 def _short(text: str, node: ast.AST) -> str:
     segment = ast.get_source_segment(text, node) or "?"
     return segment if len(segment) <= 20 else segment[:17] + "..."
+
+
+_EXTREME = {"max": ("largest", "larger"), "min": ("smallest", "smaller")}
+
+
+def _extremum_hint(fname: str) -> str:
+    most, more = _EXTREME[fname]
+    return (f"{fname}(x) or {fname}(x, axis=0) is the {most} element (along an axis); "
+            f"{fname}(a, b) the {more} of a and b, element by element")
+
+
+def _count(low: int, high: int | None) -> str:
+    count = f"{low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+    return f"{count} argument{'s' * (count.split()[-1] != '1')}"
+
+
+def _usage(fname: str, op: TensorOp) -> str:
+    if fname in _USAGE:
+        return _USAGE[fname]
+    if op.axis_keyword:
+        return f"{fname}(x) or {fname}(x, axis=0)"
+    args = {1: "x", 2: "a, b"}.get(op.max_args, "a, b, ...")
+    return f"{fname}({args})"
+
+
+def _describe(text: str, node: ast.AST) -> str:
+    """What a user wrote where an integer literal belongs, in words."""
+    if isinstance(node, ast.Name):
+        return f"the name '{node.id}'"
+    operand = node.operand if isinstance(node, ast.UnaryOp) and type(node.op) in (ast.USub, ast.UAdd) \
+        else None
+    if isinstance(operand, ast.Constant) and type(operand.value) in (float, complex):
+        return f"the number {_short(text, node)}"  # -1.5, +2j
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if value is Ellipsis:
+            return "`...` (Ellipsis)"
+        if value is None or isinstance(value, bool):
+            return f"{value!r}"
+        if isinstance(value, (int, float, complex)):
+            return f"the number {_short(text, node)}"
+        return f"the literal {_short(text, node)}"
+    kinds = {ast.Call: "the call", ast.Subscript: "the subscript", ast.Tuple: "the tuple",
+             ast.List: "the list"}
+    if type(node) in kinds:
+        return f"{kinds[type(node)]} {_short(text, node)}"
+    if type(node) in _WHY_NOT:
+        return _WHY_NOT[type(node)]
+    return f"the expression {_short(text, node)}"
 
 
 def _small_integer_literal(node: ast.AST) -> int | None:
@@ -210,8 +383,7 @@ def parse_formula(owner: str, text: str, where: Location, names: set[str]) -> li
     if not nodes or nodes[-1].name != result:  # a bare name (`y: x`) or `+x`: an identity node
         nodes.append(Node(owner, "id", (result,), owner=owner, where=where))
     else:
-        last = nodes[-1]
-        nodes[-1] = Node(owner, last.op, last.args, last.const, last.param, owner, last.where)
+        nodes[-1] = replace(nodes[-1], name=owner)
     return nodes
 
 

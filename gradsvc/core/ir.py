@@ -49,6 +49,8 @@ class Graph:
     wrt: tuple[str, ...]  # names each output is differentiated with respect to
     formulas: dict[str, str] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
+    order: int = 1  # 2: also the Hessian of every scalar output with respect to the wrt names
+    mode: str = "auto"  # how Jacobians are computed: "auto", "reverse" or "forward"
 
     @property
     def visible(self) -> tuple[str, ...]:
@@ -57,6 +59,16 @@ class Graph:
 
     def node(self, name: str) -> Node:
         return self.nodes[self.position[name]]
+
+    @cached_property
+    def grid_inputs(self) -> tuple[str, ...]:
+        """The inputs that are one number per point (grid axes and scalars), in grid order."""
+        return tuple(name for name in self.inputs if not self.shape_of(name))
+
+    @cached_property
+    def tensor_inputs(self) -> tuple[str, ...]:
+        """The inputs that are the same tensor at every point."""
+        return tuple(name for name in self.inputs if self.shape_of(name))
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         return self.nodes[self.position[name]].shape
@@ -67,9 +79,14 @@ class Graph:
         return any(n.shape for n in self.nodes)
 
     @cached_property
+    def hessian_outputs(self) -> tuple[str, ...]:
+        """The outputs whose Hessians are computed: every scalar output when `order` is 2."""
+        return tuple(o for o in self.outputs if not self.shape_of(o)) if self.order == 2 else ()
+
+    @cached_property
     def _structure(self) -> tuple:
         return (tuple((n.name, n.op, n.args, n.const, n.param, n.shape) for n in self.nodes),
-                self.inputs, self.named, self.outputs, self.wrt)
+                self.inputs, self.named, self.outputs, self.wrt, self.order, self.mode)
 
     def structure_key(self) -> tuple:
         """Hashable description of the computation (no locations): equal keys compile identically.
@@ -85,7 +102,8 @@ def did_you_mean(name: str, candidates) -> str | None:
 def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs: list[str],
                 wrt: str | list[str], formulas: dict[str, str],
                 output_where: dict[str, Location] | None = None,
-                input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+                input_shapes: dict[str, tuple[int, ...]] | None = None, order: int = 1,
+                mode: str = "auto") -> Graph:
     """Link parsed formulas into one topologically sorted graph with every node's shape; reject bad
     names, cycles and shapes that do not fit.
 
@@ -104,8 +122,8 @@ def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs
                  if arg not in by_name]
     if undefined:  # every one, in every formula: one run of `validate` shows them all
         raise JobProblems.of(list({e.message: e for e in undefined}.values()))
-    order = _with_shapes(_topological_order(by_name, formula_nodes))
-    named = tuple(n.name for n in order if n.name in formula_nodes)
+    nodes = _with_shapes(_topological_order(by_name, formula_nodes))
+    named = tuple(n.name for n in nodes if n.name in formula_nodes)
     for k, out in enumerate(outputs):
         if out in outputs[:k]:
             raise GraphError(f"output '{out}' is listed twice", where=output_where.get(out),
@@ -114,8 +132,9 @@ def build_graph(inputs: list[str], formula_nodes: dict[str, list[Node]], outputs
             raise GraphError(f"output '{out}' is not an input or a node", where=output_where.get(out),
                              hint=did_you_mean(out, defined) or "outputs must name nodes under `graph:`")
     wrt_names = _resolve_wrt(wrt, tuple(inputs), named, defined, output_where)
-    position = {n.name: i for i, n in enumerate(order)}
-    return Graph(tuple(order), tuple(inputs), named, tuple(outputs), wrt_names, dict(formulas), position)
+    position = {n.name: i for i, n in enumerate(nodes)}
+    return Graph(tuple(nodes), tuple(inputs), named, tuple(outputs), wrt_names, dict(formulas), position,
+                 order, mode)
 
 
 def _with_shapes(order: list[Node]) -> list[Node]:

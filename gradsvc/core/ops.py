@@ -8,6 +8,10 @@ Each `Op` carries
     reference backprop uses. They follow IEEE-754 (inf/nan propagate, x/0 is ±inf) instead of raising,
     and they follow JAX's conventions at kinks and domain edges, so both backends must agree everywhere:
     abs'(0) = 1, relu'(0) = 0, sqrt'(0) = inf, d(x**y)/dy = log(x)·x**y with log(0) read as 0;
+  - `second`: the symmetric matrix of second derivatives d²(out)/d(arg_i)d(arg_j), for the reference's
+    Hessians (forward over reverse), by the same conventions: 0 for ops that are linear or piecewise
+    linear (relu, abs, max, min, where, comparisons: JAX's rules are selects, whose derivatives are 0),
+    sqrt''(0) = -inf, and pow's log(0) read as 0;
   - `rule`: the derivative rule as people write it, for `gradsvc ops`;
   - `partial_texts`: each local derivative as a formula in the arguments ({0}, {1}), for `gradsvc
     explain` ("dc/da = b = 3"); `affine`: how the result depends on arguments that vary together
@@ -140,10 +144,28 @@ def _where_partials(args: tuple, out: float) -> tuple:
     return (0.0, 1.0, 0.0) if args[0] != 0 else (0.0, 0.0, 1.0)
 
 
+def _flat(arity: int) -> Callable[[tuple, float], tuple]:
+    """`second` of an op that is linear or piecewise linear: every second derivative is 0."""
+    zeros = tuple((0.0,) * arity for _ in range(arity))
+    return lambda a, o: zeros
+
+
+def _curve(d2: Callable[[float, float], float]) -> Callable[[tuple, float], tuple]:
+    """`second` of a one-argument op, from d2(x, out) = d²out/dx²."""
+    return lambda a, o: ((d2(a[0], o),),)
+
+
+def _div_second(args: tuple, out: float) -> tuple:
+    a, b = args
+    mixed = -ieee_pow(b, -2.0)
+    return (0.0, mixed), (mixed, 2.0 * a * ieee_pow(b, -3.0))
+
+
 def _comparison(name: str, symbol: str, jax_name: str, test: Callable[[float, float], bool]) -> "Op":
     return Op(name, 2, f"gradsvc.engine.jaxops.{jax_name}", lambda a, b: 1.0 if test(a, b) else 0.0,
               lambda a, o: (0.0, 0.0), f"a {symbol} b is 1 or 0: no gradient (the edge is cut)",
-              symbol=symbol, branch=_order_branch, no_gradient=True, partial_texts=("0", "0"))
+              second=_flat(2), symbol=symbol, branch=_order_branch, no_gradient=True,
+              partial_texts=("0", "0"))
 
 
 # --- the table ---
@@ -157,6 +179,8 @@ class Op:
     # partials(args, out) -> one local derivative d(out)/d(arg_i) per argument
     partials: Callable[[tuple, float], tuple]
     rule: str
+    # second(args, out) -> the symmetric matrix d2(out)/d(arg_i)d(arg_j), one row per argument
+    second: Callable[[tuple, float], tuple[tuple[float, ...], ...]] | None = None
     symbol: str | None = None  # infix symbol when the formula language writes it as an operator
     branch: Callable[..., int] | None = None  # kinked ops only: 0 means exactly on the kink
     # JAX writes some rules as a select (`relu`: where(x > 0, g, 0)), so a zero local derivative
@@ -190,6 +214,13 @@ def _pow_partials(args: tuple, out: float) -> tuple:
     return d_dx, d_dy
 
 
+def _pow_second(args: tuple, out: float) -> tuple:
+    x, y = args
+    log_x = ieee_log(x if x != 0.0 else 1.0)  # log(0) read as 0, as in the partial
+    mixed = ieee_pow(x, y - 1.0) * (1.0 + y * log_x)
+    return (y * (y - 1.0) * ieee_pow(x, y - 2.0), mixed), (mixed, log_x * log_x * out)
+
+
 def _ipow_partials(n: int) -> Callable[[tuple, float], tuple]:
     def partials(args: tuple, out: float) -> tuple:
         (x,) = args
@@ -203,63 +234,70 @@ def _ipow_partials(n: int) -> Callable[[tuple, float], tuple]:
 
 OPS: dict[str, Op] = {op.name: op for op in [
     Op("add", 2, "jax.numpy.add", lambda a, b: a + b, lambda a, o: (1.0, 1.0),
-       "d(a+b)/da = 1, d(a+b)/db = 1", symbol="+", partial_texts=("1", "1"), affine="sum"),
+       "d(a+b)/da = 1, d(a+b)/db = 1", second=_flat(2), symbol="+", partial_texts=("1", "1"),
+       affine="sum"),
     Op("sub", 2, "jax.numpy.subtract", lambda a, b: a - b, lambda a, o: (1.0, -1.0),
-       "d(a-b)/da = 1, d(a-b)/db = -1", symbol="-", partial_texts=("1", "-1"), affine="sum"),
+       "d(a-b)/da = 1, d(a-b)/db = -1", second=_flat(2), symbol="-", partial_texts=("1", "-1"),
+       affine="sum"),
     Op("mul", 2, "jax.numpy.multiply", lambda a, b: a * b, lambda a, o: (a[1], a[0]),
-       "d(a*b)/da = b, d(a*b)/db = a", symbol="*", partial_texts=("{1}", "{0}"), affine="product"),
+       "d(a*b)/da = b, d(a*b)/db = a", second=lambda a, o: ((0.0, 1.0), (1.0, 0.0)), symbol="*",
+       partial_texts=("{1}", "{0}"), affine="product"),
     Op("div", 2, "jax.numpy.divide", ieee_div,
        lambda a, o: (ieee_div(1.0, a[1]), -(a[0] * ieee_pow(a[1], -2.0))),
-       "d(a/b)/da = 1/b, d(a/b)/db = -a/b**2", symbol="/", partial_texts=("1/{1}", "-{0}/{1}**2"),
-       affine="quotient"),
+       "d(a/b)/da = 1/b, d(a/b)/db = -a/b**2", second=_div_second, symbol="/",
+       partial_texts=("1/{1}", "-{0}/{1}**2"), affine="quotient"),
     Op("pow", 2, "jax.lax.pow", ieee_pow, _pow_partials,
-       "d(a**b)/da = b*a**(b-1), d(a**b)/db = log(a)*a**b  (log(0) read as 0)", symbol="**",
-       partial_texts=("{1}*{0}**({1}-1)", "log({0})*{0}**{1}"),
+       "d(a**b)/da = b*a**(b-1), d(a**b)/db = log(a)*a**b  (log(0) read as 0)", second=_pow_second,
+       symbol="**", partial_texts=("{1}*{0}**({1}-1)", "log({0})*{0}**{1}"),
        doc="a ** b with a non-integer or large exponent; pow(a, b) is the same"),
-    Op("id", 1, "", lambda a: a, lambda a, o: (1.0,), "d(x)/dx = 1", partial_texts=("1",), affine="sum",
-       doc="a node defined as another name, e.g. `y: x`; not callable"),
-    Op("neg", 1, "jax.numpy.negative", lambda a: -a, lambda a, o: (-1.0,), "d(-a)/da = -1", symbol="-",
-       partial_texts=("-1",), affine="sum"),
+    Op("id", 1, "", lambda a: a, lambda a, o: (1.0,), "d(x)/dx = 1", second=_flat(1),
+       partial_texts=("1",), affine="sum", doc="a node defined as another name, e.g. `y: x`; not callable"),
+    Op("neg", 1, "jax.numpy.negative", lambda a: -a, lambda a, o: (-1.0,), "d(-a)/da = -1",
+       second=_flat(1), symbol="-", partial_texts=("-1",), affine="sum"),
     Op("exp", 1, "jax.numpy.exp", ieee_exp, lambda a, o: (o,), "d exp(x)/dx = exp(x)",
-       partial_texts=("exp({0})",)),
+       second=_curve(lambda x, o: o), partial_texts=("exp({0})",)),
     Op("log", 1, "jax.numpy.log", ieee_log, lambda a, o: (ieee_div(1.0, a[0]),),
-       "d log(x)/dx = 1/x  (natural log; nan for x < 0, -inf at 0)", partial_texts=("1/{0}",)),
+       "d log(x)/dx = 1/x  (natural log; nan for x < 0, -inf at 0)",
+       second=_curve(lambda x, o: -ieee_div(1.0, x * x)), partial_texts=("1/{0}",)),
     Op("sin", 1, "jax.numpy.sin", ieee_sin, lambda a, o: (ieee_cos(a[0]),), "d sin(x)/dx = cos(x)",
-       partial_texts=("cos({0})",)),
+       second=_curve(lambda x, o: -o), partial_texts=("cos({0})",)),
     Op("cos", 1, "jax.numpy.cos", ieee_cos, lambda a, o: (-ieee_sin(a[0]),), "d cos(x)/dx = -sin(x)",
-       partial_texts=("-sin({0})",)),
+       second=_curve(lambda x, o: -o), partial_texts=("-sin({0})",)),
     Op("tan", 1, "jax.numpy.tan", ieee_tan, lambda a, o: (1.0 + o * o,), "d tan(x)/dx = 1 + tan(x)**2",
-       partial_texts=("1 + tan({0})**2",)),
+       second=_curve(lambda x, o: 2.0 * o * (1.0 + o * o)), partial_texts=("1 + tan({0})**2",)),
     Op("tanh", 1, "jax.numpy.tanh", math.tanh, lambda a, o: (1.0 - o * o,), "d tanh(x)/dx = 1 - tanh(x)**2",
-       vjp=_tanh_vjp, partial_texts=("1 - tanh({0})**2",)),
+       second=_curve(lambda x, o: -2.0 * o * (1.0 - o * o)), vjp=_tanh_vjp,
+       partial_texts=("1 - tanh({0})**2",)),
     Op("sigmoid", 1, "jax.nn.sigmoid", sigmoid, lambda a, o: (o * (1.0 - o),),
        "d sigmoid(x)/dx = sigmoid(x)*(1-sigmoid(x)),  sigmoid(x) = 1/(1+exp(-x))",
+       second=_curve(lambda x, o: o * (1.0 - o) * (1.0 - 2.0 * o)),
        partial_texts=("sigmoid({0})*(1 - sigmoid({0}))",)),
     Op("relu", 1, "jax.nn.relu", relu, lambda a, o: (1.0 if a[0] > 0 else 0.0,),
-       "d relu(x)/dx = 1 if x > 0 else 0  (0 at the kink x = 0)", branch=_sign_branch,
+       "d relu(x)/dx = 1 if x > 0 else 0  (0 at the kink x = 0)", second=_flat(1), branch=_sign_branch,
        zero_blocks=True, partial_texts=("(1 if {0} > 0 else 0)",)),
     Op("sqrt", 1, "jax.numpy.sqrt", ieee_sqrt, lambda a, o: (ieee_div(0.5, o),),
-       "d sqrt(x)/dx = 1/(2*sqrt(x))  (inf at 0, nan for x < 0)", partial_texts=("1/(2*sqrt({0}))",)),
+       "d sqrt(x)/dx = 1/(2*sqrt(x))  (inf at 0, nan for x < 0)",
+       second=_curve(lambda x, o: ieee_div(-0.25, x * o)), partial_texts=("1/(2*sqrt({0}))",)),
     Op("max", 2, "jax.numpy.maximum", ieee_max, _extremum_partials(True),
        "d max(a,b)/da = 1 if a > b, 0 if a < b, 0.5 at the tie a == b (and 1 - that for b)",
-       branch=_order_branch,
+       second=_flat(2), branch=_order_branch,
        partial_texts=("(1 if {0} > {1} else 0.5 if {0} == {1} else 0)",
                       "(1 if {1} > {0} else 0.5 if {0} == {1} else 0)")),
     Op("min", 2, "jax.numpy.minimum", ieee_min, _extremum_partials(False),
        "d min(a,b)/da = 1 if a < b, 0 if a > b, 0.5 at the tie a == b (and 1 - that for b)",
-       branch=_order_branch,
+       second=_flat(2), branch=_order_branch,
        partial_texts=("(1 if {0} < {1} else 0.5 if {0} == {1} else 0)",
                       "(1 if {1} < {0} else 0.5 if {0} == {1} else 0)")),
     Op("where", 3, "gradsvc.engine.jaxops.where", lambda c, a, b: a if c != 0 else b, _where_partials,
        "d where(c,a,b)/da = 1 where c holds, else 0 (and the other way for b); c is a comparison",
-       zero_blocks=True, partial_texts=("0", "(1 if {0} else 0)", "(0 if {0} else 1)"),
+       second=_flat(3), zero_blocks=True, partial_texts=("0", "(1 if {0} else 0)", "(0 if {0} else 1)"),
        doc="where(x > 0, a, b): a where the comparison holds, else b"),
     _comparison("gt", ">", "greater", lambda a, b: a > b),
     _comparison("ge", ">=", "greater_equal", lambda a, b: a >= b),
     _comparison("lt", "<", "less", lambda a, b: a < b),
     _comparison("le", "<=", "less_equal", lambda a, b: a <= b),
     Op("abs", 1, "jax.numpy.abs", abs, lambda a, o: (1.0 if a[0] >= 0 else -1.0,),
-       "d abs(x)/dx = 1 if x >= 0 else -1  (1 at the kink x = 0)", branch=_sign_branch,
+       "d abs(x)/dx = 1 if x >= 0 else -1  (1 at the kink x = 0)", second=_flat(1), branch=_sign_branch,
        partial_texts=("(1 if {0} >= 0 else -1)",)),
 ]}
 
@@ -278,8 +316,9 @@ def ipow(n: int) -> Op:
     """`x ** n` for a literal integer n: exact repeated multiplication, like JAX's integer_pow."""
     partial = {0: "0", 1: "1", 2: "2*{0}"}.get(n, f"{n}*{{0}}**{n - 1}")
     rule = f"d(x**{n})/dx = " + partial.replace("{0}", "x")
+    second = _flat(1) if n in (0, 1) else _curve(lambda x, o: n * (n - 1) * ieee_pow(x, float(n - 2)))
     return Op("ipow", 1, "jax.lax.integer_pow", lambda x: ieee_pow(x, float(n)), _ipow_partials(n),
-              rule, symbol="**", no_gradient=(n == 0), jax_params=(("y", n),),
+              rule, second=second, symbol="**", no_gradient=(n == 0), jax_params=(("y", n),),
               partial_texts=(partial,), affine="sum" if n == 1 else "")
 
 

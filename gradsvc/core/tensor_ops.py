@@ -312,9 +312,9 @@ def _with_axis(fn_name: str) -> Callable:
 
 
 TENSOR_OPS: dict[str, TensorOp] = {op.name: op for op in [
-    TensorOp("matmul", 2, 2, _matmul_shape, lambda jnp, a, p: jnp.matmul(*a), _matmul_expand,
+    TensorOp("matmul", 2, 2, _matmul_shape, lambda jnp, a, p: _products(jnp, a), _matmul_expand,
              "d(A@B)/dA = g Bᵀ, d(A@B)/dB = Aᵀ g  (g: the gradient arriving at A@B)"),
-    TensorOp("dot", 2, 2, _matmul_shape, lambda jnp, a, p: jnp.matmul(*a), _matmul_expand,
+    TensorOp("dot", 2, 2, _matmul_shape, lambda jnp, a, p: _products(jnp, a), _matmul_expand,
              "dot(a, b) is a @ b for vectors and matrices: d/da = g bᵀ, d/db = aᵀ g"),
     TensorOp("transpose", 1, 1, _transpose_shape, lambda jnp, a, p: jnp.transpose(a[0]),
              _transpose_expand, "d transpose(x)/dx: the arriving gradient, transposed back"),
@@ -345,6 +345,12 @@ TENSOR_OPS: dict[str, TensorOp] = {op.name: op for op in [
              _trapz_expand, "d trapz(y, x)/dy_i = w_i, the trapezoid weights: (x_1 - x_0)/2 at the "
              "first sample, (x_{i+1} - x_{i-1})/2 inside, (x_n - x_{n-1})/2 at the last"),
 ]}
+
+
+def _products(jnp, args):
+    # full precision: a GPU's default float32 matmul rounds its inputs to TF32 (10-bit mantissas),
+    # far outside the rounding bounds of float32 arithmetic
+    return jnp.matmul(*args, precision="highest")
 
 
 def _jax_subscript(param: tuple) -> tuple:

@@ -21,6 +21,7 @@ import numpy as np
 from jaxlib import xla_client
 
 from . import fastmath, kcache
+from .jacobians import derivative_count, jacobian_point_function, uses_jacobians
 from ..errors import DeviceError
 from ..job.grid import Grid
 from ..core.ir import Graph
@@ -140,24 +141,29 @@ def _implementation(node, fast: bool) -> Callable | None:
 
 def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast: bool,
                    chunk_size: int, layout: list) -> Callable:
-    """f(start, axes) for the chunk of points start .. start + chunk_size - 1.
+    """f(start, arrays) for the chunk of points start .. start + chunk_size - 1; `arrays` are the
+    grid's axes, then its tensor inputs (see `device_arrays`).
 
     The coordinates are made on the device from the point index (product grids: digit j of the
     index in the mixed radix of the axis lengths, looked up in the axis; zip grids: a slice of the
     axis, padded on the host to whole chunks), so no coordinates cross from the host per chunk.
-    Indices past the end repeat the last point (padding).
+    Indices past the end repeat the last point (padding). Tensor inputs are the same at every
+    point: they are not vmapped.
 
     Results that are the very same traced value (the seed's dz/da and dz/db are both c*d) are
     returned once: distinct outputs would make XLA copy one into a second buffer. `layout` is
-    filled while tracing with, for each kept value then gradient, the index of its array.
+    filled while tracing with, for each kept value, then gradient (then Hessian), the index of its
+    array.
     """
-    per_point = point_function(graph, dtype, kept, fast)
+    per_point = _per_point(graph, grid, dtype, kept, fast)
     lengths = [len(axis.values) for axis in grid.axes]
     strides = [int(np.prod(lengths[j + 1:])) for j in range(len(lengths))]
     last = grid.size - 1
     flagged = uses_fast_ops(graph, fast)
+    n_axes = len(grid.axes)
 
-    def chunk(start, axes):
+    def chunk(start, arrays):
+        axes, tensors = arrays[:n_axes], arrays[n_axes:]
         index = jnp.minimum(start + jnp.arange(chunk_size, dtype=jnp.int64), last)
         columns = []
         for axis, length, stride in zip(axes, lengths, strides):
@@ -168,14 +174,28 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
             else:
                 columns.append(axis[(index // stride) % length])
         one = jnp.where(start >= 0, 1.0, 2.0).astype(dtype)  # always 1: start is never < 0
-        values, grads, flags = jax.vmap(per_point, in_axes=(None, *[0] * len(columns)))(
-            one, *columns)
+        in_axes = (None, *[0] * len(columns), *[None] * len(tensors))
+        values, grads, flags = jax.vmap(per_point, in_axes=in_axes, axis_size=chunk_size)(
+            one, *columns, *tensors)
         unique: list = []
         layout[:] = [_index_of(unique, result) for result in (*values, *grads)]
         # without fast sin/cos the flag is a constant that XLA would still copy out on every call
         return tuple(unique), (jnp.any(flags) if flagged else None)
 
     return chunk
+
+
+def _per_point(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast: bool) -> Callable:
+    """The per-point function: (one, *args) -> (values, derivatives, flag)."""
+    if not uses_jacobians(graph):
+        return point_function(graph, dtype, kept, fast)
+    names = grid.names + tuple(grid.tensors)
+    general = jacobian_point_function(graph, dtype, kept, names, lambda n: jax_function(n))
+
+    def per_point(one, *args):
+        values, jacobians, hessians, flag = general(one, *args)
+        return values, jacobians + hessians, flag
+    return per_point
 
 
 def _index_of(unique: list, result) -> int:
@@ -258,9 +278,10 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
     dev = get_device(device, inline=grid.size <= chunk_size)
     start = time.perf_counter()
     key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast, quick)
-    n_grads = len(graph.outputs) * len(graph.wrt)
+    n_grads = derivative_count(graph)
+    n_arrays = len(grid.axes) + len(grid.tensors)
     fast_ops = uses_fast_ops(graph, fast)
-    loaded = None if fresh else kcache.load_executable(key, dev, len(grid.axes), fast_ops,
+    loaded = None if fresh else kcache.load_executable(key, dev, n_arrays, fast_ops,
                                                        len(kept) + n_grads)
     if loaded is not None:
         executable, layout = loaded
@@ -285,19 +306,20 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
         executable = build(jax_cache=False)  # an entry of JAX's cache it could not use
     layout = tuple(traced_layout)
     probe = (np.int64(0), tuple(jax.device_put(a, dev) for a in axes))
-    stored = kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
+    stored = kcache.store_executable(key, executable, dev, probe, n_arrays, layout, fast_ops)
     if not stored and not fresh:
         # JAX's own cache served this compile, and such an executable does not serialize whole:
         # compile once more past that cache, so that later processes load ours and skip tracing
         executable = build(jax_cache=False)
-        kcache.store_executable(key, executable, dev, probe, len(grid.axes), layout, fast_ops)
+        kcache.store_executable(key, executable, dev, probe, n_arrays, layout, fast_ops)
     return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
                     "compiled", n_grads, fast_ops, key, fresh, quick=quick)
 
 
 def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:
-    """The axes as the chunk function takes them: zip axes padded with their last value to whole
-    chunks (so every chunk is a plain slice), product axes as they are."""
+    """The arrays the chunk function takes: the axes (zip axes padded with their last value to
+    whole chunks, so every chunk is a plain slice; product axes as they are), then the tensor
+    inputs, in the job's dtype."""
     out = []
     for axis in grid.axes:
         values = axis.values.astype(np_dtype)
@@ -305,7 +327,7 @@ def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:
             padded = -(-len(values) // chunk_size) * chunk_size
             values = np.concatenate([values, np.repeat(values[-1:], padded - len(values))])
         out.append(values)
-    return out
+    return out + [tensor.astype(np_dtype) for tensor in grid.tensors.values()]
 
 
 _AXES_ON_DEVICE: dict = {}  # (grid, dtype, chunk, device) -> device arrays, for repeated runs

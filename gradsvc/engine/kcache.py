@@ -36,7 +36,6 @@ from . import fastmath
 from ..core import ops
 from ..job.grid import Grid
 from ..core.ir import Graph
-from ..core.ops import op_for
 
 
 def _kernel_source_hash() -> str:
@@ -97,7 +96,7 @@ def executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
                    kept: tuple[str, ...], fast: bool, quick: bool = False) -> str:
     from .. import __version__
     import jaxlib
-    implementations = sorted({(n.op, n.param, op_for(n.op, n.param).jax)
+    implementations = sorted({(n.op, repr(n.param), getattr(n.primitive, "jax", "tensor op"))
                               for n in graph.nodes if n.primitive is not None})
     identity = repr((graph.structure_key(), implementations, grid.mode,
                      tuple(len(a.values) for a in grid.axes), dtype, dev.platform,

@@ -4,11 +4,15 @@ Each input has one axis (a 1-D array of its values; a scalar is an axis of lengt
 visits every combination with the first input varying slowest (C order, like nested for-loops in the
 order the inputs are written); a `zip` grid pairs the i-th values of all axes (axes of length 1
 broadcast). The grid itself is never materialised: `coords(indices)` computes points from indices.
+
+Tensor inputs (`{tensor: ...}`, `{file: ...}`, see tensors.py) are not axes: each is one array, the
+same at every point, kept in `Grid.tensors`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -16,6 +20,8 @@ import numpy as np
 from .. import limits
 from ..errors import (GradsvcError, JobFileError, JobProblems, LimitError, Location,
                      UsageError)
+from .tensors import (BEYOND_FLOAT64, DataFile, arange_length, check_span, generated, is_tensor,
+                      load_tensors)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,10 @@ class Grid:
     axes: tuple[Axis, ...]
     mode: str  # "product" or "zip"
     size: int
+    # the tensor inputs by name (float64, read-only, ndim >= 1), the same at every point; not
+    # compared (arrays have no truth value): a grid is its axes
+    tensors: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+    files: tuple[DataFile, ...] = field(default=(), compare=False)  # the data files read
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -46,6 +56,8 @@ class Grid:
         """Input values at the given point indices: shape (len(indices), n_inputs), float64."""
         indices = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(indices), len(self.axes)), dtype=np.float64)
+        if not self.axes:  # only tensor inputs: one point, no coordinates
+            return out
         if self.mode == "product":
             per_axis = np.unravel_index(indices, self.shape)
         else:
@@ -86,10 +98,6 @@ class Grid:
         """(start, stop) index ranges of at most `chunk_size` points covering the grid in order."""
         for start in range(0, self.size, chunk_size):
             yield start, min(start + chunk_size, self.size)
-
-
-_FLOAT64_MAX_LOG10 = math.log10(np.finfo(np.float64).max)  # 308.25...
-BEYOND_FLOAT64 = "beyond float64's range (at most about 1.8e308)"
 
 
 def _check_named(at: dict, axes, varying) -> None:
@@ -134,38 +142,14 @@ def _axis_length(name: str, spec, where: Callable) -> int:
         return len(spec)
     if kind in ("linspace", "logspace"):
         start, stop, num = getattr(spec, kind)
-        _check_span(name, kind, start, stop, where)
+        check_span(name, kind, start, stop, where, (name, kind))
         return num
     if kind == "arange":
-        return _arange_length(name, *spec.arange, where)
+        return arange_length(name, *spec.arange, where, (name, "arange"), limits.MAX_AXIS_POINTS,
+                             "MAX_AXIS_POINTS")
     if kind == "uniform":
-        _check_span(name, kind, *spec.uniform, where)
+        check_span(name, kind, *spec.uniform, where, (name, kind))
     return spec.n
-
-
-def _check_span(name: str, kind: str, start: float, stop: float, where: Callable) -> None:
-    if kind in ("linspace", "uniform") and not math.isfinite(stop - start):
-        raise JobFileError(f"input '{name}': {kind} from {start:g} to {stop:g} spans a range "
-                           f"{BEYOND_FLOAT64}", where=where((name, kind)),
-                           hint="split the range, or use a list of values")
-    if kind == "logspace" and max(start, stop) > _FLOAT64_MAX_LOG10:
-        raise JobFileError(f"input '{name}': logspace up to 10**{max(start, stop):g} is {BEYOND_FLOAT64}",
-                           where=where((name, kind)), hint="keep the exponents at most 308")
-
-
-def _arange_length(name: str, start: float, stop: float, step: float, where: Callable) -> int:
-    if step == 0:
-        raise JobFileError(f"input '{name}': arange needs a non-zero step",
-                           where=where((name, "arange")))
-    count = (stop - start) / step  # a float: inf where the count is beyond float64 itself
-    if not count <= limits.MAX_AXIS_POINTS:  # also nan
-        about = f"about {count:.3g} values" if math.isfinite(count) else \
-            "more values than float64 can count"
-        raise LimitError(f"input '{name}': arange from {start:g} to {stop:g} in steps of {step:g} "
-                         f"has {about}; the limit is {limits.MAX_AXIS_POINTS:,}",
-                         where=where((name, "arange")),
-                         hint="use a larger step or a smaller range (MAX_AXIS_POINTS)")
-    return max(0, math.ceil(count))
 
 
 def _axis_values(spec) -> tuple[np.ndarray, str]:
@@ -174,16 +158,7 @@ def _axis_values(spec) -> tuple[np.ndarray, str]:
         return np.array([float(spec)]), kind
     if kind == "list":
         return np.array(spec, dtype=np.float64), kind
-    if kind == "linspace":
-        return np.linspace(*spec.linspace), kind
-    if kind == "logspace":
-        return np.logspace(*spec.logspace), kind
-    if kind == "arange":
-        return np.arange(*spec.arange, dtype=np.float64), kind
-    rng = np.random.default_rng(spec.seed)
-    if kind == "uniform":
-        return rng.uniform(*spec.uniform, size=spec.n), kind
-    return rng.normal(*spec.normal, size=spec.n), kind
+    return generated(spec, getattr(spec, "n", None)), kind
 
 
 def _axis(name: str, spec, where: Callable) -> Axis:
@@ -210,16 +185,41 @@ def _input_length(name: str, spec, where: Callable) -> int:
     return n
 
 
-def build_grid(inputs: dict, mode: str, where: Callable[[tuple], Location]) -> Grid:
-    """Check every size against the limits (in exact integers, before allocating), then build axes.
-    Every input's problem is reported (`JobProblems`), not only the first."""
+def build_grid(inputs: dict, mode: str, where: Callable[[tuple], Location],
+               folder: Path | None = None) -> Grid:
+    """The axes of the inputs that vary (scalars are axes of one value) and the tensor inputs,
+    each checked against the limits (in exact integers, before allocating). Every input's
+    problem is reported (`JobProblems`), not only the first. Data files are looked for in
+    `folder` (the job file's; default: the working folder)."""
+    axis_inputs = {name: spec for name, spec in inputs.items() if not is_tensor(spec)}
+    tensor_inputs = {name: spec for name, spec in inputs.items() if is_tensor(spec)}
+    problems: list[GradsvcError] = []
+    axes, size = _gathered(problems, lambda: _axes(axis_inputs, mode, where)) or ((), 0)
+    tensors = _gathered(problems, lambda: load_tensors(tensor_inputs, where, folder or Path.cwd()))
+    if problems:
+        raise JobProblems.of(problems)
+    return Grid(axes, mode, size, tensors.arrays, tensors.files)
+
+
+def _axes(inputs: dict, mode: str, where: Callable) -> tuple[tuple[Axis, ...], int]:
     lengths = _for_each_input(inputs, lambda name, spec: _input_length(name, spec, where))
     size = _grid_size(lengths, mode, where)
     if size > limits.MAX_GRID_POINTS:
         raise LimitError(f"the grid has {size:,} points, more than {limits.MAX_GRID_POINTS:,}",
                          where=where(()), hint="shrink the inputs' ranges (MAX_GRID_POINTS)")
     axes = _for_each_input(inputs, lambda name, spec: _axis(name, spec, where))
-    return Grid(tuple(axes.values()), mode, size)
+    return tuple(axes.values()), size
+
+
+def _gathered(problems: list, make: Callable):
+    """`make()`, or None with its problem (or each of its problems) added to `problems`."""
+    try:
+        return make()
+    except JobProblems as errors:
+        problems.extend(errors.problems)
+    except GradsvcError as error:
+        problems.append(error)
+    return None
 
 
 def _for_each_input(inputs: dict, make: Callable) -> dict:
@@ -250,4 +250,4 @@ def _grid_size(lengths: dict[str, int], mode: str, where) -> int:
         raise JobFileError(f"a zip grid needs inputs of equal length, got {detail}",
                            where=where(()), hint="give every non-scalar input the same number of "
                            "values, or use `grid: product`")
-    return max(lengths.values())
+    return max(lengths.values(), default=1)  # a job of tensor inputs only: one point

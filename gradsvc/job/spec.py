@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
-                      ValidationError)
+                      ValidationError, WithJsonSchema)
 
 from .. import limits
 from ..errors import (GradsvcError, GraphError, JobFileError, JobProblems, LimitError, Location,
                      UsageError)
 from ..core.expr import parse_formula
 from .grid import BEYOND_FLOAT64, Grid, build_grid
+from .tensors import is_tensor
 from ..core.ir import Graph, Node, build_graph, did_you_mean
 from ..core.ops import CALLABLE
 from .source import Document, load_yaml, read_job_text
@@ -48,7 +49,9 @@ def _number(value: Any) -> float:
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    # inf (YAML reads 1e400 so) is no whole number: int() of it raised OverflowError, a crash
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())):
         raise ValueError(f"expected a whole number, got {value!r}")
     return int(value)
 
@@ -94,25 +97,93 @@ GENERATORS = {"linspace": Linspace, "arange": Arange, "logspace": Logspace, "uni
               "normal": Normal}
 
 
+class TensorUniform(_Strict):
+    """Seeded uniform samples in [low, high), in a tensor of this shape."""
+    uniform: tuple[Number, Number] = Field(description="[low, high]")
+    shape: list[Count] = Field(description="the tensor's shape, e.g. [2, 3]")
+    seed: Count = 0
+
+
+class TensorNormal(_Strict):
+    """Seeded normal samples, in a tensor of this shape."""
+    normal: tuple[Number, Number] = Field(description="[mean, std]")
+    shape: list[Count] = Field(description="the tensor's shape, e.g. [2, 3]")
+    seed: Count = 0
+
+
+# linspace, arange and logspace make 1-D tensors as they make axes
+TENSOR_GENERATORS = {"linspace": Linspace, "arange": Arange, "logspace": Logspace,
+                     "uniform": TensorUniform, "normal": TensorNormal}
+
+
+def _tag(kind: str) -> str:
+    """A union member's tag. Tags show in pydantic's error locations, where `_data_path` leaves
+    them out; they are named unlike any key ("<uniform>", not "uniform"), so that a tag is never
+    taken for the key beside it."""
+    return f"<{kind}>"
+
+
+def _one_kind(value: dict, keys) -> str | None:
+    kinds = [k for k in value if k in keys]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _tensor_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return _tag("nested list")
+    kind = _one_kind(value, TENSOR_GENERATORS) if isinstance(value, dict) else None
+    return _tag(f"tensor {kind}") if kind else None
+
+
+# The cells are checked by tensors.py, which names a bad cell's place and a ragged list's shapes
+NestedNumbers = Annotated[list, WithJsonSchema({
+    "type": "array", "minItems": 1, "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
+    "description": "a nested list of numbers with rows of equal length: [1, 2], [[1, 2], [3, 4]]"})]
+
+
+class TensorInput(_Strict):
+    """A tensor: the same array at every grid point (not a grid axis)."""
+    tensor: Annotated[Union[
+        Annotated[NestedNumbers, Tag(_tag("nested list"))],
+        *(Annotated[model, Tag(_tag(f"tensor {name}"))] for name, model in TENSOR_GENERATORS.items()),
+    ], Discriminator(_tensor_kind, custom_error_type="tensor_spec", custom_error_message=(
+        "a tensor is a nested list of numbers ([[1, 2], [3, 4]]) or one of {uniform: [low, high], "
+        "shape: [..], seed}, {normal: [mean, std], shape: [..], seed}, {linspace: [start, stop, "
+        "num]}, {arange: [start, stop, step]}, {logspace: [start, stop, num]}"))]
+
+
+class FileInput(_Strict):
+    """A tensor read from a data file in the job file's folder: a .npy array, or a .csv file's
+    columns (its first row names them)."""
+    file: str = Field(description="a path relative to the job file's folder: w0.npy, data/xy.csv")
+    column: str | None = Field(None, description="a .csv file's column: a vector")
+    columns: list[str] | None = Field(None, min_length=1, description="a .csv file's columns: "
+                                      "a (rows, k) matrix; with neither, the whole table")
+
+
 def _input_kind(value: Any) -> str | None:
     if isinstance(value, (int, float, str)):  # a string or bool gets the number validator's message
-        return "scalar"
+        return _tag("scalar")
     if isinstance(value, list):
-        return "list"
+        return _tag("list")
     if isinstance(value, dict):
-        kinds = [k for k in value if k in GENERATORS]
-        return kinds[0] if len(kinds) == 1 else None
+        kind = _one_kind(value, [*GENERATORS, "tensor", "file"])
+        return _tag(kind) if kind else None
     return None
 
 
 InputSpec = Annotated[Union[
-    Annotated[Number, Tag("scalar")],
-    Annotated[list[Number], Tag("list")],
-    *(Annotated[model, Tag(name)] for name, model in GENERATORS.items()),
+    Annotated[Number, Tag(_tag("scalar"))],
+    Annotated[list[Number], Tag(_tag("list"))],
+    *(Annotated[model, Tag(_tag(name))] for name, model in GENERATORS.items()),
+    Annotated[TensorInput, Tag(_tag("tensor"))],
+    Annotated[FileInput, Tag(_tag("file"))],
 ], Discriminator(_input_kind, custom_error_type="input_spec", custom_error_message=(
     "an input is a number, a list of numbers, or one of {linspace: [start, stop, num]}, "
     "{arange: [start, stop, step]}, {logspace: [start, stop, num]}, {uniform: [low, high], n, seed}, "
-    "{normal: [mean, std], n, seed}"))]
+    "{normal: [mean, std], n, seed} (grid axes), {tensor: ...}, {file: path} (tensors)"))]
+_TAGS = {_tag(kind) for kind in ["scalar", "list", "nested list", "tensor", "file", *GENERATORS,
+                                 *(f"tensor {name}" for name in TENSOR_GENERATORS)]}
 
 
 class Tolerance(_Strict):
@@ -174,6 +245,12 @@ class JobSpec(_Strict):
     outputs: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = \
         Field(min_length=1)
     wrt: Union[Literal["all", "inputs"], list[str]] = "all"
+    order: Literal[1, 2] = Field(1, description="1: gradients (Jacobians of tensor outputs); 2: "
+                                 "also the Hessian of every scalar output w.r.t. the wrt names")
+    mode: Literal["auto", "reverse", "forward"] = Field(
+        "auto", description="how Jacobians are computed (the same numbers either way): reverse "
+        "mode, forward mode, or auto: reverse when an output has no more numbers than the wrt "
+        "names together")
     settings: Settings = Settings()
 
 
@@ -189,7 +266,7 @@ class Job:
     graph: Graph
     grid: Grid
     settings: Settings
-    content_hash: str  # sha256 of the job's text: names a result for caching and reruns
+    content_hash: str  # sha256 of the job's text (and data files' bytes): names a result
     notes: tuple[str, ...] = ()  # one line each, for the user: not errors (a name NFKC changed)
     # what `settings` was resolved from (the job's own settings, overrides, config): new
     # overrides for a loaded Job are applied over these, as if given when it was loaded
@@ -216,7 +293,8 @@ def job_from_text(text: str, file: str = "<job>", overrides: dict | None = None,
 
     The job built from a text is kept (settings aside, which are resolved on every call, so an
     edited config file counts): a service or a notebook running the same job again skips
-    parsing, and gets the same grid, whose axes then stay on the device.
+    parsing, and gets the same grid, whose axes then stay on the device. A job that reads data
+    files is built afresh every time: the same text may then mean other data.
     """
     key = (text, file, default_name)
     with _BUILT_LOCK:
@@ -240,12 +318,15 @@ _BUILT: OrderedDict[tuple, "Job"] = OrderedDict()
 _BUILT_LOCK = threading.Lock()
 MAX_REMEMBERED_JOBS = 64
 MAX_REMEMBERED_TEXT = 100_000  # characters
-MAX_REMEMBERED_AXIS_BYTES = 1 << 20  # the job's axes, in all
+MAX_REMEMBERED_AXIS_BYTES = 1 << 20  # the job's axes and tensors, in all
 
 
 def _worth_remembering(built: "Job", text: str) -> bool:
-    axis_bytes = sum(axis.values.nbytes for axis in built.grid.axes)
-    return len(text) <= MAX_REMEMBERED_TEXT and axis_bytes <= MAX_REMEMBERED_AXIS_BYTES
+    if built.grid.files:  # an edited data file must be read again
+        return False
+    held = sum(axis.values.nbytes for axis in built.grid.axes) + \
+        sum(values.nbytes for values in built.grid.tensors.values())
+    return len(text) <= MAX_REMEMBERED_TEXT and held <= MAX_REMEMBERED_AXIS_BYTES
 
 
 def job_from_dict(data: dict, overrides: dict | None = None, config: str | Path | None = None) -> Job:
@@ -301,19 +382,41 @@ def _build(doc: Document, text: str, default_name: str) -> Job:
         names.note_formula(formula, where)
     grid = _collect(problems, doc, lambda: build_grid(
         {names.of(raw): value for raw, value in spec.inputs.items()}, spec.grid,
-        lambda path: doc.where(("inputs", *names.raw_path(path)))))
+        lambda path: doc.where(("inputs", *names.raw_path(path))), data_folder(doc.file)))
     _check_op_budget(formula_nodes, doc)
-    graph = _collect(problems, doc, lambda: _link(spec, doc, names, formula_nodes))
+    has_tensors = any(is_tensor(value) for value in spec.inputs.values())
+    graph = None
+    if grid is not None or not has_tensors:  # else shapes would be guesses: checked once they load
+        shapes = {name: values.shape for name, values in grid.tensors.items()} if grid else {}
+        graph = _collect(problems, doc, lambda: _link(spec, doc, names, formula_nodes, shapes))
     if problems:
         raise JobProblems.of(problems)
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return Job(spec.name or default_name, spec.description, doc.file, graph, grid, spec.settings,
-               digest, tuple(names.notes), (spec.settings, {}, None))
+               content_hash(text, grid.files), tuple(names.notes), (spec.settings, {}, None))
 
 
-def _link(spec: JobSpec, doc: Document, names: "_Names", formula_nodes: dict) -> Graph:
-    """The graph of the parsed formulas. A node whose formula failed to parse (already reported)
-    stands in as a constant, so that the rest still links and its own problems are found too."""
+def data_folder(file: str) -> Path:
+    """Where a job's data files are: beside its file; for a job that has no file of its own
+    ("<dict>", "<stdin>", "<job>"), the working folder."""
+    if file.startswith("<") and file.endswith(">"):
+        return Path.cwd()
+    return Path(os.path.abspath(file)).parent
+
+
+def content_hash(text: str, files: tuple = ()) -> str:
+    """sha256 of the job's text and, in order, each data file's path and sha256: a job whose data
+    changed is another job. (A job without data files: the sha256 of its text, as always.)"""
+    digest = hashlib.sha256(text.encode("utf-8"))
+    for file in files:
+        digest.update(f"\0{file.path}\0{file.sha256}".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _link(spec: JobSpec, doc: Document, names: "_Names", formula_nodes: dict,
+          input_shapes: dict[str, tuple]) -> Graph:
+    """The graph of the parsed formulas, every node's shape inferred from the tensor inputs'
+    `input_shapes`. A node whose formula failed to parse (already reported) stands in as a
+    constant, so that the rest still links and its own problems are found too."""
     nodes = {name: formula_nodes.get(name) or [Node(name, "const", const=0.0, owner=name)]
              for name in (names.of(raw) for raw in spec.graph) if name in names.nodes}
     outputs = [names.listed(n, ("outputs", i)) for i, n in enumerate(spec.outputs)]
@@ -324,7 +427,8 @@ def _link(spec: JobSpec, doc: Document, names: "_Names", formula_nodes: dict) ->
         output_where.update({n: doc.where(("wrt", i)) for i, n in enumerate(wrt)})
     formulas = {names.of(raw): formula for raw, formula in spec.graph.items()}
     inputs = [name for name in (names.of(raw) for raw in spec.inputs) if name in names.all]
-    return build_graph(inputs, nodes, outputs, wrt, formulas, output_where)
+    return build_graph(inputs, nodes, outputs, wrt, formulas, output_where,
+                       input_shapes=input_shapes, order=spec.order, mode=spec.mode)
 
 
 def _collect(problems: list, doc: Document, build):
@@ -360,8 +464,9 @@ def _schema_problems(exc: ValidationError, doc: Document, base: tuple) -> list[J
         if detail["type"] == "missing" and path in misspelt:
             continue
         error = _schema_problem(detail, path, doc)
-        if detail["type"] == "extra_forbidden" and error.hint and error.hint.startswith("did you"):
-            misspelt.add(path[:-1] + (error.hint.split("'")[1],))
+        meant = _meant_key(error.hint) if detail["type"] == "extra_forbidden" else None
+        if meant:
+            misspelt.add(path[:-1] + (meant,))
         if (str(error.where), error.message) not in seen:
             seen.add((str(error.where), error.message))
             problems.append(error)
@@ -394,8 +499,20 @@ def _schema_problem(detail: dict, path: tuple, doc: Document) -> JobFileError:
                         hint=hint)
 
 
+_N_FOR_SHAPE = "a tensor generator takes `shape: [..]` (e.g. shape: [4]) rather than `n`"
+
+
+def _meant_key(hint: str | None) -> str | None:
+    """The key an unknown key's hint says was meant (its own 'missing' is then not reported)."""
+    if hint and hint.startswith("did you"):
+        return hint.split("'")[1]
+    return "shape" if hint == _N_FOR_SHAPE else None
+
+
 def _unknown_key_hint(key: str, path: tuple, doc: Document) -> str:
     allowed = _allowed_keys(path[:-1])
+    if key == "n" and "shape" in allowed:
+        return _N_FOR_SHAPE
     close = did_you_mean(key, allowed)
     if close:
         return close
@@ -410,12 +527,14 @@ def _plain(msg: str) -> str:
 
 
 def _data_path(loc: tuple, doc: Document, base: tuple) -> tuple:
-    """Pydantic's error location without the union tags it inserts ('linspace', 'tagged-union'...)."""
+    """Pydantic's error location without the union tags it inserts ('<linspace>'...) and the other
+    parts that are not places in the file."""
     path: tuple = ()
-    for part in loc:
+    for k, part in enumerate(loc):
+        if part in _TAGS:
+            continue
         candidate = path + (part,)
-        last = part == loc[-1] and part not in ("scalar", "list")  # not the union's tags
-        if base + candidate in doc.value_at or base + candidate in doc.key_at or last:
+        if base + candidate in doc.value_at or base + candidate in doc.key_at or k == len(loc) - 1:
             path = candidate
     return path
 
@@ -423,7 +542,10 @@ def _data_path(loc: tuple, doc: Document, base: tuple) -> tuple:
 def _allowed_keys(path: tuple) -> list[str]:
     model = _MODELS_AT.get(path)
     if model is None and len(path) == 2 and path[0] == "inputs":
-        return sorted({k for m in GENERATORS.values() for k in m.model_fields})
+        models = [*GENERATORS.values(), TensorInput, FileInput]
+        return sorted({k for m in models for k in m.model_fields})
+    if model is None and len(path) == 3 and path[0] == "inputs" and path[2] == "tensor":
+        return sorted({k for m in TENSOR_GENERATORS.values() for k in m.model_fields})
     return list(model.model_fields) if model else []
 
 

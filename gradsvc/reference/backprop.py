@@ -38,7 +38,10 @@ class PointResult:
 
 def forward(graph: Graph, inputs: dict[str, float], overrides: dict[str, float] | None = None
             ) -> dict[str, float]:
-    """Every node's value; `overrides` replaces a node's computed value (for finite differences)."""
+    """Every node's value; `overrides` replaces a node's computed value (for finite differences).
+    Tensor graphs are written out in scalars first (`scalarize`)."""
+    if getattr(graph, "has_tensors", False):
+        raise ValueError("the reference runs scalar graphs: write a tensor graph out with scalarize()")
     values: dict[str, float] = {}
     for node in graph.nodes:
         if node.op == "input":
@@ -209,6 +212,14 @@ def _partial_errors(op, args: tuple, out: float, args_err: tuple, unit: float, b
 
 def _grad_errors(graph: Graph, values, adjoint, value_err, output: str, unit: float,
                  partials: dict, partial_errs: dict) -> dict:
+    err = _adjoint_errors(graph, values, adjoint, value_err, output, unit, partials, partial_errs)
+    return {name: err.get(name, 0.0) for name in graph.visible}
+
+
+def _adjoint_errors(graph: Graph, values, adjoint, value_err, output: str, unit: float,
+                    partials: dict, partial_errs: dict) -> dict[str, float]:
+    """The gradient error bound of every node with an adjoint (`partial_errs` is filled in as a
+    cache shared between outputs)."""
     err: dict[str, float] = {output: 0.0}
     for node in reversed(graph.nodes):
         if node.name not in adjoint or not node.args or node.primitive.no_gradient:
@@ -226,4 +237,4 @@ def _grad_errors(graph: Graph, values, adjoint, value_err, output: str, unit: fl
                 continue
             term = _times(abs(p), bar_err) + _times(abs(bar), p_err) + unit * abs(bar * p)
             err[arg] = err.get(arg, 0.0) + term
-    return {name: err.get(name, 0.0) for name in graph.visible}
+    return err

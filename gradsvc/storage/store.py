@@ -126,8 +126,10 @@ class _NpyColumn:
     """One .npy file written front to back: header first (the final shape is known), then chunks;
     its size and checksum are counted on the way out."""
 
-    def __init__(self, path: Path, size: int, dtype, copy_of: _NpyColumn | None = None):
-        """With `copy_of`, the file goes on from a copy of that one (header and chunks so far)."""
+    def __init__(self, path: Path, size: int, dtype, copy_of: _NpyColumn | None = None,
+                 shape: tuple[int, ...] = ()):
+        """An array of (size, *shape); with `copy_of`, the file goes on from a copy of that one
+        (header and chunks so far)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         if copy_of is not None:
@@ -138,7 +140,7 @@ class _NpyColumn:
             return
         self.file = ChecksummedFile(path)
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                  "shape": (size,)}
+                  "shape": (size, *shape)}
         np.lib.format.write_array_header_1_0(self.file, header)
 
     def write(self, data: np.ndarray) -> None:
@@ -146,6 +148,15 @@ class _NpyColumn:
 
     def close(self) -> None:
         self.file.close()
+
+
+def result_files(graph, kept: tuple[str, ...]) -> list[str]:
+    """Each array's file in a result folder, in the kernel's order: the kept values, the
+    gradients (Jacobians), the Hessians."""
+    files = [f"values/{n}.npy" for n in kept]
+    files += [f"grads/{out}/{n}.npy" for out in graph.outputs for n in graph.wrt]
+    return files + [f"hessians/{out}/{a}/{b}.npy" for out in graph.hessian_outputs
+                    for a in graph.wrt for b in graph.wrt]
 
 
 class DiskSink:
@@ -157,13 +168,13 @@ class DiskSink:
     """
 
     def __init__(self, job: Job, folder: Path):
-        from ..api import kept_nodes
+        from ..api import kept_nodes, result_shapes
         from ..engine.jaxrun import DTYPES
-        graph = job.graph
         self.folder = folder
         self.size, self.dtype = job.grid.size, DTYPES[job.settings.dtype]
-        self.paths = [folder / "values" / f"{n}.npy" for n in kept_nodes(job)]
-        self.paths += [folder / "grads" / out / f"{n}.npy" for out in graph.outputs for n in graph.wrt]
+        self.paths = [folder / name for name in result_files(job.graph, kept_nodes(job))]
+        value_shapes, derivative_shapes = result_shapes(job)
+        self.shapes = value_shapes + derivative_shapes
         self.columns: dict[int, _NpyColumn] = {}  # opened at the first chunk
         self.twin_of: dict[int, int] = {}  # result index -> the written result it is the same array as
 
@@ -184,13 +195,14 @@ class DiskSink:
             if j != i:
                 self.twin_of[i] = j
             else:
-                self.columns[i] = _NpyColumn(self.paths[i], self.size, self.dtype)
+                self.columns[i] = _NpyColumn(self.paths[i], self.size, self.dtype,
+                                             shape=self.shapes[i])
 
     def _separate(self, i: int, j: int) -> None:
         """Result i stops being result j's array: its file starts as a copy of j's so far."""
         del self.twin_of[i]
         self.columns[i] = _NpyColumn(self.paths[i], self.size, self.dtype,
-                                     copy_of=self.columns[j])
+                                     copy_of=self.columns[j], shape=self.shapes[i])
 
     def rewind(self) -> None:
         """Forget every chunk written: the job is being computed again (api.execute), and every
@@ -209,7 +221,8 @@ class DiskSink:
             try:
                 os.link(self.paths[j], self.paths[i])
             except OSError:  # a file system without hard links: a copy of its own
-                _NpyColumn(self.paths[i], self.size, self.dtype, copy_of=self.columns[j]).close()
+                _NpyColumn(self.paths[i], self.size, self.dtype, copy_of=self.columns[j],
+                           shape=self.shapes[i]).close()
 
     def records(self) -> dict[str, dict]:
         """Size and checksum of every file written, by its path in the folder (twins too)."""
@@ -260,20 +273,26 @@ def _axes_as_run(job: Job) -> list[tuple[str, np.ndarray]]:
 
 
 def _write_axes(folder: Path, job: Job) -> dict[str, dict]:
-    (folder / "axes").mkdir(exist_ok=True)
+    """Each grid input's axis, and each tensor input once (it is the same at every point)."""
+    from ..engine.jaxrun import DTYPES
+    dtype = DTYPES[job.settings.dtype]
+    arrays = [(f"axes/{name}.npy", values) for name, values in _axes_as_run(job)]
+    arrays += [(f"tensors/{name}.npy", tensor.astype(dtype))
+               for name, tensor in job.grid.tensors.items()]
     records = {}
-    for name, values in _axes_as_run(job):
-        out = ChecksummedFile(folder / "axes" / f"{name}.npy")
+    for name, values in arrays:
+        (folder / name).parent.mkdir(exist_ok=True)
+        out = ChecksummedFile(folder / name)
         try:
             np.save(out, values)
         finally:
             out.close()
-        records[f"axes/{name}.npy"] = out.record()
+        records[name] = out.record()
     return records
 
 
 def _summary(job: Job, done, files: dict[str, dict]) -> dict:
-    from ..teaching.report import json_safe
+    from ..teaching.report import json_safe, verify_json
     graph, grid = job.graph, job.grid
     return json_safe({
         "complete": True,
@@ -289,13 +308,24 @@ def _summary(job: Job, done, files: dict[str, dict]) -> dict:
         "outputs": list(graph.outputs),
         "wrt": list(graph.wrt),
         "nodes": list(done.kept),
+        **_tensor_summary(graph),
         "formulas": graph.formulas,
-        "verify": done.verify,
+        "verify": verify_json(done.verify),
         "timings": done.timings,
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,
     })
+
+
+def _tensor_summary(graph) -> dict:
+    """What a tensor job's summary adds: every name's shape at one point, the tensor inputs and
+    the outputs with Hessians (a scalar job's summary is as it was)."""
+    if not (graph.has_tensors or graph.hessian_outputs):
+        return {}
+    return {"shapes": {n: list(graph.shape_of(n)) for n in graph.visible},
+            "tensor_inputs": list(graph.tensor_inputs),
+            "hessian_outputs": list(graph.hessian_outputs)}
 
 
 def _grid_summary(job: Job) -> dict:
@@ -305,13 +335,16 @@ def _grid_summary(job: Job) -> dict:
 
 
 def _write_csv(folder: Path, job: Job, kept: tuple[str, ...]) -> None:
+    """One row per point, one column per number: the grid inputs, the scalar values and the
+    scalar gradients (tensors are in their .npy files; the summary lists their shapes)."""
     graph = job.graph
+    shape = graph.shape_of
     coords = PointCoords(_grid_summary(job), dict(_axes_as_run(job)))
-    columns = [(n, folder / "values" / f"{n}.npy") for n in kept]
+    columns = [(n, folder / "values" / f"{n}.npy") for n in kept if not shape(n)]
     columns += [(f"d{o}/d{n}", folder / "grads" / o / f"{n}.npy") for o in graph.outputs
-                for n in graph.wrt]
-    arrays = [coords[n] for n in graph.inputs] + [np.load(path) for _, path in columns]
-    columns = [(n, None) for n in graph.inputs] + columns
+                for n in graph.wrt if not shape(o) + shape(n)]
+    arrays = [coords[n] for n in graph.grid_inputs] + [np.load(path) for _, path in columns]
+    columns = [(n, None) for n in graph.grid_inputs] + columns
     with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["point"] + [name for name, _ in columns])
@@ -390,15 +423,28 @@ def load_result(folder: str | Path, mmap: bool = True, verify: bool | None = Non
     mode = "r" if mmap else None
     points, dtype = summary["points"], np.dtype(summary["dtype"])
 
-    def load(name: str, length: int | None = points, how=mode) -> np.ndarray:
-        return _load_array(folder, name, how, length, dtype)  # a recorded file: size just checked
-    values = {n: load(f"values/{n}.npy") for n in summary["nodes"]}
-    grads = {o: {n: load(f"grads/{o}/{n}.npy") for n in summary["wrt"]} for o in summary["outputs"]}
+    def load(name: str, shape: tuple, how=mode) -> np.ndarray:
+        return _load_array(folder, name, how, shape, dtype)  # a recorded file: size just checked
+    shapes = {n: tuple(s) for n, s in summary.get("shapes", {}).items()}
+
+    def shaped(name: str, *names: str) -> tuple:
+        return tuple(d for n in names for d in shapes.get(n, ()))
+    values = {n: load(f"values/{n}.npy", (points, *shaped(n, n))) for n in summary["nodes"]}
+    grads = {o: {n: load(f"grads/{o}/{n}.npy", (points, *shaped(n, o, n))) for n in summary["wrt"]}
+             for o in summary["outputs"]}
+    wrt = summary["wrt"]
+    hessians = {o: {a: {b: load(f"hessians/{o}/{a}/{b}.npy", (points, *shaped(b, a, b)))
+                        for b in wrt} for a in wrt} for o in summary.get("hessian_outputs", [])}
     grid = summary["grid"]
     lengths = grid["shape"] if grid["mode"] == "product" else [None] * len(grid["inputs"])
-    axes = {n: load(f"axes/{n}.npy", length, None) for n, length in zip(grid["inputs"], lengths)}
-    return {"summary": summary, "values": values, "grads": grads, "axes": axes,
-            "coords": PointCoords(grid, axes)}
+    axes = {n: load(f"axes/{n}.npy", (length,), None) for n, length in zip(grid["inputs"], lengths)}
+    tensors = {n: load(f"tensors/{n}.npy", shapes[n], None)
+               for n in summary.get("tensor_inputs", [])}
+    loaded = {"summary": summary, "values": values, "grads": grads, "axes": axes,
+              "coords": PointCoords(grid, axes)}
+    if tensors or hessians:  # a scalar job's result is as it was
+        loaded.update(tensors=tensors, hessians=hessians)
+    return loaded
 
 
 SUMMARY_KEYS = ("complete", "status", "key", "points", "grid", "dtype", "outputs", "wrt", "nodes",
@@ -465,15 +511,16 @@ def _damaged(folder: Path, damage: str) -> ResultError:
                        "it recomputes damaged results")
 
 
-def _load_array(folder: Path, name: str, mode, length: int | None, dtype) -> np.ndarray:
-    """One stored 1-D array, checked to be what the summary says (a header can be damaged
-    without changing the file's size)."""
+def _load_array(folder: Path, name: str, mode, shape: tuple, dtype) -> np.ndarray:
+    """One stored array, checked to be what the summary says (a header can be damaged without
+    changing the file's size); a None in `shape` is any length."""
     try:
         array = np.load(folder / name, mmap_mode=mode, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise _damaged(folder, f"{name} is not a readable .npy file ({error})") from None
-    if array.ndim != 1 or (length is not None and len(array) != length) or array.dtype != dtype:
-        expected = f"({'n' if length is None else length},) {dtype}"
+    fits = array.ndim == len(shape) and all(n is None or n == m for n, m in zip(shape, array.shape))
+    if not fits or array.dtype != dtype:
+        expected = f"({', '.join('n' if n is None else str(n) for n in shape)}{',' * (len(shape) == 1)}) {dtype}"
         raise _damaged(folder, f"{name} holds a {array.shape} {array.dtype} array, "
                        f"expected {expected}")
     return array

@@ -24,6 +24,9 @@ def json_number(x: float):
 
 
 def _json_array(a: np.ndarray):
+    """One point: its number (or nested lists, for a tensor); several: a list over points."""
+    if a.ndim > 1:
+        return json_safe(a[0].tolist() if len(a) == 1 else a.tolist())
     return json_number(a[0]) if len(a) == 1 else [json_number(v) for v in a.tolist()]
 
 
@@ -43,9 +46,11 @@ def json_safe(obj):
 
 
 def to_json(result) -> dict:
-    """The `--format json` object: values and grads as numbers (one point) or lists in grid order."""
+    """The `--format json` object: values and grads as numbers (one point) or lists in grid order;
+    a tensor job adds each name's shape at one point and (with `order: 2`) the Hessians."""
     job = result.job
-    return {
+    graph = job.graph
+    data = {
         "name": job.name,
         "file": job.file,
         "points": result.points,
@@ -57,11 +62,26 @@ def to_json(result) -> dict:
         "values": {name: _json_array(a) for name, a in result.values.items()},
         "grads": {out: {name: _json_array(a) for name, a in g.items()}
                   for out, g in result.grads.items()},
-        "verify": json_safe(result.verify),
+        "verify": verify_json(result.verify),
         "timings": json_safe(result.timings),
         "content_hash": job.content_hash,
         "notes": list(job.notes),
     }
+    if graph.has_tensors or graph.hessian_outputs:  # a scalar job's JSON is as it was
+        data["shapes"] = {name: list(graph.shape_of(name)) for name in graph.visible}
+        data["hessians"] = {out: {a: {b: _json_array(h) for b, h in row.items()}
+                                  for a, row in rows.items()}
+                            for out, rows in result.hessians.items()}
+    return data
+
+
+def verify_json(report) -> dict:
+    """The verification report; the tensor-only parts only where a tensor job filled them."""
+    data = json_safe(report)
+    for key in ("elements", "hessians"):
+        if not data.get(key):
+            data.pop(key, None)
+    return data
 
 
 def _plural(n: int, noun: str, every: str = "") -> str:
@@ -79,26 +99,61 @@ def _fmt(x: float) -> str:
 
 def print_table(result, console: Console) -> None:
     job = result.job
-    console.print(f"[bold]{job.name}[/bold]  {job.file}  {_plural(result.points, 'point')} "
-                  f"({job.grid.mode} {'x'.join(map(str, result.shape))})"
+    grid = f" ({job.grid.mode} {'x'.join(map(str, result.shape))})" if job.grid.axes else ""
+    console.print(f"[bold]{job.name}[/bold]  {job.file}  {_plural(result.points, 'point')}{grid}"
                   f"  {result.dtype} on {result.device}")
     for note in job.notes:  # e.g. a name that Unicode normalization changed
         console.print(note, style="yellow", markup=False)
     if result.points <= TABLE_POINTS:
         for i in range(result.points):
             title = f"point {i}" if result.points > 1 else None
-            _print_node_tables(result, console, title, lambda a, i=i: _fmt(a[i]))
+            _print_node_tables(result, console, title, lambda a, i=i: _cell(a[i]))
+            _print_hessians(result, console, lambda a, i=i: _cell(a[i]))
     else:
         _print_node_tables(result, console, "over the grid: min .. max", _range)
+        _print_hessians(result, console, _range)
     _print_verify(result, console)
+
+
+SHOWN_CHARS = 36  # a tensor whose numbers fit in this many characters is shown whole in a cell
+
+
+def _cell(x) -> str:
+    """One point's number, or a small tensor's numbers, or a bigger one's shape and range."""
+    if np.ndim(x) == 0:
+        return _fmt(x)
+    x = np.asarray(x)
+    if x.size <= SHOWN_CHARS // 2:
+        whole = np.array2string(x, separator=", ", formatter={"float_kind": _fmt, "int": _fmt},
+                                max_line_width=10_000).replace("\n", "")
+        if len(whole) <= SHOWN_CHARS:
+            return whole
+    return f"{_shape_text(x.shape)} {_range(x)}"
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _range(a: np.ndarray) -> str:
     finite = a[np.isfinite(a)]
-    note = f" ({len(a) - len(finite)} non-finite)" if len(finite) < len(a) else ""
+    note = f" ({a.size - len(finite)} non-finite)" if len(finite) < a.size else ""
     if len(finite) == 0:
         return "all non-finite"
     return f"{_fmt(finite.min())} .. {_fmt(finite.max())}{note}"
+
+
+def _print_hessians(result, console: Console, cell) -> None:
+    """With `order: 2`: each scalar output's Hessian, one row per pair of wrt names."""
+    for out, rows in result.hessians.items():
+        table = Table(title=f"Hessian of {out}", title_justify="left")
+        table.add_column("d²/d(row) d(column)", no_wrap=True)
+        names = list(rows)
+        for name in names:
+            table.add_column(name, justify="right", no_wrap=True)
+        for a in names:
+            table.add_row(a, *(cell(rows[a][b]) for b in names))
+        console.print(table)
 
 
 FORMULA_MIN = 12  # the formula column wraps down to this width before tables are split
@@ -134,7 +189,7 @@ def _node_table(rows, title: str | None, outputs) -> Table:
     """One row per input and node: formula, value and d(output)/d(node) for each of `outputs`.
     Numbers never wrap; a long formula does."""
     table = Table(title=title, title_justify="left")
-    table.add_column("node", no_wrap=True)
+    table.add_column("node", no_wrap=True, min_width=max(len(r[0]) for r in rows))
     table.add_column("formula", style="dim", min_width=FORMULA_MIN)
     table.add_column("value", justify="right", no_wrap=True)
     for out in outputs:
@@ -145,7 +200,7 @@ def _node_table(rows, title: str | None, outputs) -> Table:
 
 
 def _coords(coords: dict) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in coords.items())
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in coords.items()) or "the only point"
 
 
 def _print_verify(result, console: Console) -> None:
@@ -156,6 +211,7 @@ def _print_verify(result, console: Console) -> None:
     console.print(f"{mark}: {scope} against the pure-Python reference "
                   f"({v.compared:,} numbers, {v.mismatches} outside tolerance); "
                   f"max abs err {v.max_abs_err:.3g}, max rel err {v.max_rel_err:.3g}")
+    _print_tensor_checks(v, console)
     if v.floor_note:  # fewer points than verify_min_points fitted in the budget
         console.print(f"  {v.floor_note}", style="yellow", markup=False)
     if v.worst is not None and v.max_abs_err > 0:
@@ -194,6 +250,23 @@ def _print_verify(result, console: Console) -> None:
                       markup=False)
     console.print(f"  [dim]compile {t['compile_s']:.3f}s, run {t['run_s']:.3f}s, verify "
                   f"{t['verify_s']:.3f}s[/dim]")
+
+
+def _print_tensor_checks(v, console: Console) -> None:
+    """How much of a tensor job's numbers were compared, and its Hessian checks."""
+    e, h = v.elements, v.hessians
+    if e:
+        console.print(f"  elements compared per point: {e['values_checked']:,} of "
+                      f"{e['values_total']:,} values, {e['derivatives_checked']:,} of "
+                      f"{e['derivatives_total']:,} derivatives")
+    if h:
+        console.print(f"  Hessians: {h['compared']:,} entries at {_plural(h['points'], 'point')}, "
+                      f"{h['mismatches']} outside tolerance; {h['fd_checked']} checked by central "
+                      f"differences of the reference gradient, {h['fd_mismatches']} mismatches")
+        for item in h.get("mismatch_points", [])[:LISTED]:
+            console.print(f"  [red]mismatch[/red] at point {item['index']} "
+                          f"({_coords(item['coords'])}): {item['quantity']} "
+                          f"jax={_fmt(item['jax'])} reference={_fmt(item['reference'])}")
 
 
 def _listing(console: Console, label: str, count: int, points: list[dict], key: str) -> None:
