@@ -143,12 +143,15 @@ def time_gradsvc(job, reps: int) -> tuple[float, dict]:
 def run_phase(job):
     """The run phase alone, as a repeated run takes it: the compiled kernel looked up, every chunk
     computed and its results delivered to host memory (imports done here, outside the timing)."""
-    from gradsvc.api import MemorySink, _compiled_for, _exact_twin, chunk_size_for
-    from gradsvc.engine.jaxrun import run_chunks
+    from gradsvc.api import MemorySink
+    from gradsvc.engine.jax_backend import JAX
+    from gradsvc.engine.plan import plan_run
 
     def run() -> None:
-        compiled, _ = _compiled_for(job, chunk_size_for(job, whole=True))
-        run_chunks(compiled, job.grid, MemorySink(job).write, _exact_twin(job, compiled))
+        sink = MemorySink(job)
+        plan = plan_run(job, sink.layout, sink.whole)
+        kernel, _ = JAX.kernel(plan)
+        JAX.run(plan, kernel, sink.write)
     return run
 
 

@@ -151,15 +151,15 @@ def _hand_jax(graph: RandomGraph, points: int):
 def _gradsvc(graph: RandomGraph, contender: str, points: int):
     """gradsvc's kernel with fast sin/cos, with XLA's, or the one `gradsvc.run` gives this job in
     a fresh process (gradsvc.engine.plan); each compiled past every cache."""
-    from gradsvc import api
     from gradsvc.engine import plan
+    from gradsvc.engine.jax_backend import JAX
     from gradsvc.engine.jaxrun import compile_graph, run_chunks
     from gradsvc.job.spec import job_from_dict
     spec = job_dict(graph, contender != "gradsvc_exact", points)
     spec["settings"]["compile_cache"] = "off"  # no cache to load from: every cell compiles
     job = job_from_dict(spec)
     kernel = {"gradsvc_fast": plan.FULL_FAST, "gradsvc_exact": plan.FULL}.get(contender) or \
-        api.kernel_plan(job, points)
+        JAX.choice(plan.plan_run(job, plan.result_layout(job), whole=True))
     compiled = compile_graph(job.graph, job.grid, "float64", "cpu", points, (), kernel.fast,
                              quick=kernel.quick)
 

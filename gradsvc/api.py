@@ -8,21 +8,18 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from . import limits
-from .engine import plan
+from .engine.backend import Backend
+from .engine.jacobians import uses_jacobians
+from .engine.jax_backend import JAX
+from .engine.jaxrun import DTYPES
+from .engine.plan import ExecutionPlan, ResultLayout, plan_run, result_layout
 from .errors import LimitError
-from .engine.jacobians import derivative_shapes, uses_jacobians
-from .engine.jaxrun import DTYPES, Compiled, compile_graph, get_device, run_chunks
-from .engine.kcache import executable_key, executable_path, remove_entry, use_compile_cache
 from .job.spec import Job, as_job
 from .verify import VerifyReport, candidate_points, checks_in_full, verify
 
@@ -80,119 +77,7 @@ def _at(array: np.ndarray, index: int):
     return array[index].tolist() if array.ndim > 1 else float(array[index])
 
 
-# Jobs with the same graph structure compile once per process. Least recently used first, and
-# bounded: each compiled kernel holds ~18 memory mappings of machine code, and a process that ran
-# thousands of distinct graphs (a long fuzz campaign did) reached the kernel's limit of 65,530
-# mappings and XLA crashed. Evicted kernels come back from the on-disk executable cache.
-_COMPILED: OrderedDict[tuple, Compiled] = OrderedDict()
-_COMPILED_LOCK = threading.Lock()  # threads of one process (a service) share the kernels
-
-
-def kept_nodes(job: Job) -> tuple[str, ...]:
-    """The named nodes whose values the kernel returns (`keep_values`); inputs never need to be:
-    their values are the grid coordinates."""
-    keep = job.settings.keep_values
-    graph = job.graph
-    if keep == "all":
-        return graph.named
-    if keep == "outputs":
-        return tuple(n for n in graph.named if n in graph.outputs)
-    return ()
-
-
-SMALL_GRAPH_OPS = 32  # up to this many primitive ops a graph is memory-bound: big chunks win
-CACHE_CHUNK = 1 << 16  # graphs with many intermediates: they stay in cache
-STREAM_CHUNK = 1 << 20  # small graphs, results streamed (to disk): bounded memory per chunk
-WHOLE_CHUNK = 1 << 24  # small graphs, results kept in memory: one chunk is the final array
-
-
-def chunk_size_for(job: Job, whole: bool) -> int:
-    """Points per compiled call. Measured on the seed and medium graphs (benchmarks/README.md):
-    a graph with many intermediates runs fastest in chunks of 65536, whose intermediates stay in
-    cache; a small graph is bound by memory traffic, and when the results stay in memory (`whole`)
-    one chunk spares the per-chunk dispatch and the copy of chunks into one array per result."""
-    size = job.grid.size
-    if job.settings.chunk_size != "auto":
-        return min(job.settings.chunk_size, size)
-    if sum(1 for n in job.graph.nodes if n.primitive is not None) > SMALL_GRAPH_OPS:
-        return min(CACHE_CHUNK, size)
-    return min(WHOLE_CHUNK if whole else STREAM_CHUNK, size)
-
-
-def _shape(job: Job, chunk_size: int) -> tuple:
-    return plan.shape_key(job, chunk_size, kept_nodes(job))
-
-
-def kernel_plan(job: Job, chunk_size: int, shape: tuple | None = None) -> plan.KernelPlan:
-    """Which kernel this run of `job` gets (`plan.choose`); `shape`: the job's `_shape`."""
-    shape = shape or _shape(job, chunk_size)
-    return plan.choose(job, shape, lambda kernel: (*shape, kernel) in _COMPILED,
-                       lambda kernel: _on_disk(job, chunk_size, kernel))
-
-
-def _on_disk(job: Job, chunk_size: int, kernel: plan.KernelPlan) -> bool:
-    s = job.settings
-    use_compile_cache(s.compile_cache)
-    device = get_device(s.device, inline=job.grid.size <= chunk_size)
-    path = executable_path(executable_key(job.graph, job.grid, s.dtype, device, chunk_size,
-                                          kept_nodes(job), kernel.fast, kernel.quick))
-    return path is not None and path.is_file()
-
-
-def _compiled_for(job: Job, chunk_size: int, fresh: bool = False,
-                  shape: tuple | None = None) -> tuple[Compiled, bool]:
-    """The job's kernel, and whether this process had it already. `fresh`: compiled past every
-    cache (see compile_graph); `shape`: the job's `_shape`, where the caller has it."""
-    s = job.settings
-    shape = shape or _shape(job, chunk_size)
-    kernel = kernel_plan(job, chunk_size, shape)
-    key = (*shape, kernel)  # a kernel of this shape, compiled this way
-    with _COMPILED_LOCK:
-        have = None if fresh else _COMPILED.get(key)
-        if have is not None:
-            _COMPILED.move_to_end(key)
-    if have is not None:
-        return have, True
-    use_compile_cache(s.compile_cache)
-    compiled = compile_graph(job.graph, job.grid, s.dtype, s.device, chunk_size, kept_nodes(job),
-                             kernel.fast, fresh=fresh, quick=kernel.quick)
-    with _COMPILED_LOCK:
-        _COMPILED.pop(key, None)
-        _COMPILED[key] = compiled
-        while len(_COMPILED) > limits.MAX_COMPILED_KERNELS:
-            _COMPILED.popitem(last=False)
-    return compiled, False
-
-
 RECOMPILED = "recompiled after a mismatch"  # timings["compiled_from"] of a job run twice
-
-
-def _evict(job: Job, shape: tuple, compiled: Compiled) -> None:
-    """Never use this kernel (or its exact twin) again: not from this process, not from disk."""
-    with _COMPILED_LOCK:
-        _COMPILED.pop((*shape, plan.KernelPlan(compiled.fast, compiled.quick)), None)
-    use_compile_cache(job.settings.compile_cache)  # the folder it came from
-    for kernel in (compiled, compiled.exact):
-        if kernel is not None:
-            remove_entry(kernel.key)
-
-
-def _exact_twin(job: Job, compiled: Compiled) -> Callable[[], Compiled]:
-    """Builds the same function with XLA's own sin/cos, for chunks beyond the fast range (past
-    every cache too when the kernel itself was)."""
-    def build() -> Compiled:
-        s = job.settings
-        return compile_graph(job.graph, job.grid, s.dtype, s.device, compiled.chunk_size,
-                             kept_nodes(job), fast=False, fresh=compiled.fresh,
-                             quick=compiled.quick)
-    return build
-
-
-def result_shapes(job: Job) -> tuple[list[tuple], list[tuple]]:
-    """The shape at one point of each array a kernel returns: the kept values, then the
-    derivatives (Jacobians output-major, then Hessians)."""
-    graph = job.graph
-    return [graph.shape_of(n) for n in kept_nodes(job)], derivative_shapes(graph)
 
 
 class MemorySink:
@@ -202,8 +87,8 @@ class MemorySink:
 
     def __init__(self, job: Job):
         graph, size, dtype = job.graph, job.grid.size, DTYPES[job.settings.dtype]
-        self.shapes = result_shapes(job)
-        n_numbers = len(graph.grid_inputs) + sum(math.prod(s) for s in self.shapes[0] + self.shapes[1])
+        self.layout = result_layout(job)
+        n_numbers = len(graph.grid_inputs) + self.layout.numbers_per_point()
         if size * n_numbers * np.dtype(dtype).itemsize > limits.MAX_RESULT_BYTES:
             raise LimitError(f"{size:,} points x {n_numbers} numbers would need more than "
                              f"{limits.MAX_RESULT_BYTES:,} bytes in memory",
@@ -222,8 +107,9 @@ class MemorySink:
             self.values, self.grads = list(values), list(grads)
             return
         if self.values is None:
-            self.values = [np.empty((self.size, *s), self.dtype) for s in self.shapes[0]]
-            self.grads = [np.empty((self.size, *s), self.dtype) for s in self.shapes[1]]
+            self.values = [np.empty((self.size, *s), self.dtype) for s in self.layout.value_shapes]
+            self.grads = [np.empty((self.size, *s), self.dtype)
+                          for s in self.layout.derivative_shapes]
         for column, chunk in zip(self.values + self.grads, list(values) + list(grads)):
             column[start:stop] = chunk
 
@@ -236,40 +122,39 @@ class Execution:
     kept: tuple[str, ...]  # the nodes whose values were computed
 
 
-def execute(job: Job, sink, progress=None) -> Execution:
-    """Compile (or reuse), stream every chunk into `sink.write`, then verify a sample.
+def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
+    """Plan the run, get its kernel from `backend`, stream every chunk into `sink.write`, then
+    verify a sample.
 
     The rows verification needs are captured as chunks pass, so nothing has to be read back from
     the sink: results can go straight to disk. A kernel whose results disagree with the reference
-    may come from a damaged cache entry: it is evicted (from this process and from disk), and the
-    job is compiled once more past every cache, `sink.rewind()` forgets what was written, and the
-    job runs again before anything is reported; a fresh kernel's mismatch is the result.
+    may come from a damaged cache entry: the backend forgets it, the job is compiled once more
+    past every cache, `sink.rewind()` forgets what was written, and the job runs again before
+    anything is reported; a fresh kernel's mismatch is the result.
     """
     start = time.perf_counter()
-    chunk_size = chunk_size_for(job, getattr(sink, "whole", False))
-    shape = _shape(job, chunk_size)
-    compiled, reused = _compiled_for(job, chunk_size, shape=shape)
-    compile_s = 0.0 if reused else compiled.compile_s
-    source = "this process" if reused else compiled.source
-    attempt = _run_and_verify(job, compiled, sink, progress, start)
-    plan.record_run(shape, job.grid.size)
-    if attempt.report.mismatches and not compiled.fresh:
-        _evict(job, shape, compiled)
+    plan = plan_run(job, sink.layout, sink.whole)
+    kernel, reused = backend.kernel(plan)
+    compile_s = 0.0 if reused else kernel.compile_s
+    source = "this process" if reused else kernel.source
+    attempt = _run_and_verify(plan, backend, kernel, sink, progress, start)
+    if attempt.report.mismatches and not kernel.fresh:
+        backend.forget(plan, kernel)
         sink.rewind()
-        compiled, _ = _compiled_for(job, chunk_size, fresh=True, shape=shape)
-        compile_s += compiled.compile_s
+        kernel, _ = backend.kernel(plan, fresh=True)
+        compile_s += kernel.compile_s
         source = RECOMPILED
-        attempt = _run_and_verify(job, compiled, sink, None, start)  # progress was shown in full
+        attempt = _run_and_verify(plan, backend, kernel, sink, None, start)  # progress was shown
     run_s = attempt.run_s
     timings = {"compile_s": compile_s, "compiled_from": source,
                "run_s": run_s, "verify_s": attempt.verify_s,
                "total_s": time.perf_counter() - start,
                "points_per_s": job.grid.size / run_s if run_s > 0 else float("inf"),
-               "chunks": -(-job.grid.size // compiled.chunk_size),
+               "chunks": -(-job.grid.size // plan.chunk_size),
                "chunks_recomputed_exact": attempt.recomputed,
-               "fast_math": compiled.fast_ops,  # the kernel the plan gave it (see `plan`)
-               "quick_compile": compiled.quick}
-    return Execution(attempt.report, timings, str(compiled.device), kept_nodes(job))
+               "fast_math": kernel.fast_ops,  # the kernel the plan gave it (see engine.plan)
+               "quick_compile": kernel.quick}
+    return Execution(attempt.report, timings, str(kernel.device), plan.kept)
 
 
 @dataclass
@@ -280,13 +165,14 @@ class _Attempt:
     recomputed: int  # chunks recomputed with XLA's own sin/cos
 
 
-def _run_and_verify(job: Job, compiled: Compiled, sink, progress, start: float) -> _Attempt:
+def _run_and_verify(plan: ExecutionPlan, backend: Backend, kernel, sink, progress,
+                    start: float) -> _Attempt:
     """Every chunk into the sink, then verification of the captured rows (its time budget is a
     share of everything since `start`)."""
+    job = plan.job
     s, graph, grid = job.settings, job.graph, job.grid
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
-    kept = kept_nodes(job)
-    capture = _Capture(indices, result_shapes(job), DTYPES[s.dtype])
+    capture = _Capture(indices, plan.layout, DTYPES[s.dtype])
 
     def on_chunk(lo: int, hi: int, values: list, grads: list) -> None:
         sink.write(lo, hi, values, grads)
@@ -295,7 +181,7 @@ def _run_and_verify(job: Job, compiled: Compiled, sink, progress, start: float) 
             progress(hi - lo)
 
     run_start = time.perf_counter()
-    recomputed = run_chunks(compiled, grid, on_chunk, _exact_twin(job, compiled))
+    recomputed = backend.run(plan, kernel, on_chunk)
     run_s = time.perf_counter() - run_start
     verify_start = time.perf_counter()
     budget = s.verify_budget * (time.perf_counter() - start)
@@ -303,12 +189,12 @@ def _run_and_verify(job: Job, compiled: Compiled, sink, progress, start: float) 
                    min_points=s.verify_min_points, seed=s.verify_seed)
     if uses_jacobians(graph):  # whether it checks in full depends on its scalar view
         from .verify_jacobians import verify_jacobians  # its reference parts load with it
-        report = verify_jacobians(graph, grid, s.dtype, indices, kept, capture.values,
+        report = verify_jacobians(graph, grid, s.dtype, indices, plan.kept, capture.values,
                                   capture.derivatives, budget_s=budget, sampled=sampled, **options)
     else:
         in_full = not sampled and checks_in_full(graph, len(indices), s.fd_points)
         values, grads = capture.scalar_rows(len(graph.outputs), len(graph.wrt))
-        report = verify(graph, grid, s.dtype, indices, kept, values, grads,
+        report = verify(graph, grid, s.dtype, indices, plan.kept, values, grads,
                         budget_s=None if in_full else budget, **options)
     return _Attempt(report, run_s, time.perf_counter() - verify_start, recomputed)
 
@@ -317,11 +203,11 @@ class _Capture:
     """The rows of chosen point indices, picked out of chunks as they stream past: for each
     kept value and each derivative, an array (chosen points, *its shape)."""
 
-    def __init__(self, indices: np.ndarray, shapes: tuple[list, list], dtype):
+    def __init__(self, indices: np.ndarray, layout: ResultLayout, dtype):
         self.order = np.argsort(indices, kind="stable")
         self.sorted = indices[self.order]
-        self.values = [np.empty((len(indices), *s), dtype) for s in shapes[0]]
-        self.derivatives = [np.empty((len(indices), *s), dtype) for s in shapes[1]]
+        self.values = [np.empty((len(indices), *s), dtype) for s in layout.value_shapes]
+        self.derivatives = [np.empty((len(indices), *s), dtype) for s in layout.derivative_shapes]
         self.dtype = dtype
 
     def take(self, lo: int, hi: int, values: list, derivatives: list) -> None:
@@ -365,7 +251,7 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
         value_arrays[name] = np.broadcast_to(tensor.astype(DTYPES[job.settings.dtype]),
                                              (grid.size, *tensor.shape))
     value_arrays = {name: value_arrays[name] for name in graph.inputs}  # in the file's order
-    value_arrays.update(dict(zip(kept_nodes(job), sink.values)))
+    value_arrays.update(dict(zip(done.kept, sink.values)))
     derivatives = iter(sink.grads)
     grad_arrays = {out: {name: next(derivatives) for name in graph.wrt} for out in graph.outputs}
     hessians = {out: {a: {b: next(derivatives) for b in graph.wrt} for a in graph.wrt}

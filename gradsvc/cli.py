@@ -188,6 +188,10 @@ def validate(jobs: JobFiles,
         g = job.graph
         out.print(f"ok {path}: {job.name}, {job.grid.size:,} points, {len(g.inputs)} inputs, "
                   f"{len(g.named)} nodes, outputs {', '.join(g.outputs)}", markup=False)
+        if g.has_tensors:
+            from .core.tensor_ops import shape_text
+            shapes = ", ".join(f"{n} {shape_text(g.shape_of(n))}" for n in g.visible)
+            out.print(f"  shapes at each point: {shapes}", markup=False)
         for note in job.notes:
             out.print(f"  {note}", markup=False)
     if bad:

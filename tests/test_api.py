@@ -57,9 +57,10 @@ def test_compiled_kernels_kept_per_process_are_bounded(monkeypatch):
     """Each compiled kernel holds memory mappings; a fuzz campaign of thousands of distinct graphs
     in one process hit the kernel's 65,530-mapping limit and XLA crashed. The cache is an LRU of
     MAX_COMPILED_KERNELS; an evicted graph compiles again (or loads from disk) with equal results."""
-    from gradsvc import api, limits
+    from gradsvc import limits
+    from gradsvc.engine import jax_backend
     monkeypatch.setattr(limits, "MAX_COMPILED_KERNELS", 3)
-    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())
+    monkeypatch.setattr(jax_backend, "_COMPILED", type(jax_backend._COMPILED)())
 
     def job(k: int) -> dict:
         return {"inputs": {"x": [0.5, 1.5]}, "graph": {"z": f"sin(x) * x ** {k + 2}"},
@@ -68,7 +69,7 @@ def test_compiled_kernels_kept_per_process_are_bounded(monkeypatch):
     maps_before = len(open("/proc/self/maps").read().splitlines())
     for k in range(1, 30):
         gradsvc.run(job(k))
-    assert len(api._COMPILED) == 3
+    assert len(jax_backend._COMPILED) == 3
     assert len(open("/proc/self/maps").read().splitlines()) - maps_before < 29 * 10
     again = gradsvc.run(job(0))
     assert again.timings["compiled_from"] != "this process"
@@ -82,13 +83,14 @@ def test_one_chunk_jobs_run_inline_on_a_client_of_their_own():
     The user's JAX keeps its default client, and the numbers are the same bit for bit."""
     import jax
 
-    from gradsvc.api import _compiled_for, chunk_size_for
+    from gradsvc.engine.jax_backend import JAX
+    from gradsvc.engine.plan import plan_run, result_layout
     from gradsvc.job.spec import as_job
     text = ("inputs: {x: {linspace: [-3, 3, 1000]}, y: 0.7}\n"
             "graph: {u: sin(x) * exp(-y * x), z: u * u + tanh(x + y)}\noutputs: [z]\n")
     whole, chunked = as_job(text, {}, None), as_job(text, {"chunk_size": 256}, None)
-    one = _compiled_for(whole, chunk_size_for(whole, whole=True))[0]
-    several = _compiled_for(chunked, chunk_size_for(chunked, whole=True))[0]
+    one = JAX.kernel(plan_run(whole, result_layout(whole), whole=True))[0]
+    several = JAX.kernel(plan_run(chunked, result_layout(chunked), whole=True))[0]
     default = jax.devices("cpu")[0].client
     assert one.device.client is not default and several.device.client is default
     assert jax.numpy.zeros(3).devices() == {jax.devices("cpu")[0]}

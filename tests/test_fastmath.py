@@ -84,9 +84,9 @@ SIN_JOB = {"inputs": {"x": {"linspace": [-3.0, 3.0, 1000]}}, "graph": {"f": "sin
 @pytest.fixture
 def fresh_process(monkeypatch):
     """No kernel compiled and no points run in this process yet."""
-    from gradsvc import api
+    from gradsvc.engine import jax_backend
     from gradsvc.engine import plan
-    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())
+    monkeypatch.setattr(jax_backend, "_COMPILED", type(jax_backend._COMPILED)())
     monkeypatch.setattr(plan, "_POINTS_RUN", type(plan._POINTS_RUN)())
 
 
@@ -136,13 +136,13 @@ def test_a_hot_kernel_is_recompiled_with_fast_sin_cos(fresh_process, monkeypatch
 
 def test_a_fast_kernel_in_the_executable_cache_is_used(fresh_process, monkeypatch, tmp_path):
     """Compiling it was paid for already: a later process loads it, whatever the grid's size."""
-    from gradsvc import api
+    from gradsvc.engine import jax_backend
     from gradsvc.engine import plan
     job = {**SIN_JOB, "settings": {"compile_cache": str(tmp_path)}}
     monkeypatch.setattr(plan, "HOT_POINTS", 1)
     assert gradsvc.run(job).timings["fast_math"] is True
     monkeypatch.undo()
-    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())  # as a new process would
+    monkeypatch.setattr(jax_backend, "_COMPILED", type(jax_backend._COMPILED)())  # as a new process would
     monkeypatch.setattr(plan, "_POINTS_RUN", type(plan._POINTS_RUN)())
     again = gradsvc.run(job)
     assert again.timings["fast_math"] is True

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 import gradsvc
-from gradsvc import api
+from gradsvc.engine import jax_backend
 from tests.conftest import ROOT
 
 TOGGLE = """
@@ -126,7 +126,7 @@ print(json.dumps({"ok": r.ok, "from": r.timings["compiled_from"],
 def test_an_unreadable_jax_cache_entry_is_recompiled_without_a_warning(tmp_path, monkeypatch):
     """JAX warns (UserWarning) of a cache entry it cannot read; gradsvc compiles instead, which
     is all there is to do: the warning is dropped inside gradsvc's compilation only."""
-    monkeypatch.setattr(api, "_COMPILED", OrderedDict())  # compile here, into the cache below
+    monkeypatch.setattr(jax_backend, "_COMPILED", OrderedDict())  # compile here, into the cache below
     cache = tmp_path / "cache"
     assert gradsvc.run("jobs/seed_chain.yaml", compile_cache=str(cache)).ok
     jax_entries = [p for p in cache.iterdir() if p.name.startswith("jit_")]

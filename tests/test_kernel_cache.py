@@ -13,8 +13,7 @@ import pytest
 from rich.console import Console
 
 import gradsvc
-from gradsvc import api
-from gradsvc.engine import jaxrun, kcache
+from gradsvc.engine import jax_backend, jaxrun, kcache, plan
 from gradsvc.core import ops
 from gradsvc.teaching.report import print_table
 from gradsvc.storage.store import load_result
@@ -35,11 +34,11 @@ A, B = job("sin"), job("cos")
 @pytest.fixture(autouse=True)
 def fresh_process(monkeypatch):
     """Each run below starts as a new process would: no kernel compiled in this one yet."""
-    monkeypatch.setattr(api, "_COMPILED", OrderedDict())
+    monkeypatch.setattr(jax_backend, "_COMPILED", OrderedDict())
 
 
 def run(spec: dict, cache: Path, **settings):
-    api._COMPILED.clear()
+    jax_backend._COMPILED.clear()
     return gradsvc.run(spec, compile_cache=str(cache), **settings)
 
 
@@ -66,13 +65,13 @@ def key_of(entry: Path) -> str:
 def expected(spec: dict) -> gradsvc.Result:
     """The job's numbers from a kernel compiled here and now, past every cache (this process's
     kernels are left as they were)."""
-    kept = api._COMPILED.copy()
-    api._COMPILED.clear()
+    kept = jax_backend._COMPILED.copy()
+    jax_backend._COMPILED.clear()
     try:
         return gradsvc.run(spec, compile_cache="off")
     finally:
-        api._COMPILED.clear()
-        api._COMPILED.update(kept)
+        jax_backend._COMPILED.clear()
+        jax_backend._COMPILED.update(kept)
 
 
 def assert_same_numbers(result, reference) -> None:
@@ -94,7 +93,7 @@ def test_an_entry_whose_sidecar_was_edited_is_removed_and_recompiled(tmp_path):
     assert meta["layout"] != meta["layout"][::-1]
     sidecar(entry).write_text(json.dumps({**meta, "layout": meta["layout"][::-1]}))  # valid JSON
 
-    kernel = next(iter(api._COMPILED.values()))
+    kernel = next(iter(jax_backend._COMPILED.values()))
     n_results = len(kernel.layout)
     assert kcache.load_executable(kernel.key, kernel.device, 2, kernel.fast_ops, n_results) is None
     assert not entry.exists() and not sidecar(entry).exists()  # removed, not left to fail again
@@ -140,7 +139,7 @@ def test_a_forged_entry_that_computes_wrong_numbers_is_evicted_and_the_job_recom
     _, entry_a = run_and_entry(A, tmp_path)
     _, entry_b = run_and_entry(B, tmp_path)
     forge(entry_a, entry_b)
-    kernel = next(iter(api._COMPILED.values()))  # B's, of the same shape as A's
+    kernel = next(iter(jax_backend._COMPILED.values()))  # B's, of the same shape as A's
     assert kcache.load_executable(key_of(entry_a), kernel.device, 2, kernel.fast_ops,
                                   len(kernel.layout)) is not None  # it does pass the load check
 
@@ -152,7 +151,7 @@ def test_a_forged_entry_that_computes_wrong_numbers_is_evicted_and_the_job_recom
     print_table(result, shown)
     assert "disagreed with the reference: it was thrown away" in shown.export_text()
     assert entry_a.read_bytes() != entry_b.read_bytes()  # the bad entry was replaced on disk...
-    (kernel,) = api._COMPILED.values()
+    (kernel,) = jax_backend._COMPILED.values()
     assert kernel.fresh  # ...and in this process
     assert gradsvc.run(A, compile_cache=str(tmp_path)).timings["compiled_from"] == "this process"
     second = run(A, tmp_path)  # a later process loads the good kernel, not the bad one again
@@ -162,14 +161,14 @@ def test_a_forged_entry_that_computes_wrong_numbers_is_evicted_and_the_job_recom
 def test_a_mismatching_kernel_in_this_process_is_evicted(tmp_path):
     """The in-process LRU is checked the same way: B's kernel under A's key is replaced."""
     gradsvc.run(B, compile_cache=str(tmp_path))
-    ((_, wrong),) = api._COMPILED.items()
+    ((_, wrong),) = jax_backend._COMPILED.items()
     job_a = gradsvc.job.spec.as_job(A, {"compile_cache": str(tmp_path)}, None)
-    chunk = api.chunk_size_for(job_a, whole=True)
-    key_a = (*api._shape(job_a, chunk), api.kernel_plan(job_a, chunk))
-    api._COMPILED[key_a] = wrong
+    plan_a = plan.plan_run(job_a, plan.result_layout(job_a), whole=True)
+    key_a = (*plan_a.shape, jax_backend.JAX.choice(plan_a))
+    jax_backend._COMPILED[key_a] = wrong
     result = gradsvc.run(job_a)
     assert result.ok and result.timings["compiled_from"] == "recompiled after a mismatch"
-    assert api._COMPILED[key_a] is not wrong and api._COMPILED[key_a].fresh
+    assert jax_backend._COMPILED[key_a] is not wrong and jax_backend._COMPILED[key_a].fresh
     assert_same_numbers(result, expected(A))
 
 
@@ -183,7 +182,7 @@ def test_a_real_mismatch_is_reported_after_one_fresh_compile(tmp_path, monkeypat
     def counting(*args, fresh=False, **kwargs):
         fresh_compiles.append(fresh)
         return compile_graph(*args, fresh=fresh, **kwargs)
-    monkeypatch.setattr(api, "compile_graph", counting)
+    monkeypatch.setattr(jaxrun, "compile_graph", counting)
     result = run(A, tmp_path, fast_math=False)
     assert not result.ok and result.verify.mismatches > 0
     assert result.timings["compiled_from"] == "recompiled after a mismatch"
@@ -197,7 +196,7 @@ def test_a_mismatch_with_no_cache_is_not_run_twice(monkeypatch):
     """With the compile cache off, no cache could have supplied the kernel: its mismatch is the
     result at once (a 1e8-point job is not computed and written twice for nothing)."""
     monkeypatch.setitem(ops.OPS, "sin", dataclasses.replace(ops.OPS["sin"], jax="jax.numpy.cos"))
-    monkeypatch.setattr(api, "_COMPILED", type(api._COMPILED)())
+    monkeypatch.setattr(jax_backend, "_COMPILED", type(jax_backend._COMPILED)())
     result = gradsvc.run(A, compile_cache="off", fast_math=False)
     assert not result.ok and result.timings["compiled_from"] == "compiled"
 
@@ -212,7 +211,7 @@ def test_a_batch_writes_the_rerun_s_numbers_after_a_mismatch(tmp_path, write_job
     forge(entry_a, entry_b)
     path = write_job(json.dumps(chunked_a))
     out = tmp_path / "results"
-    api._COMPILED.clear()
+    jax_backend._COMPILED.clear()
     done = cli("batch", path, "--out", out, "--compile-cache", cache)
     assert done.exit_code == 0, done.stdout + done.stderr
     stored = load_result(out / "job-sin", verify=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gradsvc
-from gradsvc import api
+from gradsvc.engine import jax_backend
 from gradsvc.core import ops
 from gradsvc.verify import candidate_points
 
@@ -17,9 +17,9 @@ def patched_op(monkeypatch):
     """Replace one op in THE table for a test, and forget compiled functions made with it."""
     def patch(name: str, **changes):
         monkeypatch.setitem(ops.OPS, name, dataclasses.replace(ops.OPS[name], **changes))
-        monkeypatch.setattr(api, "_COMPILED", {})
+        monkeypatch.setattr(jax_backend, "_COMPILED", {})
     yield patch
-    api._COMPILED.clear()
+    jax_backend._COMPILED.clear()
 
 
 def test_correct_run_is_ok():
@@ -39,7 +39,7 @@ def test_a_wrong_jax_implementation_is_caught(patched_op):
 def test_a_wrong_fast_sin_is_caught(monkeypatch, fast_math_everywhere):
     from gradsvc.engine import fastmath, jaxrun, kcache
     monkeypatch.setitem(jaxrun.FAST_OPS, "sin", fastmath.cos)
-    monkeypatch.setattr(api, "_COMPILED", {})
+    monkeypatch.setattr(jax_backend, "_COMPILED", {})
     monkeypatch.setattr(kcache, "_cache_dir", [None])  # no executable cache: really recompile
     r = gradsvc.run(JOB, compile_cache="off")
     assert not r.ok and r.verify.mismatches > 0

@@ -195,7 +195,6 @@ class Op:
     # vjp(bar, args, out) -> the adjoint contributions to each argument, where JAX's rule is not a
     # plain product bar * partial and the difference shows with inf (inf + inf*0 = nan).
     vjp: Callable[[float, tuple, float], tuple] | None = None
-    doc: str = ""
 
     def at_kink(self, *args: float) -> bool:
         return self.branch is not None and self.branch(*args) == 0
@@ -248,10 +247,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
        partial_texts=("1/{1}", "-{0}/{1}**2"), affine="quotient"),
     Op("pow", 2, "jax.lax.pow", ieee_pow, _pow_partials,
        "d(a**b)/da = b*a**(b-1), d(a**b)/db = log(a)*a**b  (log(0) read as 0)", second=_pow_second,
-       symbol="**", partial_texts=("{1}*{0}**({1}-1)", "log({0})*{0}**{1}"),
-       doc="a ** b with a non-integer or large exponent; pow(a, b) is the same"),
+       symbol="**", partial_texts=("{1}*{0}**({1}-1)", "log({0})*{0}**{1}")),
     Op("id", 1, "", lambda a: a, lambda a, o: (1.0,), "d(x)/dx = 1", second=_flat(1),
-       partial_texts=("1",), affine="sum", doc="a node defined as another name, e.g. `y: x`; not callable"),
+       partial_texts=("1",), affine="sum"),
     Op("neg", 1, "jax.numpy.negative", lambda a: -a, lambda a, o: (-1.0,), "d(-a)/da = -1",
        second=_flat(1), symbol="-", partial_texts=("-1",), affine="sum"),
     Op("exp", 1, "jax.numpy.exp", ieee_exp, lambda a, o: (o,), "d exp(x)/dx = exp(x)",
@@ -290,8 +288,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
                       "(1 if {1} < {0} else 0.5 if {0} == {1} else 0)")),
     Op("where", 3, "gradsvc.engine.jaxops.where", lambda c, a, b: a if c != 0 else b, _where_partials,
        "d where(c,a,b)/da = 1 where c holds, else 0 (and the other way for b); c is a comparison",
-       second=_flat(3), zero_blocks=True, partial_texts=("0", "(1 if {0} else 0)", "(0 if {0} else 1)"),
-       doc="where(x > 0, a, b): a where the comparison holds, else b"),
+       second=_flat(3), zero_blocks=True, partial_texts=("0", "(1 if {0} else 0)", "(0 if {0} else 1)")),
     _comparison("gt", ">", "greater", lambda a, b: a > b),
     _comparison("ge", ">=", "greater_equal", lambda a, b: a >= b),
     _comparison("lt", "<", "less", lambda a, b: a < b),

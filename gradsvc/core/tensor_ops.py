@@ -39,7 +39,7 @@ def broadcast(*shapes: Shape) -> Shape:
     for dims in zip(*((1,) * (ndim - len(s)) + tuple(s) for s in shapes)):
         longer = {d for d in dims if d != 1}
         if len(longer) > 1:
-            raise ShapeError("shapes " + " and ".join(map(_text, shapes)) + " do not broadcast "
+            raise ShapeError("shapes " + " and ".join(map(shape_text, shapes)) + " do not broadcast "
                              f"(lengths {' vs '.join(map(str, sorted(longer)))} in one dimension)")
         out.append(longer.pop() if longer else 1)
     return tuple(out)
@@ -51,8 +51,9 @@ def broadcast_index(index: Shape, shape: Shape) -> Shape:
     return tuple(0 if d == 1 else i for i, d in zip(index[offset:], shape))
 
 
-def _text(shape: Shape) -> str:
-    return "()" if not shape else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+def shape_text(shape: Shape) -> str:
+    """A shape as Python writes a tuple: (), (4,), (2, 3)."""
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def indices(shape: Shape):
@@ -85,10 +86,11 @@ def _fold(emit, op: str, names: list[str]) -> str:
 def _matmul_shape(shapes: list[Shape], param) -> Shape:
     a, b = shapes
     if not a or not b or len(a) > 2 or len(b) > 2:
-        raise ShapeError(f"@ and dot take vectors or matrices, got shapes {_text(a)} and {_text(b)}"
-                         + (": use * to scale by a scalar" if not a or not b else ""))
+        scalar = ": use * to scale by a scalar" if not a or not b else ""
+        raise ShapeError(f"@ and dot take vectors or matrices, got shapes {shape_text(a)} and "
+                         f"{shape_text(b)}{scalar}")
     if a[-1] != b[0]:
-        raise ShapeError(f"shapes {_text(a)} and {_text(b)} do not line up for a product: "
+        raise ShapeError(f"shapes {shape_text(a)} and {shape_text(b)} do not line up for a product: "
                          f"{a[-1]} (last of the first) != {b[0]} (first of the second)")
     return a[:-1] + b[1:]
 
@@ -124,12 +126,12 @@ def _reshape_shape(shapes: list[Shape], param: Shape) -> Shape:
     known = math.prod(n for n in param if n != -1)
     if unknown:
         if size % known:
-            raise ShapeError(f"cannot reshape {_text(shapes[0])} ({size} elements) to "
+            raise ShapeError(f"cannot reshape {shape_text(shapes[0])} ({size} elements) to "
                              f"{list(param)}: {size} is not a multiple of {known}")
         param = tuple(size // known if n == -1 else n for n in param)
     if math.prod(param) != size:
-        raise ShapeError(f"cannot reshape {_text(shapes[0])} ({size} elements) to "
-                         f"{_text(tuple(param))} ({math.prod(param)} elements)")
+        raise ShapeError(f"cannot reshape {shape_text(shapes[0])} ({size} elements) to "
+                         f"{shape_text(tuple(param))} ({math.prod(param)} elements)")
     return tuple(param)
 
 
@@ -139,7 +141,7 @@ def _reshape_expand(emit, args: list[Elements], param) -> Elements:
 
 def _stack_shape(shapes: list[Shape], param) -> Shape:
     if len(set(shapes)) > 1:
-        raise ShapeError("stack needs equal shapes, got " + ", ".join(map(_text, shapes)))
+        raise ShapeError("stack needs equal shapes, got " + ", ".join(map(shape_text, shapes)))
     return (len(shapes),) + shapes[0]
 
 
@@ -150,7 +152,7 @@ def _stack_expand(emit, args: list[Elements], param) -> Elements:
 def _concat_shape(shapes: list[Shape], param) -> Shape:
     if any(not s for s in shapes) or len({s[1:] for s in shapes}) > 1:
         raise ShapeError("concat joins vectors or tensors that agree past their first axis, got "
-                         + ", ".join(map(_text, shapes)))
+                         + ", ".join(map(shape_text, shapes)))
     return (sum(s[0] for s in shapes),) + shapes[0][1:]
 
 
@@ -161,14 +163,14 @@ def _concat_expand(emit, args: list[Elements], param) -> Elements:
 def _index_items(shape: Shape, param: tuple) -> list:
     """Each subscript item as an int (in range, not negative) or a range of ints."""
     if len(param) > len(shape):
-        raise ShapeError(f"{len(param)} subscripts for shape {_text(shape)}, which has "
+        raise ShapeError(f"{len(param)} subscripts for shape {shape_text(shape)}, which has "
                          f"{len(shape)} ax{'is' if len(shape) == 1 else 'es'}")
     items = []
     for axis, (item, n) in enumerate(zip(param, shape)):
         if isinstance(item, int):
             if not -n <= item < n:
                 raise ShapeError(f"index {item} is out of range for axis {axis} of length {n} "
-                                 f"(shape {_text(shape)})")
+                                 f"(shape {shape_text(shape)})")
             items.append(item % n)
         else:
             _, start, stop, step = item
@@ -206,7 +208,7 @@ def _axis(shape: Shape, axis: int | None, what: str) -> int | None:
     if axis is None:
         return None
     if not -len(shape) <= axis < len(shape) or not shape:
-        raise ShapeError(f"{what}: axis={axis} is out of range for shape {_text(shape)}")
+        raise ShapeError(f"{what}: axis={axis} is out of range for shape {shape_text(shape)}")
     return axis % len(shape)
 
 
@@ -272,7 +274,7 @@ def _trapz_shape(shapes: list[Shape], param) -> Shape:
     y, x = shapes
     if not y or len(x) != 1 or x[0] != y[-1]:
         raise ShapeError(f"trapz(y, x) integrates along y's last axis over a vector x of the "
-                         f"same length, got y {_text(y)} and x {_text(x)}")
+                         f"same length, got y {shape_text(y)} and x {shape_text(x)}")
     if x[0] < 2:
         raise ShapeError(f"trapz needs at least 2 samples, got {x[0]}")
     return y[:-1]

@@ -1,7 +1,7 @@
 """Fast sin and cos in plain jnp ops: range reduction plus polynomials that XLA fuses into the kernel.
 
-Why: XLA's CPU sin/cos cost ~2 ms (float32) to ~5 ms (float64) per million values on this project's
-machines, 5-10x any other op; these take ~0.5 ms (float32) and ~1.3 ms (float64).
+Why: XLA's CPU sin/cos cost several times any other op per value; these cost a fraction of that
+(benchmarks/README.md, "fast sin/cos", has the measurements).
 
 How: k = round(x·2/π) and r = x - k·π/2, with π/2 split in three parts so that the leading
 products are exact: fdlibm's pio2_1/2/3 (33 significant bits each) in float64, Cephes' split in

@@ -59,8 +59,8 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
     major; flag: whether a fast sin/cos saw an argument beyond its accurate range (the chunk is
     then recomputed with XLA's own). Both are tuples of scalars, not stacked arrays: vmapped, each
     becomes its own output array, and XLA computes each once in a multi-output fusion (stacking
-    the gradients into one array made XLA CPU recompute the whole backward pass per element,
-    170x slower on an 8-layer graph).
+    the gradients into one array made XLA CPU recompute the whole backward pass per element:
+    benchmarks/README.md has the measurement).
     """
     bounded = sin_cos_boundaries(graph)
     perturbed = [n for n in graph.wrt if n in set(graph.named)]
@@ -92,7 +92,7 @@ def point_function(graph: Graph, dtype, kept: tuple[str, ...], fast: bool) -> Ca
 
     def per_point(one, *x):
         # Tuples of scalars, not vectors: the gradient with respect to a vector element is a
-        # scatter into a zero vector per use, which XLA CPU materialises (4x slower on the seed)
+        # scatter into a zero vector per use, which XLA CPU materialises (slower on every graph)
         eps = tuple(jnp.zeros((), dtype) for _ in perturbed)
         grads = []
         for k in range(len(graph.outputs)):
@@ -211,10 +211,9 @@ def _inline_cpu_device():
     """The CPU device of a client of our own that runs each call on the calling thread.
 
     JAX's default CPU client hands every execution to a worker thread and wakes the caller when it
-    is done; on this class of machine the two wake-ups cost more than a small kernel's work (the
-    seed graph's kernel at 1e4 points: 93 us per call against 23 us inline).
-    For a job of several chunks the hand-off pays: chunk k+1 computes while the host takes chunk k
-    (medium graph at 1e7 points: 369 ms against 395 ms inline), so only one-chunk jobs run here.
+    is done; the two wake-ups cost more than a small kernel's work. For a job of several chunks
+    the hand-off pays: chunk k+1 computes while the host takes chunk k, so only one-chunk jobs run
+    here (benchmarks/README.md has both measurements).
     Our own client leaves the user's JAX (and its default client) as it is.
     """
     return xla_client.make_cpu_client(asynchronous=False).devices()[0]

@@ -1,4 +1,8 @@
-"""Which kernel a run gets: the one place that weighs a kernel's compile time against its run time.
+"""A run's plan, decided once before anything runs: what the kernel returns (`ResultLayout`), how
+many points each call takes and the shape its kernel is cached under (`ExecutionPlan`), and which
+kernel it gets (`choose`).
+
+Which kernel a run gets is the one place that weighs a kernel's compile time against its run time.
 
 A kernel can be compiled three ways: `QUICK`, LLVM's optimisation off (a faster compile, a slightly
 slower run); `FULL`, optimised; `FULL_FAST`, optimised, with the fused polynomial sin/cos of
@@ -19,9 +23,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+
 from .. import limits
-from .jaxrun import uses_fast_ops
 from ..job.spec import Job
+from .jacobians import derivative_shapes
+from .jaxrun import uses_fast_ops
 
 HOT_POINTS = 3_000_000  # about where a fresh fast kernel's longer compile is repaid
 QUICK_MAX_POINTS = 100_000  # up to here an unoptimised kernel's slower run costs less than it saves
@@ -40,11 +47,82 @@ _POINTS_RUN: OrderedDict[tuple, int] = OrderedDict()
 _POINTS_LOCK = threading.Lock()
 
 
-def shape_key(job: Job, chunk_size: int, kept: tuple[str, ...]) -> tuple:
-    """Everything that shapes a job's kernel except the plan: equal keys compile identically."""
+def kept_nodes(job: Job) -> tuple[str, ...]:
+    """The named nodes whose values the kernel returns (`keep_values`); inputs never need to be:
+    their values are the grid coordinates (or the tensor, the same at every point)."""
+    keep = job.settings.keep_values
+    graph = job.graph
+    if keep == "all":
+        return graph.named
+    if keep == "outputs":
+        return tuple(n for n in graph.named if n in graph.outputs)
+    return ()
+
+
+@dataclass(frozen=True)
+class ResultLayout:
+    """The arrays a kernel returns for a job, in its order: the kept nodes' values, then the
+    derivatives (Jacobians output-major, then Hessians), each with its shape at one point."""
+    kept: tuple[str, ...]
+    value_shapes: tuple[tuple[int, ...], ...]
+    derivative_shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return self.value_shapes + self.derivative_shapes
+
+    def numbers_per_point(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes)
+
+
+def result_layout(job: Job) -> ResultLayout:
+    kept = kept_nodes(job)
+    return ResultLayout(kept, tuple(job.graph.shape_of(n) for n in kept),
+                        tuple(derivative_shapes(job.graph)))
+
+
+SMALL_GRAPH_OPS = 32  # up to this many primitive ops a graph is memory-bound: big chunks win
+CACHE_CHUNK = 1 << 16  # graphs with many intermediates: they stay in cache
+STREAM_CHUNK = 1 << 20  # small graphs, results streamed (to disk): bounded memory per chunk
+WHOLE_CHUNK = 1 << 24  # small graphs, results kept in memory: one chunk is the final array
+
+
+def chunk_size_for(job: Job, whole: bool) -> int:
+    """Points per compiled call (benchmarks/README.md has the measurements): a graph with many
+    intermediates runs fastest in chunks whose intermediates stay in cache; a small graph is
+    bound by memory traffic, and when the results stay in memory (`whole`) one chunk spares the
+    per-chunk dispatch and the copy of chunks into one array per result."""
+    size = job.grid.size
+    if job.settings.chunk_size != "auto":
+        return min(job.settings.chunk_size, size)
+    if sum(1 for n in job.graph.nodes if n.primitive is not None) > SMALL_GRAPH_OPS:
+        return min(CACHE_CHUNK, size)
+    return min(WHOLE_CHUNK if whole else STREAM_CHUNK, size)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """Everything a run of one job needs decided, decided once: what the kernel returns, the
+    points per call, and the shape its kernel is kept under (equal shapes compile identically:
+    jobs that differ only in their inputs' values share a kernel)."""
+    job: Job
+    layout: ResultLayout
+    chunk_size: int
+    shape: tuple
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        return self.layout.kept
+
+
+def plan_run(job: Job, layout: ResultLayout, whole: bool) -> ExecutionPlan:
+    """The plan of one run of `job`, whose results go to a sink that keeps them `whole` in
+    memory or streams them."""
+    chunk_size = chunk_size_for(job, whole)
     s, grid = job.settings, job.grid
-    return (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes),
-            s.dtype, s.device, chunk_size, kept)
+    shape = (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes),
+             s.dtype, s.device, chunk_size, layout.kept)
+    return ExecutionPlan(job, layout, chunk_size, shape)
 
 
 def record_run(shape: tuple, points: int) -> None:

@@ -28,7 +28,6 @@ from .tensors import (BEYOND_FLOAT64, DataFile, arange_length, check_span, gener
 class Axis:
     name: str
     values: np.ndarray  # float64, 1-D
-    kind: str  # scalar, list, linspace, arange, logspace, uniform, normal
 
 
 @dataclass(frozen=True)
@@ -152,23 +151,23 @@ def _axis_length(name: str, spec, where: Callable) -> int:
     return spec.n
 
 
-def _axis_values(spec) -> tuple[np.ndarray, str]:
+def _axis_values(spec) -> np.ndarray:
     kind = kind_of(spec)
     if kind == "scalar":
-        return np.array([float(spec)]), kind
+        return np.array([float(spec)])
     if kind == "list":
-        return np.array(spec, dtype=np.float64), kind
-    return generated(spec, getattr(spec, "n", None)), kind
+        return np.array(spec, dtype=np.float64)
+    return generated(spec, getattr(spec, "n", None))
 
 
 def _axis(name: str, spec, where: Callable) -> Axis:
     # samples (or the last steps of a range) may overflow: checked below rather than warned of
     with np.errstate(over="ignore", invalid="ignore"):
-        values, kind = _axis_values(spec)
+        values = _axis_values(spec)
     if not np.all(np.isfinite(values)):
         raise JobFileError(f"input '{name}' produces values {BEYOND_FLOAT64}", where=where((name,)),
                            hint="keep the range within float64")
-    return Axis(name, values, kind)
+    return Axis(name, values)
 
 
 def _input_length(name: str, spec, where: Callable) -> int:

@@ -14,6 +14,7 @@ and nowhere else.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -170,7 +171,7 @@ def _crosses_domain(op, args: tuple, args_err: tuple, value: float) -> bool:
             options.update(k for k in (math.floor(a + width), math.ceil(a - width))
                            if abs(k - a) <= width)
         choices.append(options)
-    for moved in _combinations(choices):
+    for moved in itertools.product(*choices):
         if _kind(op.value(*moved)) != _kind(value):
             return True
     return False
@@ -181,13 +182,6 @@ def _kind(x: float) -> str:
     if math.isfinite(x):
         return "finite"
     return "nan" if math.isnan(x) else ("+inf" if x > 0 else "-inf")
-
-
-def _combinations(choices: list) -> list[tuple]:
-    combos = [()]
-    for options in choices:
-        combos = [c + (o,) for c in combos for o in options]
-    return combos
 
 
 def _partial_errors(op, args: tuple, out: float, args_err: tuple, unit: float, base: tuple

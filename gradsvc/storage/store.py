@@ -167,14 +167,16 @@ class DiskSink:
     bottleneck, and the seed graph's batch writes 1.6 GB instead of 2 GB.
     """
 
+    whole = False  # results stream to disk: chunks of bounded size
+
     def __init__(self, job: Job, folder: Path):
-        from ..api import kept_nodes, result_shapes
         from ..engine.jaxrun import DTYPES
+        from ..engine.plan import result_layout
         self.folder = folder
         self.size, self.dtype = job.grid.size, DTYPES[job.settings.dtype]
-        self.paths = [folder / name for name in result_files(job.graph, kept_nodes(job))]
-        value_shapes, derivative_shapes = result_shapes(job)
-        self.shapes = value_shapes + derivative_shapes
+        self.layout = result_layout(job)
+        self.paths = [folder / name for name in result_files(job.graph, self.layout.kept)]
+        self.shapes = self.layout.shapes
         self.columns: dict[int, _NpyColumn] = {}  # opened at the first chunk
         self.twin_of: dict[int, int] = {}  # result index -> the written result it is the same array as
 

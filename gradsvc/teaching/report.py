@@ -12,6 +12,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..core.tensor_ops import shape_text
+
 TABLE_POINTS = 8  # grids up to this many points are shown point by point; larger ones summarised
 LISTED = 5  # non-finite / kink / mismatch points shown in the table view (JSON lists more)
 
@@ -128,11 +130,7 @@ def _cell(x) -> str:
                                 max_line_width=10_000).replace("\n", "")
         if len(whole) <= SHOWN_CHARS:
             return whole
-    return f"{_shape_text(x.shape)} {_range(x)}"
-
-
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    return f"{shape_text(x.shape)} {_range(x)}"
 
 
 def _range(a: np.ndarray) -> str:
