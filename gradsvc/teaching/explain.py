@@ -11,6 +11,10 @@ central difference is shown beside it.
 Local derivatives are taken between visible names: d(consumer)/d(name) differentiates the
 consumer's whole formula with the other names held fixed, so a formula of many operations still
 reads as one step.
+
+A graph with tensors is explained by `explain_tensors`: per name, the vector-Jacobian products
+that carry the gradient back (written as formulas by `vjp_text`), then the same walk as here at one
+element of the reference's scalar view; its `steps` are those elements' `Step`s.
 """
 from __future__ import annotations
 
@@ -86,6 +90,9 @@ def explain(job, point: int = 0, lang: str = "en") -> Explanation:
         raise UsageError(f"unknown language '{lang}'", hint=f"use one of: {', '.join(LANGS)}")
     check_point(job, point)
     graph = job.graph
+    if graph.has_tensors:  # the chain rule for whole tensors, then worked out at one element
+        from .explain_tensors import explain_tensors
+        return explain_tensors(job, point, lang)
     coords = job.grid.point(point)
     result = run_point(graph, coords)
     values = result.values

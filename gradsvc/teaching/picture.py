@@ -1,7 +1,9 @@
 """`gradsvc graph`: a picture of the computational graph, like the seed notebook's drawings.
 
 Inputs and named nodes are boxes labelled with their value and d(output)/d(node) at one grid point
-(from the reference backprop); every operation is an ellipse between its arguments and its result;
+(from the reference backprop); a tensor's box shows its shape, and its numbers when there are a
+few, else their range (the reference sees it through its scalar view; a tensor output's boxes show
+the Jacobian). Every operation is an ellipse between its arguments and its result;
 constants are small boxes; outputs are highlighted. Layers run left to right; an arrow spanning
 several layers passes through a waypoint in each, so it runs between boxes rather than through
 them, and an input used far to the right is drawn again (dashed) beside that user instead of
@@ -22,11 +24,15 @@ from .explain import check_point, number_text
 from .plot import pyplot
 from ..reference.backprop import backward, forward
 from ..job.spec import Job
+from ..core.ir import Graph
 
 FORMATS = (".svg", ".png", ".dot", ".gv")
 SWEEPS = 4  # barycenter passes each way
 SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "pow": "pow", "neg": "−x", "id": "=",
-           "gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+           "gt": ">", "ge": "≥", "lt": "<", "le": "≤",
+           "matmul": "@", "transpose": "ᵀ", "sum": "Σ", "prod": "Π", "amax": "max", "amin": "min",
+           "trapz": "∫ trapz"}
+BOX_NUMBERS = 3  # a tensor box lists up to this many numbers, else their range
 COLORS = {"input": "#dbeafe", "node": "#f3f4f6", "output": "#fde68a", "op": "#ffffff",
           "const": "#ffffff"}
 
@@ -68,8 +74,8 @@ def build_picture(job: Job, point: int = 0, output: str | None = None) -> Pictur
         raise UsageError(f"'{out}' is not an input or a node of '{job.name}'",
                          hint=f"outputs: {', '.join(graph.outputs)}")
     coords = job.grid.point(point)
-    values = forward(graph, coords)
-    adjoint = backward(graph, values, out)
+    label = (_tensor_labels(job, coords, out) if graph.has_tensors else
+             _scalar_labels(graph, coords, out))
     elements: dict[str, Element] = {}
     edges: list[tuple[str, str]] = []
     result_of: dict[str, str] = {}  # IR node -> the element its value leaves from
@@ -82,14 +88,13 @@ def build_picture(job: Job, point: int = 0, output: str | None = None) -> Pictur
     for node in graph.nodes:
         name = node.name
         if node.op == "input":
-            add(Element(name, "output" if name in graph.outputs else "input",
-                        _box_label(name, values[name], out, adjoint.get(name, 0.0))))
+            add(Element(name, "output" if name in graph.outputs else "input", label(name)))
             result_of[name] = name
             continue
         if node.op == "const":
             if name == node.owner:  # a named constant (`k: 3`): a box with its gradient
                 kind = "output" if name in graph.outputs else "node"
-                add(Element(name, kind, _box_label(name, values[name], out, adjoint.get(name, 0.0))))
+                add(Element(name, kind, label(name)))
             else:
                 add(Element(name, "const", number_text(node.const)))
             result_of[name] = name
@@ -99,24 +104,75 @@ def build_picture(job: Job, point: int = 0, output: str | None = None) -> Pictur
         result_of[name] = op_key
         if name == node.owner:  # a user-named node: its value gets a box after the operation
             kind = "output" if name in graph.outputs else "node"
-            add(Element(name, kind, _box_label(name, values[name], out, adjoint.get(name, 0.0))),
-                op_key)
+            add(Element(name, kind, label(name)), op_key)
             result_of[name] = name
     routes = _layout(elements, edges)
-    title = (f"{job.name}, point {point}: "
+    title = (f"{job.name}, point {point}" + (": " if coords else "")
              + ", ".join(f"{n} = {number_text(v)}" for n, v in coords.items())
-             + f"   (labels: value, d{out}/d(node))")
+             + f"   (labels: value, d{out}/d(node)"
+             + ("; a tensor: its shape, and its numbers or their range)" if graph.has_tensors
+                else ")"))
     return Picture(title, elements, edges, routes)
+
+
+def _scalar_labels(graph: Graph, coords: dict, out: str):
+    values = forward(graph, coords)
+    adjoint = backward(graph, values, out)
+    return lambda name: _box_label(name, values[name], out, adjoint.get(name, 0.0))
 
 
 def _box_label(name: str, value: float, out: str, grad: float) -> str:
     return f"{name} = {number_text(value)}\nd{out}/d{name} = {number_text(grad)}"
 
 
+def _tensor_labels(job: Job, coords: dict, out: str):
+    """Labels from the reference's scalar view: value and d(out)/d(name), or the Jacobian's block
+    d(out)/d(name) for a tensor output (one backward pass per element of the output). A graph too
+    big for that view shows shapes alone."""
+    from ..reference.scalarize import scalarize
+    from .explain_tensors import MAX_SCALAR_OPS, scalar_ops, shape_text
+    graph = job.graph
+    if scalar_ops(graph) > MAX_SCALAR_OPS:
+        return lambda name: f"{name} {shape_text(graph.shape_of(name))}"
+    view = scalarize(graph, job.grid.tensors)
+    values = forward(view.graph, view.point(coords))
+    adjoints = [backward(view.graph, values, o) for o in view.names(out)]
+
+    def label(name: str) -> str:
+        names = view.names(name)
+        grads = [a.get(e, 0.0) for a in adjoints for e in names]
+        return (_numbers_label(name, graph.shape_of(name), [values[e] for e in names]) + "\n"
+                + _numbers_label(f"d{out}/d{name}", graph.shape_of(out) + graph.shape_of(name),
+                                 grads))
+    return label
+
+
+def _numbers_label(what: str, shape: tuple, numbers: list[float]) -> str:
+    """'c = 0', 'w (2,) = [1, -0.5]', 'h1 (4, 4): -0.96 … 0.97' (the range of a bigger tensor)."""
+    from .explain_tensors import shape_text
+    if not shape:
+        return f"{what} = {number_text(numbers[0])}"
+    if len(numbers) <= BOX_NUMBERS:
+        return f"{what} {shape_text(shape)} = [{', '.join(map(_short, numbers))}]"
+    finite = [x for x in numbers if math.isfinite(x)] or [math.nan]
+    return f"{what} {shape_text(shape)}: {_short(min(finite))} … {_short(max(finite))}"
+
+
+def _short(x: float) -> str:
+    """Three significant digits: a range in a box is a glance, not a table."""
+    return number_text(float(f"{x:.3g}")) if math.isfinite(x) else number_text(x)
+
+
 def _op_label(node) -> str:
     if node.op == "ipow":
         return f"**{node.param}"
-    return SYMBOLS.get(node.op, node.op)
+    if node.op == "index":
+        from .vjp_text import subscript_text
+        return f"[{subscript_text(node.param)}]"
+    label = SYMBOLS.get(node.op, node.op)
+    if node.param is not None and node.op in ("sum", "mean", "prod", "amax", "amin", "cumsum"):
+        return f"{label} axis={node.param}"
+    return label
 
 
 def _layout(elements: dict[str, Element], edges: list[tuple[str, str]]) -> dict:
@@ -224,6 +280,7 @@ def _dot_id(key: str) -> str:
 
 # sizes in inches
 COLUMN, ROW, BOX_W, BOX_H, OP_W, OP_H = 2.3, 0.95, 1.8, 0.62, 0.62, 0.42
+OP_CHAR = 0.085  # width of one character of an operation's label (10 points)
 MAX_SIDE = 60.0  # bigger graphs still render, scaled down to this many inches per side
 
 
@@ -251,9 +308,10 @@ def _draw(picture: Picture, path: Path) -> None:
             if e.kind == "dummy":
                 continue
             if e.kind == "op":
-                patch = Ellipse((x, y), OP_W, OP_H, facecolor=COLORS["op"], edgecolor="#374151",
+                width = max(OP_W, OP_CHAR * len(e.label) + 0.2)  # `Σ axis=0` needs a wider one
+                patch = Ellipse((x, y), width, OP_H, facecolor=COLORS["op"], edgecolor="#374151",
                                 linewidth=1.0)
-                shapes[e.key], size = (True, OP_W / 2, OP_H / 2), 10
+                shapes[e.key], size = (True, width / 2, OP_H / 2), 10
             else:
                 w, h = (0.6, 0.3) if e.kind == "const" else (BOX_W, BOX_H)
                 bold = e.kind == "output"

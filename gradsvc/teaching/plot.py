@@ -7,11 +7,19 @@ are points where an op sits exactly on a kink (dotted lines in 1-D, black dots i
 found by the reference's forward pass at the drawn points, so a result folder needs no rerun.
 Large grids are thinned to at most MAX_LINE_POINTS (1-D) or MAX_SIDE_CELLS per side (2-D), and the
 title says so.
+
+Jobs with tensors (plot_tensors): over a 1-D grid, each scalar output and its gradients as above (a
+gradient with respect to a small tensor, one line per element); and every 1-D tensor node with a
+coordinate tensor, one curve per grid value (up to MAX_CURVES), against that coordinate: u against
+s for u: a * sin(pi * s). A coordinate is a sorted 1-D tensor input of the node's length that the
+node is computed from (data columns are not sorted, so residuals are not drawn against them). Where
+the node is a wrt name, the gradient of each scalar output with respect to it is drawn the same
+way: for an integral by trapz, the discrete functional derivative.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +31,7 @@ from ..core.ir import Graph
 MAX_LINE_POINTS = 100_000
 MAX_SIDE_CELLS = 1_000
 MAX_KINK_SCAN = 200_000  # drawn points the reference checks for kinks (a Python loop)
+MAX_CURVES = 5  # grid values drawn as curves of a tensor node (evenly spaced over the grid)
 PANEL_W, PANEL_H = 3.2, 2.5  # inches
 
 
@@ -35,6 +44,8 @@ class Grids:
     values: dict[str, np.ndarray]  # outputs' values over the grid (those that were kept)
     grads: dict[str, dict[str, np.ndarray]]
     graph: Graph
+    nodes: dict[str, np.ndarray] = field(default_factory=dict)  # kept named nodes (tensor jobs)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # tensor inputs, one point's
 
     @property
     def varying(self) -> list[str]:
@@ -43,10 +54,14 @@ class Grids:
 
 def from_job(job) -> Grids:
     from ..api import run
-    result = run(job, keep_values="outputs")
     g = job.graph
+    # a tensor job's curves are of named nodes, not only outputs: keep them all (at one point
+    # each is a small tensor; MAX_RESULT_BYTES still bounds the run)
+    result = run(job, keep_values="all" if g.has_tensors else "outputs")
+    nodes = {n: result.values[n] for n in g.named if n in result.values} if g.has_tensors else {}
     return Grids(job.name, job.grid.mode, {a.name: a.values for a in job.grid.axes},
-                 {o: result.values[o] for o in g.outputs}, result.grads, g)
+                 {o: result.values[o] for o in g.outputs}, result.grads, g, nodes,
+                 dict(job.grid.tensors))
 
 
 def from_folder(folder: Path) -> Grids:
@@ -59,11 +74,17 @@ def from_folder(folder: Path) -> Grids:
     r = load_result(folder)
     s = r["summary"]
     inputs = s["grid"]["inputs"]
-    job = job_from_dict({"name": s["name"], "inputs": {n: 0.0 for n in inputs},
+    tensors = r.get("tensors", {})
+    # the graph only: tensor inputs need their shapes here, their values come from the folder
+    placeholders = {n: {"tensor": {"uniform": [0.0, 1.0], "shape": list(t.shape), "seed": 0}}
+                    for n, t in tensors.items()}
+    job = job_from_dict({"name": s["name"], "inputs": {**{n: 0.0 for n in inputs}, **placeholders},
                          "graph": s["formulas"], "outputs": s["outputs"], "wrt": s["wrt"]})
     values = {o: r["values"][o] for o in s["outputs"] if o in r["values"]}
     values.update({n: r["coords"][n] for n in inputs if n in s["outputs"]})
-    return Grids(s["name"], s["grid"]["mode"], r["axes"], values, r["grads"], job.graph)
+    nodes = {n: v for n, v in r["values"].items() if n in job.graph.named} if tensors else {}
+    return Grids(s["name"], s["grid"]["mode"], r["axes"], values, r["grads"], job.graph, nodes,
+                 {n: np.asarray(t) for n, t in tensors.items()})
 
 
 @dataclass
@@ -76,8 +97,13 @@ class Drawn:
     panels: list[str]  # titles, row by row
     nonfinite: dict[str, int]  # panel -> points marked not finite
     kinks: int | None  # drawn points on a kink (None: too many points to check)
+    curves: list[str] = field(default_factory=list)  # tensor panels drawn against a coordinate
+    skipped: list[str] = field(default_factory=list)  # tensor nodes not drawn, and why
 
     def __str__(self) -> str:
+        if self.curves or self.skipped:
+            from .plot_tensors import tensor_summary
+            return tensor_summary(self)
         bad = sum(self.nonfinite.values())
         return (f"{self.kind} plot over {' x '.join(self.over)}, {len(self.panels)} panels, "
                 f"{self.points:,} points" + (f" (1 in {self.step} drawn)" if self.step > 1 else "")
@@ -92,6 +118,9 @@ def plot(grids: Grids, out: Path) -> Drawn:
         raise UsageError(f"cannot write a plot as '{suffix or out.name}'",
                          hint="name the --out file with .png, .svg or .pdf")
     varying = grids.varying
+    if grids.graph.has_tensors:
+        from .plot_tensors import plot_tensors
+        return plot_tensors(grids, out)
     if len(varying) == 1:
         return _plot_1d(grids, varying[0], out)
     if len(varying) == 2 and grids.mode == "product":
@@ -243,11 +272,12 @@ def _kink_mask(grids: Grids, coords: dict[str, np.ndarray]) -> np.ndarray | None
     return mask
 
 
-def _legend_and_title(fig, grids: Grids, drawn: Drawn, kink_words: str) -> None:
+def _legend_and_title(fig, grids: Grids, drawn: Drawn, kink_words: str,
+                      unscanned: str = f"kinks not marked: over {MAX_KINK_SCAN:,} points") -> None:
     notes = (["red ×: not finite"] if any(drawn.nonfinite.values()) else [])
     notes += [kink_words] if drawn.kinks else []
     if drawn.kinks is None:
-        notes.append(f"kinks not marked: over {MAX_KINK_SCAN:,} points")
+        notes.append(unscanned)
     if drawn.step > 1:
         notes.append(f"1 point in {drawn.step} drawn")
     fig.suptitle(grids.name + (f"   ({'; '.join(notes)})" if notes else ""), fontsize=10)

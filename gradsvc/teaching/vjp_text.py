@@ -56,6 +56,8 @@ def show(s: Sym) -> str:
         return _scattered(s)
     num, den = s.coef
     number = f"{num}/{den}" if den != 1 else str(num)
+    if s.one and s.shape and (num, den) == (1, 1):
+        return "ones(" + ", ".join(map(str, s.shape)) + ")"
     if s.one:
         return number
     if (num, den) == (1, 1):
@@ -87,9 +89,7 @@ def wrap(text: str, level: int, need: int) -> str:
 
 
 def shown(s: Sym, need: int) -> str:
-    """The formula as an operand of something binding at `need`; 1 as ones(...) beside a tensor."""
-    if s.one and s.coef == (1, 1) and s.shape and need >= PRODUCT:
-        return "ones(" + ", ".join(map(str, s.shape)) + ")"
+    """The formula as an operand of something binding at `need`."""
     return wrap(show(s), level_of(s), need)
 
 
