@@ -12,11 +12,14 @@ respect to the 4 inputs, at 1e4, 1e6 and 1e7 points, float32 and float64:
 gradsvc runs with `wrt: inputs` and `keep_values: none`, the same work as the peers (gradients
 only); a second gradsvc row also keeps the output's value. Times are the minimum of several runs.
 
-Also measured: the cold wall time of `gradsvc run jobs/seed_chain.yaml` against a minimal JAX
-script, the compile time of a second process (persistent caches), the accuracy and speed of
-fast_math, a 1e8-point batch run's peak RSS and throughput, and compile time, run time and peak RSS
-against graph size (benchmarks/graph_size.py). Writes benchmarks/results/bench.json
-and bench.png, and prints the tables benchmarks/README.md shows.
+Also measured: tensor workloads at 1e4 points (benchmarks/tensor_bench.py: micrograd's MLP loss
+and gradient along a line search, least-squares and MLP Hessians, against hand-written JAX and
+torch; `--only tensor` runs that section alone, in about a minute), the cold wall time of
+`gradsvc run jobs/seed_chain.yaml` against a minimal JAX script, the compile time of a second
+process (persistent caches), the accuracy and speed of fast_math, a 1e8-point batch run's peak RSS
+and throughput, and compile time, run time and peak RSS against graph size
+(benchmarks/graph_size.py). Writes benchmarks/results/bench.json and bench.png, and prints the
+tables benchmarks/README.md shows.
 """
 from __future__ import annotations
 
@@ -461,6 +464,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e4,1e6,1e7")
     parser.add_argument("--big", type=float, default=1e8, help="points of the scale run (0: skip)")
     parser.add_argument("--quick", action="store_true", help="small sizes, no scale run")
+    parser.add_argument("--only", choices=["tensor"], help="run one section alone: tensor "
+                        "(benchmarks/tensor_bench.py, about a minute), written to "
+                        "results/tensor.json")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")] if not args.quick else [10_000, 100_000]
     os.chdir(ROOT)
@@ -471,7 +477,14 @@ def main() -> None:
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "processor": platform.processor() or platform.machine(),
                           "jax": jax.__version__}}
+    import tensor_bench  # benchmarks/tensor_bench.py: MLP line search and Hessians, 1e4 points
+    if args.only == "tensor":
+        rows = tensor_bench.tensor_table()
+        (RESULTS / "tensor.json").write_text(json.dumps({**report, "tensor": rows}, indent=2))
+        print(f"wrote {RESULTS / 'tensor.json'}")
+        return
     report["throughput"] = throughput_table(sizes, ["float32", "float64"])
+    report["tensor"] = tensor_bench.tensor_table()
     report["fast_math"] = fast_math_table()
     report["fast_math_medium"] = fast_math_on_medium()
     report["cold_start"] = cold_start()

@@ -342,7 +342,7 @@ def cold_times(workload: str, dtype: str, start) -> dict:
     return best
 
 
-def measure(workload: str, dtype: str, start, budget_s: float = 2.0) -> dict:
+def measure(workload: str, dtype: str, start, budget_s: float = 1.5) -> dict:
     import gradsvc
     from bench import interleaved_min_times
     job = make_job(workload, POINTS, dtype, start)

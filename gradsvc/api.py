@@ -1,4 +1,4 @@
-"""Running a job: compile (cached per graph structure), evaluate every point, verify, time.
+"""Running a job: plan it, run it on a backend (JAX unless told otherwise), verify a sample, time it.
 
 >>> import gradsvc
 >>> r = gradsvc.run("jobs/seed_chain.yaml")

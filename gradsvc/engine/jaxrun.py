@@ -268,6 +268,17 @@ def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size:
 
 # XLA's options for a quick compile: its graph optimisations (fusion) still run, LLVM's do not
 QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+# XLA CPU's YNNPACK fusions take the elementwise products of small tensor products (tensor_ops)
+# back into library calls made per point, as slow as the products were (benchmarks/README.md)
+NO_LIBRARY_FUSIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compile_options(graph: Graph, platform: str, quick: bool) -> dict | None:
+    """The XLA options a kernel of `graph` is compiled with: only gradsvc's own compiles get them."""
+    options = dict(QUICK_COMPILE) if quick else {}
+    if platform == "cpu" and graph.has_tensors:
+        options.update(NO_LIBRARY_FUSIONS)
+    return options or None
 
 
 def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
@@ -296,7 +307,8 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
         with kcache.jax_compile_cache(jax_cache):
             fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size,
                                         traced_layout))
-            return fn.lower(*specs).compile(compiler_options=QUICK_COMPILE if quick else None)
+            return fn.lower(*specs).compile(
+                compiler_options=compile_options(graph, dev.platform, quick))
     try:
         executable = build(jax_cache=not fresh)
     except Exception:

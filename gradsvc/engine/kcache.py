@@ -41,8 +41,10 @@ from ..core.ir import Graph
 def _kernel_source_hash() -> str:
     """Digest of the code that shapes a kernel: a cached executable from other code is stale."""
     digest = hashlib.sha256()
-    for path in (Path(ops.__file__), Path(fastmath.__file__), Path(__file__),
-                 Path(__file__).with_name("jaxrun.py")):
+    here = Path(__file__)
+    for path in (Path(ops.__file__), Path(ops.__file__).with_name("tensor_ops.py"),
+                 Path(fastmath.__file__), here, here.with_name("jaxrun.py"),
+                 here.with_name("jacobians.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

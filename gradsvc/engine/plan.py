@@ -14,7 +14,8 @@ repays (benchmarks/README.md, "Which kernel a run gets", has the measurements):
 - a hot shape, whose grids in this process add up to `HOT_POINTS` (a big grid is hot at once), gets
   `FULL_FAST` (`FULL` without sin/cos or with `fast_math: false`): a long-running process recompiles
   a job it keeps running, as a JIT compiler tiers up;
-- any other job gets `QUICK` up to `QUICK_MAX_POINTS` points, else `FULL`.
+- any other job gets `QUICK` up to `QUICK_MAX_POINTS` points (and, with tensors, up to
+  `QUICK_MAX_TENSOR_WORK` tensor elements computed over the grid), else `FULL`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from .jaxrun import uses_fast_ops
 
 HOT_POINTS = 3_000_000  # about where a fresh fast kernel's longer compile is repaid
 QUICK_MAX_POINTS = 100_000  # up to here an unoptimised kernel's slower run costs less than it saves
+# tensor graphs: a quick kernel's slower run of the tensors' elements outweighs the compile time it
+# saves sooner (benchmarks/README.md, "Tensor workloads"): tensor elements x points, at most
+QUICK_MAX_TENSOR_WORK = 100_000
 
 
 @dataclass(frozen=True)
@@ -145,4 +149,11 @@ def choose(job: Job, shape: tuple, in_process: Callable[[KernelPlan], bool],
         for plan in ready:
             if where(plan):
                 return plan
-    return QUICK if job.grid.size <= QUICK_MAX_POINTS else FULL
+    return QUICK if _small_work(job) else FULL
+
+
+def _small_work(job: Job) -> bool:
+    """Whether an unoptimised kernel runs this job in less than the compile time it saves."""
+    points = job.grid.size
+    elements = sum(math.prod(node.shape) for node in job.graph.nodes if node.shape)
+    return points <= QUICK_MAX_POINTS and points * elements <= QUICK_MAX_TENSOR_WORK
