@@ -113,8 +113,10 @@ def test_function_names_come_from_the_tensor_op_table():
 
 
 def test_a_name_of_the_job_shadows_a_tensor_function_as_it_does_an_elementwise_one():
-    assert refusal("sum(x)", NAMES | {"sum"}).message == "unknown function 'sum'"
-    assert refusal("sin(x)", NAMES | {"sin"}).message == "unknown function 'sin'"
+    error = refusal("sum(x)", NAMES | {"sum"})
+    assert error.message == "'sum' is a name of this job, which hides the function sum()"
+    assert error.hint == "rename the input or node 'sum' to call sum()"
+    assert refusal("sin(x)", NAMES | {"sin"}).message.startswith("'sin' is a name of this job")
     assert ops_of("sum * 2", NAMES | {"sum"})[-1] == ("mul", ("sum", "z.1"), None)
 
 

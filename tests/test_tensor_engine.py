@@ -120,3 +120,50 @@ def test_forward_and_reverse_mode_agree_on_a_wide_and_a_tall_jacobian():
             for name in r.grads["y"]:
                 np.testing.assert_allclose(r.grads["y"][name], runs[0].grads["y"][name],
                                            rtol=1e-15, atol=1e-15)
+
+
+def test_a_batch_rerun_recomputes_a_result_whose_hessian_file_is_gone(tmp_path):
+    (tmp_path / "layer.yaml").write_text(LAYER.replace("inputs:", "order: 2\ninputs:"))
+    out = tmp_path / "out"
+    assert cli("batch", tmp_path / "layer.yaml", "--out", out).exit_code == 0
+    (out / "layer" / "hessians" / "loss" / "W" / "b.npy").unlink()
+    again = cli("batch", tmp_path / "layer.yaml", "--out", out)
+    assert again.exit_code == 0 and "hessians/loss/W/b.npy" in again.stdout + again.stderr
+    assert gradsvc.load_result(out / "layer", verify=True)["hessians"]["loss"]["W"]["b"].shape \
+        == (4, 2, 3)
+
+
+def test_an_input_that_hides_a_function_is_named():
+    from gradsvc.errors import GradsvcError
+    with pytest.raises(GradsvcError, match="'mean' is a name of this job, which hides the "
+                       "function mean"):
+        gradsvc.job_from_text("inputs: {mean: {tensor: [1.0, 2.0]}}\n"
+                              "graph: {z: mean(mean)}\noutputs: [z]\n")
+
+
+def test_tensor_kernels_report_no_fast_math_they_do_not_have(fast_math_everywhere):
+    r = gradsvc.run(LAYER.replace("tanh(X @ W + b)", "sin(X @ W + b)"))
+    assert r.ok and r.timings["fast_math"] is False
+
+
+def test_a_streamed_chunk_holds_a_bounded_number_of_numbers():
+    from gradsvc.engine import plan
+    job = gradsvc.job_from_text("inputs: {v: {tensor: {linspace: [0, 1, 200]}}, "
+                                "a: {linspace: [0, 1, 100000]}}\n"
+                                "graph: {y: tanh(a * v)}\noutputs: [y]\nwrt: [v]\n")
+    layout = plan.result_layout(job)
+    assert layout.numbers_per_point() == 200 + 200 * 200
+    streamed = plan.plan_run(job, layout, whole=False)
+    assert streamed.chunk_size * layout.numbers_per_point() <= plan.STREAM_CHUNK_NUMBERS
+    assert streamed.chunk_size == plan.STREAM_CHUNK_NUMBERS // layout.numbers_per_point()
+
+
+def test_a_kernel_wrong_only_in_its_hessians_is_compiled_again(tmp_path, monkeypatch):
+    import jax
+    real = jax.hessian
+    monkeypatch.setattr(jax, "hessian", lambda f: lambda v: jax.tree_util.tree_map(
+        lambda h: h * 1.5, real(f)(v)))
+    monkeypatch.setattr(jax_backend, "_COMPILED", type(jax_backend._COMPILED)())
+    r = gradsvc.run(LAYER.replace("inputs:", "order: 2\ninputs:"), compile_cache=str(tmp_path))
+    assert not r.ok and r.verify.mismatches == 0 and r.verify.hessians["mismatches"] > 0
+    assert r.timings["compiled_from"] == "recompiled after a mismatch"

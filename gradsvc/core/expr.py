@@ -156,7 +156,11 @@ class _Flattener:
             what = _WHY_NOT.get(type(node.func), "an expression")
             raise self.error(f"only plain function names can be called, not {what}", node.func)
         fname = node.func.id
-        if fname not in FUNCTION_NAMES or fname in self.names:
+        if fname in FUNCTION_NAMES and fname in self.names:
+            raise self.error(f"'{fname}' is a name of this job, which hides the function "
+                             f"{fname}()", node, f"rename the input or node '{fname}' to call "
+                             f"{fname}()")
+        if fname not in FUNCTION_NAMES:
             hint = (f"did you mean '{_ALIASES[fname]}'?" if fname in _ALIASES else
                     f"write {_WRITTEN_AS[fname]}" if fname in _WRITTEN_AS else
                     did_you_mean(fname, FUNCTION_NAMES) or _HINT)

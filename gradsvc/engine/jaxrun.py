@@ -127,8 +127,9 @@ def sin_cos_boundaries(graph: Graph) -> bool:
 
 
 def uses_fast_ops(graph: Graph, fast: bool) -> bool:
-    """Whether the kernel holds a fast sin/cos (else its beyond-range flag is always False)."""
-    return fast and any(n.op in FAST_OPS for n in graph.nodes)
+    """Whether the kernel holds a fast sin/cos (else its beyond-range flag is always False); the
+    Jacobian kernels (tensors, Hessians, forward mode) have XLA's own."""
+    return fast and not uses_jacobians(graph) and any(n.op in FAST_OPS for n in graph.nodes)
 
 
 def _implementation(node, fast: bool) -> Callable | None:

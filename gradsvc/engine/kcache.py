@@ -44,7 +44,7 @@ def _kernel_source_hash() -> str:
     here = Path(__file__)
     for path in (Path(ops.__file__), Path(ops.__file__).with_name("tensor_ops.py"),
                  Path(fastmath.__file__), here, here.with_name("jaxrun.py"),
-                 here.with_name("jacobians.py")):
+                 here.with_name("jacobians.py"), here.with_name("jaxops.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

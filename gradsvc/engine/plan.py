@@ -89,19 +89,25 @@ SMALL_GRAPH_OPS = 32  # up to this many primitive ops a graph is memory-bound: b
 CACHE_CHUNK = 1 << 16  # graphs with many intermediates: they stay in cache
 STREAM_CHUNK = 1 << 20  # small graphs, results streamed (to disk): bounded memory per chunk
 WHOLE_CHUNK = 1 << 24  # small graphs, results kept in memory: one chunk is the final array
+STREAM_CHUNK_NUMBERS = 1 << 27  # results streamed: numbers one chunk returns, at most (1 GB float64)
 
 
-def chunk_size_for(job: Job, whole: bool) -> int:
+def chunk_size_for(job: Job, whole: bool, layout: ResultLayout) -> int:
     """Points per compiled call (benchmarks/README.md has the measurements): a graph with many
     intermediates runs fastest in chunks whose intermediates stay in cache; a small graph is
     bound by memory traffic, and when the results stay in memory (`whole`) one chunk spares the
-    per-chunk dispatch and the copy of chunks into one array per result."""
+    per-chunk dispatch and the copy of chunks into one array per result. Streamed, a chunk holds
+    at most STREAM_CHUNK_NUMBERS numbers: a tensor job's point may return thousands."""
     size = job.grid.size
     if job.settings.chunk_size != "auto":
         return min(job.settings.chunk_size, size)
     if sum(1 for n in job.graph.nodes if n.primitive is not None) > SMALL_GRAPH_OPS:
-        return min(CACHE_CHUNK, size)
-    return min(WHOLE_CHUNK if whole else STREAM_CHUNK, size)
+        chunk = CACHE_CHUNK
+    else:
+        chunk = WHOLE_CHUNK if whole else STREAM_CHUNK
+    if not whole:
+        chunk = min(chunk, max(1, STREAM_CHUNK_NUMBERS // max(1, layout.numbers_per_point())))
+    return min(chunk, size)
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class ExecutionPlan:
 def plan_run(job: Job, layout: ResultLayout, whole: bool) -> ExecutionPlan:
     """The plan of one run of `job`, whose results go to a sink that keeps them `whole` in
     memory or streams them."""
-    chunk_size = chunk_size_for(job, whole)
+    chunk_size = chunk_size_for(job, whole, layout)
     s, grid = job.settings, job.grid
     shape = (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes),
              s.dtype, s.device, chunk_size, layout.kept)

@@ -116,6 +116,9 @@ def files_damage(folder: Path, summary: dict, verify: bool | None) -> str | None
     named = [f"values/{n}.npy" for n in summary["nodes"]]
     named += [f"grads/{o}/{n}.npy" for o in summary["outputs"] for n in summary["wrt"]]
     named += [f"axes/{n}.npy" for n in summary["grid"]["inputs"]]
+    named += [f"tensors/{n}.npy" for n in summary.get("tensor_inputs", [])]
+    named += [f"hessians/{o}/{a}/{b}.npy" for o in summary.get("hessian_outputs", [])
+              for a in summary["wrt"] for b in summary["wrt"]]
     unrecorded = next((name for name in named if name not in records), None)
     if unrecorded:
         return f"summary.json names {unrecorded} but records no such file"
@@ -429,13 +432,13 @@ def load_result(folder: str | Path, mmap: bool = True, verify: bool | None = Non
         return _load_array(folder, name, how, shape, dtype)  # a recorded file: size just checked
     shapes = {n: tuple(s) for n, s in summary.get("shapes", {}).items()}
 
-    def shaped(name: str, *names: str) -> tuple:
+    def shaped(*names: str) -> tuple:
         return tuple(d for n in names for d in shapes.get(n, ()))
-    values = {n: load(f"values/{n}.npy", (points, *shaped(n, n))) for n in summary["nodes"]}
-    grads = {o: {n: load(f"grads/{o}/{n}.npy", (points, *shaped(n, o, n))) for n in summary["wrt"]}
+    values = {n: load(f"values/{n}.npy", (points, *shaped(n))) for n in summary["nodes"]}
+    grads = {o: {n: load(f"grads/{o}/{n}.npy", (points, *shaped(o, n))) for n in summary["wrt"]}
              for o in summary["outputs"]}
     wrt = summary["wrt"]
-    hessians = {o: {a: {b: load(f"hessians/{o}/{a}/{b}.npy", (points, *shaped(b, a, b)))
+    hessians = {o: {a: {b: load(f"hessians/{o}/{a}/{b}.npy", (points, *shaped(a, b)))
                         for b in wrt} for a in wrt} for o in summary.get("hessian_outputs", [])}
     grid = summary["grid"]
     lengths = grid["shape"] if grid["mode"] == "product" else [None] * len(grid["inputs"])
