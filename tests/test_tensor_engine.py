@@ -167,3 +167,11 @@ def test_a_kernel_wrong_only_in_its_hessians_is_compiled_again(tmp_path, monkeyp
     r = gradsvc.run(LAYER.replace("inputs:", "order: 2\ninputs:"), compile_cache=str(tmp_path))
     assert not r.ok and r.verify.mismatches == 0 and r.verify.hessians["mismatches"] > 0
     assert r.timings["compiled_from"] == "recompiled after a mismatch"
+
+
+def test_order_two_says_which_outputs_get_no_hessian():
+    job = gradsvc.job_from_text("inputs: {v: {tensor: [1.0, 2.0]}}\ngraph: {y: v ** 2, z: sum(y)}\n"
+                                "outputs: [y, z]\norder: 2\n")
+    assert job.graph.hessian_outputs == ("z",)
+    assert job.notes == ("<job>:4:8: note: order 2 gives Hessians of scalar outputs only; y is a "
+                         "tensor (its Jacobian is computed)",)

@@ -391,8 +391,19 @@ def _build(doc: Document, text: str, default_name: str) -> Job:
         graph = _collect(problems, doc, lambda: _link(spec, doc, names, formula_nodes, shapes))
     if problems:
         raise JobProblems.of(problems)
+    notes = names.notes + _hessian_notes(graph, doc)
     return Job(spec.name or default_name, spec.description, doc.file, graph, grid, spec.settings,
-               content_hash(text, grid.files), tuple(names.notes), (spec.settings, {}, None))
+               content_hash(text, grid.files), tuple(notes), (spec.settings, {}, None))
+
+
+def _hessian_notes(graph: Graph, doc: Document) -> list[str]:
+    """`order: 2` gives the Hessians of scalar outputs: say which outputs get none."""
+    tensors = [o for o in graph.outputs if graph.shape_of(o)] if graph.order == 2 else []
+    if not tensors:
+        return []
+    return [f"{doc.where(('order',))}: note: order 2 gives Hessians of scalar outputs only; "
+            + (f"{tensors[0]} is a tensor (its Jacobian is computed)" if len(tensors) == 1 else
+               f"{', '.join(tensors)} are tensors (their Jacobians are computed)")]
 
 
 def data_folder(file: str) -> Path:

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from .. import limits
+from ..core.tensor_ops import shape_text
 from ..errors import GradsvcError, JobFileError, JobProblems, LimitError, Location
 
 Where = Callable[[tuple], Location]  # a data path under `inputs:` -> its place in the job file
@@ -143,10 +144,6 @@ def _frozen(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _index_text(name: str, index: tuple) -> str:
     return f"{name}[{', '.join(map(str, index))}]"
 
@@ -183,13 +180,13 @@ class _Loader:
                              f"{limits.MAX_TENSOR_DIMS}", where=place,
                              hint="use fewer dimensions (MAX_TENSOR_DIMS)")
         if any(n < 1 for n in shape):
-            raise JobFileError(f"input '{name}'{what} has shape {_shape_text(shape)}: every "
+            raise JobFileError(f"input '{name}'{what} has shape {shape_text(shape)}: every "
                                "dimension needs at least one value", where=place,
                                hint="give every dimension a length of 1 or more")
         count = math.prod(shape)  # exact: a crafted shape may claim 1e30 elements
         if self.elements + count > limits.MAX_TENSOR_ELEMENTS:
             before = f" (with the {self.elements:,} of the tensors before it)" if self.elements else ""
-            raise LimitError(f"input '{name}'{what} has shape {_shape_text(shape)}: {count:,} "
+            raise LimitError(f"input '{name}'{what} has shape {shape_text(shape)}: {count:,} "
                              f"elements{before}; a job's tensor inputs may have "
                              f"{limits.MAX_TENSOR_ELEMENTS:,} in all", where=place,
                              hint="use smaller tensors (MAX_TENSOR_ELEMENTS)")
@@ -231,8 +228,8 @@ class _Loader:
             if shapes[i] != shapes[0]:
                 first, this = _index_text(name, (*index, 0)), _index_text(name, (*index, i))
                 raise JobFileError(
-                    f"input '{name}' is ragged: {this} has shape {_shape_text(shapes[i])} but "
-                    f"{first} has shape {_shape_text(shapes[0])}", where=self.where((name, *at, i)),
+                    f"input '{name}' is ragged: {this} has shape {shape_text(shapes[i])} but "
+                    f"{first} has shape {shape_text(shapes[0])}", where=self.where((name, *at, i)),
                     hint="a tensor's rows must all have the same shape (the same number of values)")
         return (len(value), *shapes[0])
 
@@ -393,7 +390,7 @@ class _Loader:
         offset, needed = stream.tell(), math.prod(shape) * dtype.itemsize
         if len(data) - offset != needed:
             raise JobFileError(f"input '{name}': '{written}' holds {len(data) - offset:,} bytes "
-                               f"of data, but its header says {_shape_text(shape)} {dtype}: "
+                               f"of data, but its header says {shape_text(shape)} {dtype}: "
                                f"{needed:,} bytes", where=place,
                                hint="the file is truncated or damaged: write it again")
         raw = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)

@@ -1,11 +1,15 @@
 """Results on disk: one folder per job, written atomically, streamed chunk by chunk.
 
 A result folder holds
-  values/<name>.npy           every input (the grid coordinates) and node, one number per point
-  grads/<output>/<name>.npy   d output / d name, one number per point, for every wrt name
-  axes/<input>.npy            each input's axis in the job's dtype, as the kernel saw it (reshape
-                              product-grid arrays to `grid.shape`)
-  results.csv                 all of the above as a table, when the grid is small
+  values/<node>.npy           each kept node's value: (points, *its shape)
+  grads/<output>/<name>.npy   d output / d name for every wrt name: (points, *output shape, *name
+                              shape), the gradient or the Jacobian
+  hessians/<out>/<a>/<b>.npy  with `order: 2`, for every scalar output: (points, *a shape, *b shape)
+  axes/<input>.npy            each grid input's axis in the job's dtype, as the kernel saw it
+                              (reshape product-grid arrays' points axis to `grid.shape`)
+  tensors/<input>.npy         each tensor input, once (it is the same at every point)
+  results.csv                 the grid inputs, scalar values and scalar gradients as a table, when
+                              the grid is small
   summary.json                verification, timings, versions, dtype, device, the job's hash, and
                               every other file's size and CRC-32 (`files`)
 
@@ -405,7 +409,8 @@ def remove_stale_temporaries(out: Path) -> list[str]:
 
 
 def load_result(folder: str | Path, mmap: bool = True, verify: bool | None = None) -> dict:
-    """A finished result folder as {"summary", "values", "grads", "axes", "coords"}.
+    """A finished result folder as {"summary", "values", "grads", "axes", "coords"}, and for a
+    tensor job (or `order: 2`) "tensors" and "hessians" too.
 
     `values` and `grads` are the stored arrays; `axes` each input's axis, in the job's dtype as the
     kernel saw it; `coords` each input's value at every point, in grid order, built from the axes

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..core.ir import Graph
-from ..core.tensor_ops import TENSOR_OPS
+from ..core.tensor_ops import TENSOR_OPS, shape_text
 from ..errors import UsageError
 from ..reference.backprop import backward, run_point
 from ..reference.hessian import hessian
@@ -456,11 +456,6 @@ WORDS = {
                   "run)",
     },
 }
-
-
-def shape_text(shape: tuple) -> str:
-    """(4, 4), (3,), ()."""
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def nested_text(value) -> str:

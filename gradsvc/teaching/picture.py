@@ -130,7 +130,8 @@ def _tensor_labels(job: Job, coords: dict, out: str):
     d(out)/d(name) for a tensor output (one backward pass per element of the output). A graph too
     big for that view shows shapes alone."""
     from ..reference.scalarize import scalarize
-    from .explain_tensors import MAX_SCALAR_OPS, scalar_ops, shape_text
+    from ..core.tensor_ops import shape_text
+    from .explain_tensors import MAX_SCALAR_OPS, scalar_ops
     graph = job.graph
     if scalar_ops(graph) > MAX_SCALAR_OPS:
         return lambda name: f"{name} {shape_text(graph.shape_of(name))}"
@@ -149,7 +150,7 @@ def _tensor_labels(job: Job, coords: dict, out: str):
 
 def _numbers_label(what: str, shape: tuple, numbers: list[float]) -> str:
     """'c = 0', 'w (2,) = [1, -0.5]', 'h1 (4, 4): -0.96 … 0.97' (the range of a bigger tensor)."""
-    from .explain_tensors import shape_text
+    from ..core.tensor_ops import shape_text
     if not shape:
         return f"{what} = {number_text(numbers[0])}"
     if len(numbers) <= BOX_NUMBERS:

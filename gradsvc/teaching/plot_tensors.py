@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.tensor_ops import shape_text
 from ..errors import UsageError
 from .explain import ancestors, formula_uses, number_text
 from .plot import (MAX_CURVES, MAX_KINK_SCAN, MAX_LINE_POINTS, PANEL_H, PANEL_W, Drawn, Grids,
@@ -92,14 +93,14 @@ def _series_rows(grids: Grids, x_name: str, shown: np.ndarray, skipped: list[str
         if value is not None and _small(value):
             row.append(Panel(o, x_name, x, _element_lines(o, value[shown])))
         elif value is not None and not _is_curve(grids, o):
-            skipped.append(f"{o}: {_shape_text(value.shape[1:])}, more than {MAX_CURVES} numbers")
+            skipped.append(f"{o}: {shape_text(value.shape[1:])}, more than {MAX_CURVES} numbers")
         if not g.shape_of(o):
             for w in (w for w in g.wrt if w != o and w in ancestors(g, o, uses)):
                 grad = grids.grads[o][w]
                 if _small(grad):
                     row.append(Panel(f"d{o}/d{w}", x_name, x, _element_lines(w, grad[shown])))
                 elif not _is_curve(grids, w):
-                    skipped.append(f"d{o}/d{w}: {_shape_text(grad.shape[1:])}, more than "
+                    skipped.append(f"d{o}/d{w}: {shape_text(grad.shape[1:])}, more than "
                                    f"{MAX_CURVES} numbers and no coordinate")
         elif g.wrt:
             skipped.append(f"the Jacobians of {o} (a tensor output)")
@@ -161,7 +162,7 @@ def _curve_panels(grids: Grids, x_name: str | None, skipped: list[str]) -> list[
         if c is None:
             why = "not 1-D" if len(g.shape_of(name)) != 1 else "no coordinate tensor"
             if not _small_node(grids, name):
-                skipped.append(f"{name} {_shape_text(g.shape_of(name))}: {why}")
+                skipped.append(f"{name} {shape_text(g.shape_of(name))}: {why}")
             continue
         panels += _curves_of(grids, name, c, x_name, skipped)
     return panels
@@ -205,11 +206,6 @@ def _grid_lines(grids: Grids, x_name: str | None, data: np.ndarray, picks: list[
 
 def _in_rows(panels: list[Panel], columns: int) -> list[list[Panel]]:
     return [panels[k:k + columns] for k in range(0, len(panels), columns)]
-
-
-def _shape_text(shape: tuple) -> str:
-    from .explain_tensors import shape_text
-    return shape_text(tuple(shape))
 
 
 # --- kinks over the grid: the reference's scalar view at each drawn point ---
