@@ -30,12 +30,15 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench.py
 
 # A long differential-fuzz campaign (random graphs: JAX vs the reference vs finite differences);
-# FUZZ_EXAMPLES=N to change its size. Prints the campaign's counts (tests/fuzz_report.py).
+# FUZZ_EXAMPLES=N scalar graphs, FUZZ_TENSOR_EXAMPLES=N tensor jobs (each compiles its own
+# kernels: a few a second). Prints the campaign's counts (tests/fuzz_report.py).
 FUZZ_EXAMPLES ?= 10000
+FUZZ_TENSOR_EXAMPLES ?= 2000
 fuzz: $(STAMP)
 	rm -f .fuzz.jsonl
-	GRADSVC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GRADSVC_FUZZ_LOG=.fuzz.jsonl $(BIN)/python -m pytest -q \
-		tests/test_fuzz.py --hypothesis-show-statistics
+	GRADSVC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GRADSVC_FUZZ_TENSOR_EXAMPLES=$(FUZZ_TENSOR_EXAMPLES) \
+		GRADSVC_FUZZ_LOG=.fuzz.jsonl $(BIN)/python -m pytest -q tests/test_fuzz.py \
+		--hypothesis-show-statistics
 	$(BIN)/python tests/fuzz_report.py .fuzz.jsonl
 
 clean:

@@ -15,8 +15,10 @@ MAX_RESULT_BYTES = 4_000_000_000  # values + gradients `run` may hold in memory 
 MAX_INT_EXPONENT = 64  # `x ** n` with |n| up to this uses exact repeated multiplication (integer_pow)
 MAX_NAME_CHARS = 64  # characters in an input or node name
 MAX_DATA_FILE_BYTES = 100_000_000  # data files (.npy, .csv) one job reads, in all: each checked before it is read
-MAX_TENSOR_ELEMENTS = 10_000_000  # elements of one job's tensor inputs, in all (checked before allocating)
+MAX_TENSOR_ELEMENTS = 10_000_000  # elements of one job's tensor inputs, in all (checked before allocating), and of any one node
+MAX_POINT_ELEMENTS = 100_000_000  # numbers all of a graph's nodes hold at one grid point, together
 MAX_TENSOR_DIMS = 8  # dimensions of one tensor input
+MAX_REFERENCE_NODES = 100_000  # scalar nodes of a tensor job's scalar view the reference checks
 MAX_COMPILED_KERNELS = 256  # compiled kernels one process keeps (each holds memory mappings)
 
 ALL = {name: value for name, value in globals().items() if name.startswith("MAX_")}

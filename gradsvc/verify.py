@@ -109,6 +109,7 @@ class VerifyReport:
     # Hessian comparisons
     elements: dict = field(default_factory=dict)
     hessians: dict = field(default_factory=dict)
+    unchecked: str = ""  # why the reference checked nothing (a tensor job too big for it)
 
 
 def candidate_points(size: int, cap: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -541,6 +542,11 @@ class _FiniteDifferences:
             central = finer
             h /= 2
         return "inconclusive"
+
+    @staticmethod
+    def none_taken(graph: Graph, grid_size: int) -> dict:
+        """The summary of finite differences when none could be taken."""
+        return _FiniteDifferences(graph, 0.0, 1.0, 0).summary(grid_size)
 
     def summary(self, grid_size: int) -> dict:
         """The counts; `taken` differences of `possible` (every point, output and wrt name)."""

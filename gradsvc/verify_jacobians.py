@@ -12,6 +12,18 @@ were compared out of how many. Hessians are compared with the reference's forwar
 Hessian (dual numbers through its own tape) within its running error bound, at the first
 HESSIAN_POINTS points (the first only under a time budget), and checked against central differences
 of the reference gradient; the report's `hessians` counts both.
+
+JAX's tangents and cotangents are whole arrays (see `reference.scalarize`): where an infinite partial
+meets an element that no path connects, JAX computes 0 * inf = nan, where element by element there
+is nothing to multiply. Forward mode goes further: it perturbs every wrt name at once, and a
+select (relu, where) drops the tangent of the branch it does not pick where reverse mode passes
+0 * inf back. So at a point with an infinite (or nan) partial, each Jacobian entry is also
+computed as JAX's mode computes it (`reference.hessian.whole_array_backward`, `forward_jacobian`);
+where that differs from the element-by-element reference in kind (nan where the reference has a
+number, or the other way), JAX's entry is held to it (the same non-finite value, or within
+WHOLE_ARRAY_RTOL unit roundoffs of a number), the element-by-element check is not repeated for it,
+and the report counts it (`elements["whole_array"]`) and lists its point among the non-finite
+ones when JAX's entry is. Hessians follow the same conventions (`hessian(dense=, zeros=, groups=)`).
 """
 from __future__ import annotations
 
@@ -21,17 +33,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import limits
 from .core.ir import Graph
 from .job.grid import Grid
 from .reference.backprop import backward, forward
-from .reference.hessian import hessian
-from .reference.scalarize import scalarize
-from .verify import EPS64, FD_STEP, VerifyReport, _Comparer, checks_in_full, verify
+from .reference.hessian import forward_jacobian, hessian, whole_array_backward
+from .reference.scalarize import scalar_size, scalarize
+from .verify import (EPS64, FD_STEP, LISTED_POINTS, VerifyReport, _Comparer, _FiniteDifferences,
+                     checks_in_full, verify)
 
 SAMPLED_ELEMENTS = 64  # elements of one name compared, at most (a seeded sample beyond)
 HESSIAN_POINTS = 4  # points whose Hessians are compared with the reference
 HESSIAN_FD_PAIRS = 8  # Hessian entries per point checked by differences of the reference gradient
 HESSIAN_FD_RTOL = 1e-4  # central differences of a gradient: O(h**2) truncation at h ~ 1e-4
+# a finite JAX entry that the whole-array convention makes finite where the element-by-element
+# reference is not (a select dropping a nan tangent): held to this many unit roundoffs of it
+WHOLE_ARRAY_RTOL = 1024
 
 
 def verify_jacobians(graph: Graph, grid: Grid, dtype: str, indices: np.ndarray,
@@ -41,7 +58,11 @@ def verify_jacobians(graph: Graph, grid: Grid, dtype: str, indices: np.ndarray,
     """Check JAX's arrays at `indices`: `values[i]` is kept node i at each checked point,
     `derivatives` the Jacobians (outputs x wrt) then the Hessians, as the kernel returns them.
     `budget_s` applies unless the scalar view's check is small work (`verify.checks_in_full`)
-    and the points are not a sample."""
+    and the points are not a sample. A graph whose scalar view would exceed
+    `limits.MAX_REFERENCE_NODES` is not checked: the report says so (`unchecked`)."""
+    size = scalar_size(graph)
+    if size > limits.MAX_REFERENCE_NODES:
+        return _too_big(graph, grid, dtype, factor, size)
     view = scalarize(graph, {name: t.tolist() for name, t in grid.tensors.items()})
     sample = _Sample(view.elements, seed)
     outputs = sample.names(graph.outputs)
@@ -62,19 +83,33 @@ def verify_jacobians(graph: Graph, grid: Grid, dtype: str, indices: np.ndarray,
         row += len(rows)
     if not sampled and checks_in_full(scalar_graph, n, fd_points):
         budget_s = None
+    whole = _WholeArrays(graph, view, sample, scalar_graph, _scalar_grid(grid, view), dtype)
+    checked_grads = whole.reconcile(indices, grads)
     report = verify(scalar_graph, _scalar_grid(grid, view), dtype, indices, sample.names(kept),
                     np.concatenate(kept_columns, axis=1) if kept_columns else np.empty((n, 0)),
-                    grads, factor=factor, fd_points=fd_points, fd_rtol=fd_rtol, budget_s=budget_s,
-                    min_points=min_points, seed=seed)
+                    checked_grads, factor=factor, fd_points=fd_points, fd_rtol=fd_rtol,
+                    budget_s=budget_s, min_points=min_points, seed=seed)
+    whole.amend(report)
     if graph.hessian_outputs:
         hessians = list(jacobians)
         points = HESSIAN_POINTS if budget_s is None else 1  # under a budget: the first only
         report.hessians = _check_hessians(graph, scalar_graph, grid, view, sample,
                                           indices[:points], hessians, dtype, factor)
     report.elements = sample.summary(graph, kept)
+    report.elements["whole_array"] = whole.count
     report.ok = report.ok and not report.hessians.get("mismatches", 0) \
         and not report.hessians.get("fd_mismatches", 0)
     _grid_coords_only(report, set(grid.names))
+    return report
+
+
+def _too_big(graph: Graph, grid: Grid, dtype: str, factor: float, size: int) -> VerifyReport:
+    """The report of a job the reference does not check: too many scalar nodes for it."""
+    report = _Comparer(dtype, factor).report
+    report.unchecked = (f"its scalar view would have about {size:,} scalar nodes, more than "
+                        f"{limits.MAX_REFERENCE_NODES:,} (MAX_REFERENCE_NODES); a smaller version "
+                        "of the job is checked in full")
+    report.fd = _FiniteDifferences.none_taken(graph, grid.size)
     return report
 
 
@@ -142,18 +177,20 @@ def _check_hessians(graph: Graph, scalar_graph: Graph, grid: Grid, view, sample:
     scalar_grid = _scalar_grid(grid, view)
     n = len(indices)
     counts = {"points": 0, "compared": 0, "mismatches": 0, "fd_checked": 0, "fd_mismatches": 0,
-              "mismatch_points": []}
+              "fd_skipped_kink": 0, "mismatch_points": []}
     blocks = iter(hessians)
     by_output = {o: {(a, b): next(blocks) for a in graph.wrt for b in graph.wrt}
                  for o in graph.hessian_outputs}
     for k in range(n):
         index = int(indices[k])
-        inputs = dict(zip(scalar_graph.inputs, scalar_grid.coords(np.array([index]))[0].tolist()))
+        at = scalar_grid.coords(np.array([index])).astype(dtype).astype(np.float64)  # as JAX saw it
+        inputs = dict(zip(scalar_graph.inputs, at[0].tolist()))
         values = forward(scalar_graph, inputs)
         coords = {name: inputs[name] for name in grid.names}
         for out in graph.hessian_outputs:
             reference, bounds = hessian(scalar_graph, values, out, sample.names(graph.wrt),
-                                        unit=cmp.unit)
+                                        unit=cmp.unit, dense=view.forward_dense,
+                                        zeros=view.reverse_dense(out), groups=view.groups)
             for (a, b), block in by_output[out].items():
                 got = block[k].reshape(math.prod(graph.shape_of(a)), -1)
                 for i in sample.positions[a]:
@@ -170,6 +207,118 @@ def _check_hessians(graph: Graph, scalar_graph: Graph, grid: Grid, view, sample:
     return counts
 
 
+def _kind(x: float) -> str:
+    if math.isfinite(x):
+        return "finite"
+    return "nan" if math.isnan(x) else ("+inf" if x > 0 else "-inf")
+
+
+class _WholeArrays:
+    """Jacobian entries where JAX's whole arrays make it differ from the element-by-element
+    reference (see the module docstring): looked for at points where JAX gave a non-finite entry
+    or, for forward mode, where a partial is infinite or nan; checked against the reference's
+    emulation of JAX's mode, and handed to `verify` as the element-by-element reference has them."""
+
+    def __init__(self, graph: Graph, view, sample: _Sample, scalar_graph: Graph, scalar_grid,
+                 dtype: str):
+        from .engine.jacobians import reverse_mode  # loaded already: JAX computed the numbers
+        self.graph, self.view, self.sample, self.scalar = graph, view, sample, scalar_graph
+        self.scalar_grid, self.dtype = scalar_grid, dtype
+        self.reverse = {out: reverse_mode(graph, out) for out in graph.outputs}
+        self.rows, start = {}, 0
+        for out in graph.outputs:
+            self.rows[out] = slice(start, start + len(sample.positions[out]))
+            start += len(sample.positions[out])
+        self.unit = float(np.finfo(dtype).eps) / 2
+        self.count = 0
+        self.jax_nonfinite: dict[int, list[str]] = {}  # point index -> quantities JAX has non-finite
+        self.stand_in_nonfinite: dict[int, set[str]] = {}  # ... and those only the stand-ins have
+
+    def reconcile(self, indices: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        """`grads` with each entry JAX's convention explains replaced by the element-by-element
+        reference's number (a copy where anything is replaced)."""
+        forward_mode = [o for o in self.graph.outputs if not self.reverse[o]]
+        out = grads
+        coords = self.scalar_grid.coords(indices).astype(self.dtype).astype(np.float64)
+        for k, index in enumerate(indices.tolist()):
+            suspect = [o for o in self.graph.outputs if not np.isfinite(grads[k, self.rows[o]]).all()]
+            values = None
+            if set(forward_mode) - set(suspect):
+                values = forward(self.scalar, dict(zip(self.scalar.inputs, coords[k].tolist())))
+                if _singular(self.scalar, values):
+                    suspect = list(self.graph.outputs)
+            if not suspect:
+                continue
+            if values is None:
+                values = forward(self.scalar, dict(zip(self.scalar.inputs, coords[k].tolist())))
+            if out is grads:
+                out = grads.copy()
+            for o in suspect:
+                self._entries(k, index, o, values, grads, out)
+        return out
+
+    def _entries(self, k: int, index: int, output: str, values: dict, grads: np.ndarray,
+                 out: np.ndarray) -> None:
+        elements = self.sample.names([output])
+        wrt = self.sample.names(self.graph.wrt)
+        if self.reverse[output]:
+            zeros = self.view.reverse_dense(output)
+            jax_way = {o: whole_array_backward(self.scalar, values, o, zeros) for o in elements}
+        else:
+            jax_way = forward_jacobian(self.scalar, values, elements, wrt, self.view.forward_dense)
+        for i, o in enumerate(elements, start=self.rows[output].start):
+            by_element = backward(self.scalar, values, o)
+            for j, w in enumerate(wrt):
+                expected, reference = jax_way[o].get(w, 0.0), by_element.get(w, 0.0)
+                if _kind(expected) == _kind(reference):
+                    continue  # the same but for rounding: `verify` compares it
+                got = float(grads[k, i, j])
+                if _kind(got) != _kind(expected) or (math.isfinite(got) and abs(got - expected)
+                                                     > WHOLE_ARRAY_RTOL * self.unit
+                                                     * max(1.0, abs(expected))):
+                    continue  # JAX follows neither: `verify` reports it against the reference
+                self.count += 1
+                out[k, i, j] = reference
+                quantity = f"d{o}/d{w}"
+                if not math.isfinite(got):
+                    self.jax_nonfinite.setdefault(index, []).append(quantity)
+                if not math.isfinite(reference):
+                    self.stand_in_nonfinite.setdefault(index, set()).add(quantity)
+
+    def amend(self, report: VerifyReport) -> None:
+        """The report's non-finite points as JAX's numbers have them, not the stand-ins."""
+        listed = {p["index"]: p for p in report.nonfinite_points}
+        for index, quantities in self.stand_in_nonfinite.items():
+            point = listed.get(index)
+            if point is None:
+                continue
+            point["quantities"] = [q for q in point["quantities"] if q not in quantities]
+            if not point["quantities"] and index not in self.jax_nonfinite:
+                report.nonfinite_points.remove(point)
+                report.nonfinite_count -= 1
+                del listed[index]
+        for index, quantities in self.jax_nonfinite.items():
+            point = listed.get(index)
+            if point is not None:
+                point["quantities"] += [q for q in quantities if q not in point["quantities"]]
+                continue
+            report.nonfinite_count += 1
+            if len(report.nonfinite_points) < LISTED_POINTS:
+                coords = self.scalar_grid.coords(np.array([index]))[0].tolist()
+                report.nonfinite_points.append({"index": index, "quantities": quantities,
+                                                "coords": dict(zip(self.scalar.inputs, coords))})
+
+
+def _singular(graph: Graph, values: dict) -> bool:
+    """Whether a partial at this point is infinite or nan (where JAX's modes can differ)."""
+    for node in graph.nodes:
+        if node.args and not node.primitive.no_gradient:
+            args = tuple(values[a] for a in node.args)
+            if not all(math.isfinite(p) for p in node.primitive.partials(args, values[node.name])):
+                return True
+    return False
+
+
 def _difference_check(graph: Graph, inputs: dict, output: str, wrt: tuple,
                       reference: dict, counts: dict, seed: int) -> None:
     """d2 out / da db against (g_a(b + h) - g_a(b - h)) / 2h of the reference gradient g_a, at
@@ -182,11 +331,16 @@ def _difference_check(graph: Graph, inputs: dict, output: str, wrt: tuple,
     rng = np.random.default_rng(seed)
     pairs = [(a, b) if b in inputs else (b, a) for a in wrt for b in wrt
              if a in inputs or b in inputs]
+    kinks = _branches(graph, forward(graph, inputs))
     for p in rng.permutation(len(pairs))[:HESSIAN_FD_PAIRS]:
         a, b = pairs[int(p)]
         expected = reference[a][b]
         step = FD_STEP * 16 * max(1.0, abs(inputs[b]))  # a gradient's difference: a wider step
-        estimates = [_gradient_difference(graph, inputs, output, a, b, h) for h in (step, step / 2)]
+        differences = [_gradient_difference(graph, inputs, output, a, b, h) for h in (step, step / 2)]
+        if any(branches != kinks for _, branches in differences):
+            counts["fd_skipped_kink"] += 1  # a kink within the step: no derivative to difference
+            continue
+        estimates = [estimate for estimate, _ in differences]
         if not all(math.isfinite(x) for x in (expected, *estimates)):
             continue
         counts["fd_checked"] += 1
@@ -198,10 +352,22 @@ def _difference_check(graph: Graph, inputs: dict, output: str, wrt: tuple,
 
 
 def _gradient_difference(graph: Graph, inputs: dict, output: str, a: str, b: str,
-                         step: float) -> float:
-    shifted = [backward(graph, forward(graph, {**inputs, b: inputs[b] + sign * step}),
-                        output).get(a, 0.0) for sign in (1.0, -1.0)]
-    return (shifted[0] - shifted[1]) / (2 * step)
+                         step: float) -> tuple[float, tuple]:
+    """The central difference, and the side of its kink each kinked op is on at b + step and b -
+    step (they must be the point's own: abs'(x) differenced across 0 is 2 / 2h, not abs'')."""
+    shifted, branches = [], ()
+    for sign in (1.0, -1.0):
+        values = forward(graph, {**inputs, b: inputs[b] + sign * step})
+        shifted.append(backward(graph, values, output).get(a, 0.0))
+        moved = _branches(graph, values)
+        branches = moved if not branches or moved == branches else (None,)
+    return (shifted[0] - shifted[1]) / (2 * step), branches
+
+
+def _branches(graph: Graph, values: dict) -> tuple:
+    """Which side of its kink each kinked op is on (0: exactly on it)."""
+    return tuple(node.primitive.branch(*(values[a] for a in node.args)) for node in graph.nodes
+                 if node.primitive is not None and node.primitive.branch is not None)
 
 
 def _grid_coords_only(report: VerifyReport, grid_names: set[str]) -> None:

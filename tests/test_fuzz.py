@@ -2,16 +2,19 @@
 
 Scalar graphs (`graphs`) and tensor graphs (`tensor_jobs`: shapes, broadcasting, reductions,
 indexing, Jacobians, Hessians, forward and reverse mode). CI runs a bounded number of examples
-(GRADSVC_FUZZ_EXAMPLES, default 30 scalar graphs; GRADSVC_FUZZ_TENSOR_EXAMPLES, default a third of
-that: each compiles its own kernel); `make fuzz` runs a campaign and, through GRADSVC_FUZZ_LOG,
-logs each example for tests/fuzz_report.py to count. Every disagreement found becomes a named
-regression test (test_ops.py, test_verify.py, test_hessian.py, test_tensor_jobs.py).
+(GRADSVC_FUZZ_EXAMPLES, default 30, for each; GRADSVC_FUZZ_TENSOR_EXAMPLES, when set, for the
+tensor graphs alone: each compiles its own kernels, a few a second); `make fuzz` runs a campaign
+and, through GRADSVC_FUZZ_LOG, logs each example for tests/fuzz_report.py to count. Every
+disagreement found becomes a named regression test (test_ops.py, test_verify.py, or at the end of
+this file for what the tensor fuzzer found).
 """
 import json
+import math
 import os
 import re
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gradsvc
@@ -97,10 +100,12 @@ def _log(job: dict, dtype: str, r) -> None:
 # restrictions); an op drawn "wild" may take any operands, and a job whose shapes the model finds
 # invalid must be refused with one clear GradsvcError at a place in the job, never run.
 
-TENSOR_EXAMPLES = int(os.environ.get("GRADSVC_FUZZ_TENSOR_EXAMPLES", EXAMPLES // 3 or 1))
+TENSOR_EXAMPLES = int(os.environ.get("GRADSVC_FUZZ_TENSOR_EXAMPLES", EXAMPLES))
 T_UNARY = ["exp", "log", "sin", "cos", "tanh", "sigmoid", "relu", "sqrt", "abs", "-"]
 T_BINARY = ["+", "-", "*", "/", "**", "max", "min", "where"]
 REDUCTIONS = {"sum": np.sum, "mean": np.mean, "prod": np.prod, "max": np.max, "min": np.min}
+BIG = 2 ** 63 - 1  # the largest integer literal formulas take
+SHAPE_TEXT = re.compile(r"\((\d+, )*\d+,?\)|\(\)|axis|index|subscript")
 STRUCTURAL = ["@", "dot", "transpose", "reshape", "stack", "concat", "reduce", "cumsum", "trapz",
               "index"]
 
@@ -124,7 +129,8 @@ def model_shape(op: str, shapes: list, param=None):
             ok = all(shapes)
             return tuple(np.concatenate(arrays).shape) if ok else None
         if op in REDUCTIONS:
-            return tuple(np.shape(REDUCTIONS[op](arrays[0], axis=param)))
+            ok = param is None or bool(shapes[0])  # numpy takes axis=0 of a number; formulas do not
+            return tuple(np.shape(REDUCTIONS[op](arrays[0], axis=param))) if ok else None
         if op == "cumsum":
             ok = bool(shapes[0])
             return tuple(np.cumsum(arrays[0], axis=-1 if param is None else param).shape) \
@@ -184,7 +190,8 @@ def tensor_jobs(draw):
         name = f"s{n}"
         if name not in inputs:
             start = draw(st.sampled_from([0.0, -1.0, 0.5]))
-            inputs[name] = {"tensor": {"linspace": [start, start + draw(st.sampled_from([1.0, 2.0])), n]}}
+            stop = start + draw(st.sampled_from([1.0, 2.0]))
+            inputs[name] = {"tensor": {"linspace": [start, stop, n]}}
             pool.append((name, (n,)))
         return name, (n,)
 
@@ -276,10 +283,10 @@ def tensor_jobs(draw):
             for axis, n in enumerate(shape[:draw(st.integers(1, max(1, len(shape))))]):
                 if draw(st.booleans()):
                     items.append(draw(st.integers(-n, n - 1)))
-                else:
-                    start = draw(st.none() | st.integers(-n, n - 1))
-                    stop = draw(st.none() | st.integers(-n, n))
-                    step = draw(st.sampled_from([None, None, 1, 2, -1]))
+                else:  # bounds near int64's limit too (JAX's slicing overflowed on them)
+                    start = draw(st.none() | st.integers(-n, n - 1) | st.sampled_from([-BIG, BIG]))
+                    stop = draw(st.none() | st.integers(-n, n) | st.sampled_from([-BIG, BIG]))
+                    step = draw(st.sampled_from([None, None, 1, 2, -1, BIG, -BIG]))
                     items.append(slice(start, stop, step))
             if wild or not items:
                 items = [draw(st.integers(-6, 6)) for _ in range(draw(st.integers(1, 3)))]
@@ -289,13 +296,14 @@ def tensor_jobs(draw):
             return f"{a[0]}[{_subscript_text(param)}]", kind, [shape], param
         raise AssertionError(kind)
 
-    for k in range(draw(st.integers(1, 6))):
-        a = draw(st.sampled_from(pool))
+    for k in range(draw(st.integers(2, 7))):
         wild = draw(st.integers(0, 11)) == 0
         if draw(st.integers(0, 2)) == 0:
-            text, shapes = elementwise(a)
+            text, shapes = elementwise(draw(st.sampled_from(pool)))
             shape = model_shape("elementwise", shapes)
         else:
+            tensors = [p for p in pool if p[1]]
+            a = draw(st.sampled_from(tensors if tensors and draw(st.integers(0, 4)) else pool))
             built = structural(draw(st.sampled_from(STRUCTURAL)), a, wild)
             if built is None:
                 text, shapes = elementwise(a)
@@ -303,9 +311,10 @@ def tensor_jobs(draw):
             else:
                 text, op, shapes, param = built
                 shape = model_shape(op, shapes, param)
-        if shape is None:
+        if shape is None:  # invalid: named, so that the job holds it, and used by nothing else
             invalid = True
-            shape = ()
+            graph[f"n{k}"] = text
+            continue
         if draw(st.integers(0, 3)) == 0 and k:  # an unnamed expression: used inside a later formula
             pool.append((f"({text})", shape))
             continue
@@ -347,18 +356,18 @@ def test_random_tensor_graphs_agree(case, dtype):
             r = gradsvc.run(one, dtype=dtype)
         except GradsvcError as error:
             if LOG:
-                _log_tensor(job, dtype, None, error)
+                _log_tensor(job, dtype, [], error, invalid=invalid)
             assert invalid, f"a valid job was refused: {error}\n{job}"
-            assert isinstance(error, GraphError), error  # a shape problem, at its formula
-            assert error.where is not None and error.where.line, error
-            assert "shape" in str(error), error
+            for problem in getattr(error, "problems", [error]):  # each shape problem at its formula
+                assert isinstance(problem, GraphError), problem
+                assert problem.where is not None and problem.where.line, problem
+                assert SHAPE_TEXT.search(problem.message), problem  # naming the shapes
             return
         assert not invalid, f"a job with invalid shapes ran: {job}"
         results.append(r)
     compared = _compare_modes(*results) if len(results) == 2 else 0
     if LOG:
-        for r in results:
-            _log_tensor(job, dtype, r, None, compared)
+        _log_tensor(job, dtype, results, None, compared)
     for r in results:
         v = r.verify
         assert r.ok, (job, r.job.graph.mode, v.mismatch_points[:3], v.fd["mismatch_points"][:3],
@@ -371,7 +380,8 @@ def _compare_modes(forward, reverse) -> int:
     number: 0 * inf in a tangent; verification checks each against the reference). Returns how
     many entries were compared."""
     rtol = 1e-12 if forward.dtype == "float64" else 1e-4
-    pairs = [(forward.grads[o][w], reverse.grads[o][w]) for o in forward.grads for w in forward.grads[o]]
+    pairs = [(forward.grads[o][w], reverse.grads[o][w]) for o in forward.grads
+             for w in forward.grads[o]]
     pairs += [(forward.hessians[o][a][b], reverse.hessians[o][a][b]) for o in forward.hessians
               for a in forward.hessians[o] for b in forward.hessians[o][a]]
     compared = 0
@@ -387,27 +397,193 @@ def _compare_modes(forward, reverse) -> int:
 _TENSOR_OPS = re.compile(r"[a-z]+(?=\()|\*\*|@|\[|[-+*/]")
 
 
-def _log_tensor(job: dict, dtype: str, r, error, compared: int = 0) -> None:
+def _log_tensor(job: dict, dtype: str, results: list, error, compared: int = 0,
+                invalid: bool = False) -> None:
+    """One line per example: what it used, and (summed over its runs: two for `mode: both`) what
+    was compared."""
     ops = sorted({"index" if m == "[" else m for f in job["graph"].values()
                   for m in _TENSOR_OPS.findall(f)})
     entry = {"kind": "tensor", "dtype": dtype, "ops": ops, "nodes": len(job["graph"]),
-             "order": job.get("order", 1), "mode": job.get("mode", "auto")}
-    if error is not None:
-        entry.update(ok=True, refused=type(error).__name__)
-    else:
+             "order": job.get("order", 1), "mode": job.get("mode", "auto"), "refused": None,
+             "ok": all(r.ok for r in results), "runs": len(results), "modes_compared": compared}
+    if error is not None:  # counted as agreeing only where the shape model found them invalid
+        entry.update(refused=type(error).__name__, ok=invalid)
+    for r in results:
         v = r.verify
-        entry.update(
-            ok=bool(r.ok), refused=None, mode=r.job.graph.mode, points=r.points,
-            max_ndim=max(np.ndim(a) - 1 for a in r.values.values()),
-            compared=v.compared, checked_points=v.checked_points,
-            values_checked=v.elements.get("values_checked", 0),
-            derivatives_checked=v.elements.get("derivatives_checked", 0),
-            derivatives_total=v.elements.get("derivatives_total", 0),
-            hessian_compared=v.hessians.get("compared", 0),
-            hessian_fd_checked=v.hessians.get("fd_checked", 0),
-            nonfinite_points=v.nonfinite_count, kink_points=v.kink_count,
-            ill_conditioned=v.ill_conditioned, fd_checked=v.fd["checked"],
-            fd_skipped=v.fd["skipped_kink"] + v.fd["skipped_nonfinite"],
-            fd_inconclusive=v.fd["inconclusive"], modes_compared=compared)
+        counts = {
+            "points": r.points, "compared": v.compared, "checked_points": v.checked_points,
+            "values_checked": v.elements.get("values_checked", 0),
+            "derivatives_checked": v.elements.get("derivatives_checked", 0),
+            "derivatives_total": v.elements.get("derivatives_total", 0),
+            "hessian_compared": v.hessians.get("compared", 0),
+            "hessian_fd_checked": v.hessians.get("fd_checked", 0),
+            "nonfinite_points": v.nonfinite_count, "kink_points": v.kink_count,
+            "ill_conditioned": v.ill_conditioned, "fd_checked": v.fd["checked"],
+            "fd_skipped": v.fd["skipped_kink"] + v.fd["skipped_nonfinite"],
+            "fd_inconclusive": v.fd["inconclusive"],
+            "whole_array": v.elements.get("whole_array", 0)}
+        for key, value in counts.items():
+            entry[key] = entry.get(key, 0) + value
+        entry["max_ndim"] = max(np.ndim(a) - 1 for a in r.values.values())
     with open(LOG, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+# --- what the tensor fuzzer found: one regression test each ---
+
+def _jax_f64(fn, *args):
+    import jax
+    with jax.enable_x64(True):
+        return np.asarray(fn(*(np.asarray(a, np.float64) for a in args)))
+
+
+def _same(got, want) -> bool:
+    """Equal, nan where nan, to a few ulps."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return got.shape == want.shape and bool(np.all(
+        np.isnan(got) == np.isnan(want)) and np.allclose(got[~np.isnan(got)], want[~np.isnan(want)],
+                                                           rtol=1e-14, atol=0))
+
+
+@pytest.mark.parametrize("point", [(0.0, 1.0), (0.0, 0.5), (0.0, 1.5), (0.0, 0.0), (0.0, 2.0),
+                                   (0.0, 3.0), (0.0, -1.0), (0.0, 2.5), (-1.0, 2.0), (2.0, 1.0),
+                                   (-2.0, 3.0)])
+def test_pow_hessian_at_a_zero_base_is_jaxs(point):
+    """x ** y where x is 0: the reference's Hessian is jax.hessian of lax.pow (float64), nans and
+    all: at (0, 1) d2/dxdy is nan (and d2/dydx 0), at (0, 0.5) every entry is nan."""
+    import jax
+    x, y = point
+    r = gradsvc.run({"inputs": {"x": x, "y": y}, "graph": {"z": "x ** y"}, "outputs": ["z"],
+                     "wrt": ["x", "y"], "order": 2})
+    want = _jax_f64(jax.hessian(lambda v: jax.lax.pow(v[0], v[1])), [x, y])
+    got = [[r.hessians["z"][a][b][0] for b in "xy"] for a in "xy"]
+    assert r.ok and r.verify.hessians["compared"] == 4, r.verify.hessians
+    assert _same(got, want), (got, want.tolist())
+
+
+def test_pow_second_derivatives_at_a_zero_base():
+    """The op table's entries themselves: rows are the partials' derivatives, as JAX forms them."""
+    from gradsvc.core.ops import OPS
+    second = OPS["pow"].second
+    (xx, xy), (yx, yy) = second((0.0, 1.0), 0.0)
+    assert math.isnan(xx) and (xy, yx, yy) == (1.0, 0.0, 0.0)  # x's 0 tangent makes xy nan
+    assert all(math.isnan(s) for s in (second((0.0, 0.5), 0.0)[0][1], second((0.0, 0.5), 0.0)[1][0]))
+    assert second((2.0, 1.0), 2.0)[0][1] == second((2.0, 1.0), 2.0)[1][0]  # symmetric elsewhere
+
+
+def test_reverse_mode_cotangents_are_whole_arrays():
+    """sqrt(u)[0] with u = [1, 0]: JAX passes a 0 back to u[1] through sqrt'(0) = inf, so
+    d/du[1] is nan; the reference follows, and says how many entries this explains."""
+    import jax
+    job = {"inputs": {"u": {"tensor": [1.0, 0.0]}}, "graph": {"z": "sqrt(u)[0]", "h": "sqrt(u)"},
+           "outputs": ["z", "h"], "wrt": ["u"]}
+    r = gradsvc.run(job)
+    assert r.ok, r.verify.mismatch_points
+    assert _same(r.grads["z"]["u"][0], _jax_f64(jax.grad(lambda u: jax.numpy.sqrt(u)[0]), [1.0, 0.0]))
+    assert r.verify.elements["whole_array"] >= 1 and r.verify.nonfinite_count == 1
+    # the Jacobian of sqrt(u): jax.jacrev alone gives [[.5, nan], [0, inf]]; compiled into the
+    # kernel XLA may give 0 for 0 * inf there: either is checked, each against its own reference
+    h = r.grads["h"]["u"][0]
+    assert (h[0, 0], h[1, 0], h[1, 1]) == (0.5, 0.0, math.inf)
+    assert h[0, 1] == 0.0 or math.isnan(h[0, 1])
+
+
+def test_forward_mode_perturbs_every_wrt_name_at_once():
+    """sqrt(x) + y at x = 0 by forward mode: x's tangent is 0 in y's direction, times inf: nan."""
+    r = gradsvc.run({"inputs": {"x": 0.0, "y": 2.0}, "graph": {"z": "sqrt(x) + y"},
+                     "outputs": ["z"], "wrt": ["x", "y"], "mode": "forward"})
+    assert r.ok and r.grads["z"]["x"][0] == math.inf and math.isnan(r.grads["z"]["y"][0])
+    reverse = gradsvc.run({"inputs": {"x": 0.0, "y": 2.0}, "graph": {"z": "sqrt(x) + y"},
+                           "outputs": ["z"], "wrt": ["x", "y"], "mode": "reverse"})
+    assert reverse.ok and reverse.grads["z"]["y"][0] == 1.0
+
+
+def test_forward_mode_select_drops_the_tangent_it_does_not_pick():
+    """where(u > 0.5, sqrt(u), 0) at u = 0: forward mode's select drops sqrt's inf tangent (0),
+    where reverse mode passes 0 * inf = nan back."""
+    import jax
+    job = {"inputs": {"u": {"tensor": [1.0, 0.0]}}, "graph": {"z": "where(u > 0.5, sqrt(u), 0)"},
+           "outputs": ["z"], "wrt": ["u"]}
+    f = lambda u: jax.numpy.where(u > 0.5, jax.numpy.sqrt(u), 0.0)  # noqa: E731
+    for mode, jac in (("forward", jax.jacfwd), ("reverse", jax.jacrev)):
+        r = gradsvc.run({**job, "mode": mode})
+        assert r.ok and _same(r.grads["z"]["u"][0], _jax_f64(jac(f), [1.0, 0.0])), mode
+
+
+def test_hessian_tangents_are_whole_through_a_select():
+    """sqrt(relu(x)) * y at x = -1: relu's tangent is a 0, not none, and sqrt'(0) = inf makes the
+    row of y nan in JAX's Hessian; the reference's too."""
+    import jax
+    r = gradsvc.run({"inputs": {"x": -1.0, "y": 2.0}, "graph": {"z": "sqrt(relu(x)) * y"},
+                     "outputs": ["z"], "wrt": ["x", "y"], "order": 2})
+    want = _jax_f64(jax.hessian(lambda v: jax.numpy.sqrt(jax.nn.relu(v[0])) * v[1]), [-1.0, 2.0])
+    assert r.ok and _same([[r.hessians["z"][a][b][0] for b in "xy"] for a in "xy"], want)
+
+
+def test_hessian_second_derivative_zero_only_here_meets_a_nan_tangent():
+    """sqrt(u) with u = x ** -2 = inf: sqrt'' at inf is -0.0, a number, not a structural zero: times
+    u's nan tangent (0 * inf from x) it is nan, as in JAX."""
+    r = gradsvc.run({"inputs": {"x": 0.0, "y": 1.0}, "graph": {"u": "x ** -2", "z": "sqrt(u)"},
+                     "outputs": ["z"], "wrt": ["x", "u", "y"], "order": 2})
+    assert r.ok, r.verify.hessians["mismatch_points"]
+    assert math.isnan(r.hessians["z"]["u"]["x"][0])
+
+
+def test_sums_start_from_zero_like_xla():
+    """cumsum, sum, @ and trapz of -0.0s are +0.0 in JAX (its reductions start from 0), so
+    1 / cumsum([-0.0, 1])[0] is +inf; the reference's expansions agree."""
+    r = gradsvc.run({"inputs": {"v": {"tensor": [-0.0, 1.0]}, "w": {"tensor": [-0.0, -0.0]},
+                                "o": {"tensor": [1.0, 1.0]}},
+                     "graph": {"c": "1 / cumsum(v)", "s": "1 / sum(w)", "d": "1 / (w @ o)",
+                               "t": "1 / trapz(w, o + v)", "m": "1 / mean(w)",
+                               "one": "1 / sum(w[0:1])"},
+                     "outputs": ["c", "s", "d", "t", "m", "one"], "wrt": ["v", "w"]})
+    assert r.ok, r.verify.mismatch_points
+    assert [float(r.values[n][0]) for n in "sdtm"] == [math.inf] * 4
+    assert r.values["c"][0].tolist() == [math.inf, 1.0] and r.values["one"][0] == -math.inf
+
+
+def test_pow_broadcasts_like_the_other_elementwise_ops():
+    """v ** M with v (4,) and M (2, 4): jax.lax.pow does not broadcast as numpy does (it raised
+    a TypeError, an internal error); its arguments are broadcast first."""
+    r = gradsvc.run({"inputs": {"v": {"tensor": [1.5, 2.0, 0.5, 3.0]},
+                                "M": {"tensor": [[1.0, 2.0, 0.5, -1.0], [0.0, 1.5, 2.0, 3.0]]}},
+                     "graph": {"z": "v ** M", "w": "M ** v"}, "outputs": ["z", "w"]})
+    v, M = np.array([1.5, 2.0, 0.5, 3.0]), np.array([[1.0, 2.0, 0.5, -1.0], [0.0, 1.5, 2.0, 3.0]])
+    assert r.ok and np.allclose(r.values["z"][0], v ** M) and np.allclose(r.values["w"][0], M ** v)
+
+
+def test_sqrt_second_derivative_at_negative_zero_is_jaxs():
+    """sqrt'' at -0.0 is +inf in JAX (its rule divides by sqrt(-0.0) = -0.0): so is the reference's."""
+    import jax
+    r = gradsvc.run({"inputs": {"x": [-0.0, 0.0, 2.0]}, "graph": {"z": "sqrt(x)"}, "outputs": ["z"],
+                     "order": 2})
+    assert r.ok and r.hessians["z"]["x"]["x"].tolist() == [
+        float(_jax_f64(jax.hessian(jax.numpy.sqrt), x)) for x in (-0.0, 0.0, 2.0)]
+
+
+def test_hessian_differences_skip_a_kink_within_the_step():
+    """abs(x) at x = -0.0: its gradient jumps from -1 to 1 within any step, so the central difference
+    of the gradient (1 / h) is no second derivative: skipped and counted, not a mismatch."""
+    r = gradsvc.run({"inputs": {"x": -0.0, "y": 1.5}, "graph": {"z": "abs(x) * y + relu(x)"},
+                     "outputs": ["z"], "wrt": ["x", "y"], "order": 2})
+    h = r.verify.hessians
+    assert r.ok and h["fd_skipped_kink"] > 0 and h["fd_mismatches"] == 0
+
+
+def test_max_and_min_of_a_tie_split_the_gradient_evenly():
+    """max(v) of a three-way tie: JAX gives each 1/3 (a fold of two-argument max gave 1/4, 1/4,
+    1/2); min of 0.0 and -0.0 is -0.0, as XLA's; at a nan, reverse mode 0 and forward mode nan."""
+    job = {"inputs": {"v": {"tensor": [1.0, 2.0, 2.0, 2.0]}, "z": {"tensor": [0.0, -0.0]},
+                      "n": {"tensor": [1.0, 1.0, 1.0]}},
+           "graph": {"hi": "max(v)", "lo": "min(v[1:])", "zero": "1 / min(z)",
+                     "w": "log(n - 2)", "nan": "max(w)"},
+           "outputs": ["hi", "lo", "zero", "nan"], "wrt": ["v", "w"]}
+    r = gradsvc.run(job)
+    assert r.ok, r.verify.mismatch_points
+    assert r.grads["hi"]["v"][0].tolist() == [0.0, 1 / 3, 1 / 3, 1 / 3]
+    assert r.grads["lo"]["v"][0].tolist() == [0.0, 1 / 3, 1 / 3, 1 / 3]
+    assert r.values["zero"][0] == -math.inf
+    assert r.grads["nan"]["w"][0].tolist() == [0.0, 0.0, 0.0]
+    forward = gradsvc.run({**job, "mode": "forward"})
+    assert forward.ok and np.isnan(forward.grads["nan"]["w"][0]).all()

@@ -175,3 +175,15 @@ def test_order_two_says_which_outputs_get_no_hessian():
     assert job.graph.hessian_outputs == ("z",)
     assert job.notes == ("<job>:4:8: note: order 2 gives Hessians of scalar outputs only; y is a "
                          "tensor (its Jacobian is computed)",)
+
+
+def test_a_job_too_big_for_the_reference_runs_and_says_it_was_not_checked():
+    text = ("inputs:\n  A: {tensor: {uniform: [-1, 1], shape: [120, 120], seed: 0}}\n"
+            "graph: {y: sum(A @ A)}\noutputs: [y]\nwrt: [A]\n")
+    r = gradsvc.run(text)
+    assert r.verify.unchecked.startswith("its scalar view would have about 3,")
+    assert r.verify.checked_points == 0 and r.verify.compared == 0
+    A = r.values["A"][0]
+    np.testing.assert_allclose(r.grads["y"]["A"][0], A.sum(1)[None, :] + A.sum(0)[:, None],
+                               rtol=1e-12, atol=1e-12)  # d sum(A@A)/dA_pq = sum_j A_qj + sum_i A_ip
+    assert r.timings["verify_s"] < 1.0  # the 3.5 million nodes are never built

@@ -14,10 +14,12 @@ shape problem is found before anything runs. A graph whose shapes are all `()` i
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from ..errors import GraphError, JobProblems, Location
+from .. import limits
+from ..errors import GraphError, JobProblems, LimitError, Location
 from .ops import op_for, Op
 from .tensor_ops import TENSOR_OPS, ShapeError, TensorOp, result_shape
 
@@ -158,7 +160,20 @@ def _with_shapes(order: list[Node]) -> list[Node]:
         out.append(node)
     if problems:
         raise JobProblems.of(list(problems.values()))
+    _check_total_size(out)
     return out
+
+
+def _check_total_size(nodes: list[Node]) -> None:
+    """Every node is bounded by itself (tensor_ops); together they are bounded too: a chain of
+    big intermediates would hold them all at once."""
+    total = sum(math.prod(node.shape) for node in nodes)
+    if total > limits.MAX_POINT_ELEMENTS:
+        biggest = max(nodes, key=lambda node: math.prod(node.shape))
+        raise LimitError(f"the graph's nodes hold {total:,} numbers at one point, more than "
+                         f"{limits.MAX_POINT_ELEMENTS:,} (the largest: '{biggest.owner}', "
+                         f"{math.prod(biggest.shape):,})", where=biggest.where,
+                         hint="use smaller tensors or fewer intermediates (MAX_POINT_ELEMENTS)")
 
 
 def _shape_error(node: Node, error: ShapeError) -> GraphError:

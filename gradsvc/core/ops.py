@@ -8,10 +8,11 @@ Each `Op` carries
     reference backprop uses. They follow IEEE-754 (inf/nan propagate, x/0 is ±inf) instead of raising,
     and they follow JAX's conventions at kinks and domain edges, so both backends must agree everywhere:
     abs'(0) = 1, relu'(0) = 0, sqrt'(0) = inf, d(x**y)/dy = log(x)·x**y with log(0) read as 0;
-  - `second`: the symmetric matrix of second derivatives d²(out)/d(arg_i)d(arg_j), for the reference's
-    Hessians (forward over reverse), by the same conventions: 0 for ops that are linear or piecewise
-    linear (relu, abs, max, min, where, comparisons: JAX's rules are selects, whose derivatives are 0),
-    sqrt''(0) = -inf, and pow's log(0) read as 0;
+  - `second`: the matrix of second derivatives d²(out)/d(arg_i)d(arg_j), row i the derivative of
+    partial i, for the reference's Hessians (forward over reverse), by the same conventions: 0 for
+    ops that are linear or piecewise linear (relu, abs, max, min, where, comparisons: JAX's rules are
+    selects, whose derivatives are 0), sqrt''(0) = -inf, and pow's log(0) read as 0 (symmetric, but
+    for pow at a zero base, where JAX's rules differentiate to nans and a 0 that are not);
   - `rule`: the derivative rule as people write it, for `gradsvc ops`;
   - `partial_texts`: each local derivative as a formula in the arguments ({0}, {1}), for `gradsvc
     explain` ("dc/da = b = 3"); `affine`: how the result depends on arguments that vary together
@@ -179,7 +180,7 @@ class Op:
     # partials(args, out) -> one local derivative d(out)/d(arg_i) per argument
     partials: Callable[[tuple, float], tuple]
     rule: str
-    # second(args, out) -> the symmetric matrix d2(out)/d(arg_i)d(arg_j), one row per argument
+    # second(args, out) -> the matrix d2(out)/d(arg_i)d(arg_j), row i the derivative of partial i
     second: Callable[[tuple, float], tuple[tuple[float, ...], ...]] | None = None
     symbol: str | None = None  # infix symbol when the formula language writes it as an operator
     branch: Callable[..., int] | None = None  # kinked ops only: 0 means exactly on the kink
@@ -206,6 +207,12 @@ def _tanh_vjp(bar: float, args: tuple, out: float) -> tuple:
     return (i + i * out,)
 
 
+def _sqrt_second(x: float, out: float) -> float:
+    """-1/(4 x**1.5) as JAX forms it, differentiating its partial 0.5 / sqrt(x): (-(0.5 / sqrt(x))
+    * 0.5) * sqrt(x)**-2, so that at x = -0.0 (sqrt(-0.0) = -0.0) it is +inf, as in JAX."""
+    return (-ieee_div(0.5, out) * 0.5) * ieee_pow(out, -2.0)
+
+
 def _pow_partials(args: tuple, out: float) -> tuple:
     x, y = args
     d_dx = y * ieee_pow(x, y - 1.0)
@@ -214,10 +221,23 @@ def _pow_partials(args: tuple, out: float) -> tuple:
 
 
 def _pow_second(args: tuple, out: float) -> tuple:
+    """JAX's rules for x**y (d/dx = y * x**(y-1); d/dy = log(x) * x**y, with x = 0 replaced by 1
+    before the log) differentiated by JAX's rules, each term grouped as JAX computes it, so that a
+    zero base gives JAX's nans: at (0, 0.5) 0 * inf is nan in every entry. Row i differentiates
+    partial i; at a zero base the rows differ: the replacement is a select, which passes no
+    tangent of x into log(x), so d(d/dy)/dx loses its x**y / x term (at (0, 1) it is 0, while
+    d(d/dx)/dy is 1; the nan of d(d/dx)/dx = 1 * 0 * 0**-1 reaches d(d/dx)/dy too in JAX, whose
+    tangent of x is a 0 there: `reference.hessian` with `dense`)."""
     x, y = args
     log_x = ieee_log(x if x != 0.0 else 1.0)  # log(0) read as 0, as in the partial
-    mixed = ieee_pow(x, y - 1.0) * (1.0 + y * log_x)
-    return (y * (y - 1.0) * ieee_pow(x, y - 2.0), mixed), (mixed, log_x * log_x * out)
+    p1 = ieee_pow(x, y - 1.0)
+    xx = y * ((y - 1.0) * ieee_pow(x, y - 2.0))
+    xy = p1 + y * (log_x * p1)
+    yy = log_x * (log_x * out)
+    if x != 0.0:  # d(d/dy)/dx = x**y / x + log(x) * y * x**(y-1): the same number as xy
+        return (xx, xy), (xy, yy)
+    yx = 0.0 * out + log_x * (y * p1)  # the select passed a 0 for x's tangent into log(x)
+    return (xx, xy), (yx, yy)
 
 
 def _ipow_partials(n: int) -> Callable[[tuple, float], tuple]:
@@ -275,7 +295,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        zero_blocks=True, partial_texts=("(1 if {0} > 0 else 0)",)),
     Op("sqrt", 1, "jax.numpy.sqrt", ieee_sqrt, lambda a, o: (ieee_div(0.5, o),),
        "d sqrt(x)/dx = 1/(2*sqrt(x))  (inf at 0, nan for x < 0)",
-       second=_curve(lambda x, o: ieee_div(-0.25, x * o)), partial_texts=("1/(2*sqrt({0}))",)),
+       second=_curve(_sqrt_second), partial_texts=("1/(2*sqrt({0}))",)),
     Op("max", 2, "jax.numpy.maximum", ieee_max, _extremum_partials(True),
        "d max(a,b)/da = 1 if a > b, 0 if a < b, 0.5 at the tie a == b (and 1 - that for b)",
        second=_flat(2), branch=_order_branch,

@@ -5,7 +5,8 @@ nothing here. Each structural operation below has one entry, read by every layer
   - `shape(arg_shapes, param)`: the result's shape at one grid point, or `ShapeError` naming the
     shapes involved (checked when the graph links, before anything runs);
   - `lower(jnp, args, param)`: the computation in JAX (`jnp` is passed in, so that this module, like
-    the reference, imports only the standard library); JAX differentiates it by its own rules;
+    the reference, imports only the standard library and gradsvc's named limits); JAX
+    differentiates it by its own rules;
   - `expand(emit, args, param)`: the same computation written with scalar operations of `ops`, for
     the reference: `args` are `Elements` (a shape and the names of its element nodes in C order),
     `emit(op, args, param=None, const=None)` appends one scalar node and returns its name. The
@@ -23,6 +24,8 @@ import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
+
+from .. import limits
 
 Shape = tuple[int, ...]
 Elements = tuple[Shape, tuple[str, ...]]  # a tensor in the reference: its shape, its elements' names
@@ -74,8 +77,12 @@ def _at(tensor: Elements, index: Shape) -> str:
 
 
 def _fold(emit, op: str, names: list[str]) -> str:
-    """names[0] op names[1] op ... from the left: how the reference sums or multiplies."""
+    """names[0] op names[1] op ... from the left: how the reference sums or multiplies. A sum of
+    two or more starts from 0, as XLA's reductions start from their initial value: a sum of -0.0s
+    is +0.0 in JAX (and 1 / sum(v) +inf), a single term is left as it is."""
     total = names[0]
+    if op == "add" and len(names) > 1:
+        total = emit("add", (emit("const", (), const=0.0), total))
     for name in names[1:]:
         total = emit(op, (total, name))
     return total
@@ -243,6 +250,54 @@ def _reduce_expand(op: str, divide: bool = False) -> Callable:
     return expand
 
 
+def _extremum_expand(larger: bool) -> Callable:
+    """max(x) / min(x) as JAX differentiates them: d/dx_i = [x_i is the extremum] / (how many
+    are), 1/3 each for a three-way tie (a fold of two-argument max gives 1/4, 1/4, 1/2). Written
+    with scalar ops: x_i is an extremum when it is at least (at most) r_i, the extremum of the
+    others (prefix and suffix folds, so that only a real tie is a kink); the result is the mean of
+    the extrema (for min, minus the mean of their negatives: zeros' signs come out as XLA's,
+    min(0.0, -0.0) = -0.0). Where an element is nan none compares: the value is -0.0 / 0 = nan,
+    the gradient 0 (XLA turns JAX's `ct * (x == max) / count` into a select: 0, not nan) and
+    forward mode's tangent 0 / 0 = nan, as JAX's. A single element is itself."""
+    pick, test = ("max", "ge") if larger else ("min", "le")
+
+    def expand(emit, args: list[Elements], param) -> Elements:
+        shape, groups = _groups(args[0], _axis(args[0][0], param, pick))
+        out = []
+        for group in groups:
+            n = len(group)
+            if n == 1:
+                out.append(group[0])
+                continue
+            before = [group[0]]  # before[i]: the extremum of group[:i + 1]
+            for name in group[1:-1]:
+                before.append(emit(pick, (before[-1], name)))
+            after = {n - 1: group[-1]}  # after[i]: the extremum of group[i:]
+            for i in range(n - 2, 0, -1):
+                after[i] = emit(pick, (group[i], after[i + 1]))
+            others = [after[1], *(emit(pick, (before[i - 1], after[i + 1])) for i in range(1, n - 1)),
+                      before[n - 2]]
+            zero = emit("const", (), const=-0.0)
+            hits, terms = [], []
+            for name, rest in zip(group, others):
+                hit = emit(test, (name, rest))
+                hits.append(hit)
+                terms.append(emit("where", (hit, name if larger else emit("neg", (name,)), zero)))
+            count = _fold(emit, "add", hits)
+            mean = emit("div", (_sum(emit, terms), count))
+            out.append(mean if larger else emit("neg", (mean,)))
+        return shape, tuple(out)
+    return expand
+
+
+def _sum(emit, names: list[str]) -> str:
+    """names[0] + names[1] + ... from the left, without XLA's starting 0 (a sum of -0.0s stays -0.0)."""
+    total = names[0]
+    for name in names[1:]:
+        total = emit("add", (total, name))
+    return total
+
+
 def _cumsum_axis(shape: Shape, param) -> int:
     if not shape:
         raise ShapeError("cumsum needs a vector or a tensor, got a scalar")
@@ -263,7 +318,10 @@ def _cumsum_expand(emit, args: list[Elements], param) -> Elements:
         running = None
         for k in range(shape[axis]):
             at = flat(index[:axis] + (k,) + index[axis:], shape)
-            running = out[at] if running is None else emit("add", (running, out[at]))
+            if running is None and shape[axis] > 1:  # from 0, like XLA's: -0.0 becomes +0.0
+                running = emit("add", (emit("const", (), const=0.0), out[at]))
+            else:
+                running = out[at] if running is None else emit("add", (running, out[at]))
             out[at] = running
     return shape, tuple(out)
 
@@ -281,12 +339,21 @@ def _trapz_shape(shapes: list[Shape], param) -> Shape:
 
 
 def _trapz_expand(emit, args: list[Elements], param) -> Elements:
-    """0.5 * sum((x[i+1] - x[i]) * (y[i+1] + y[i])), in jnp.trapezoid's order."""
+    """0.5 * sum((x[i+1] - x[i]) * (y[i+1] + y[i])), in jnp.trapezoid's order; with two samples
+    (one step) jnp.trapezoid takes its path for a constant step, (x[1] - x[0]) * (sum(y) -
+    0.5 * (y[0] + y[1])), and so does the reference (the two differ at infinities and zeros' signs)."""
     y, x = args
     n = x[0][0]
     steps = [emit("sub", (x[1][i + 1], x[1][i])) for i in range(n - 1)]
     half = emit("const", (), const=0.5)
     out = []
+    if n == 2:
+        for index in indices(y[0][:-1]):
+            first, last = _at(y, index + (0,)), _at(y, index + (1,))
+            ends = emit("mul", (half, emit("add", (first, last))))
+            total = emit("sub", (_fold(emit, "add", [first, last]), ends))
+            out.append(emit("mul", (steps[0], total)))
+        return y[0][:-1], tuple(out)
     for index in indices(y[0][:-1]):
         terms = [emit("mul", (steps[i], emit("add", (_at(y, index + (i + 1,)), _at(y, index + (i,))))))
                  for i in range(n - 1)]
@@ -326,19 +393,21 @@ TENSOR_OPS: dict[str, TensorOp] = {op.name: op for op in [
              "d stack(a, b, ...)/da: slice 0 of the arriving gradient (1 for b, ...)"),
     TensorOp("concat", 1, None, _concat_shape, lambda jnp, a, p: jnp.concatenate(a),
              _concat_expand, "d concat(a, b, ...)/da: the arriving gradient's rows that came from a"),
-    TensorOp("index", 1, 1, _index_shape, lambda jnp, a, p: a[0][_jax_subscript(p)], _index_expand,
-             "d x[i]/dx = 1 at the selected elements, 0 elsewhere"),
+    TensorOp("index", 1, 1, _index_shape, lambda jnp, a, p: a[0][_jax_subscript(p, a[0].shape)],
+             _index_expand, "d x[i]/dx = 1 at the selected elements, 0 elsewhere"),
     TensorOp("sum", 1, 1, _reduce_shape("sum"), _with_axis("sum"), _reduce_expand("add"),
              "d sum(x)/dx_i = 1", axis_keyword=True),
     TensorOp("mean", 1, 1, _reduce_shape("mean"), _with_axis("mean"),
              _reduce_expand("add", divide=True), "d mean(x)/dx_i = 1/n", axis_keyword=True),
     TensorOp("prod", 1, 1, _reduce_shape("prod"), _with_axis("prod"), _reduce_expand("mul"),
              "d prod(x)/dx_i = the product of the other elements", axis_keyword=True),
-    TensorOp("amax", 1, 1, _reduce_shape("max"), _with_axis("max"), _reduce_expand("max"),
-             "d max(x)/dx_i = 1 for the largest element, 0 for the others (a tie is a kink)",
+    TensorOp("amax", 1, 1, _reduce_shape("max"), _with_axis("max"), _extremum_expand(True),
+             "d max(x)/dx_i = 1 for the largest element, 0 for the others (a tie of k elements: "
+             "1/k each, and a kink)",
              axis_keyword=True),
-    TensorOp("amin", 1, 1, _reduce_shape("min"), _with_axis("min"), _reduce_expand("min"),
-             "d min(x)/dx_i = 1 for the smallest element, 0 for the others (a tie is a kink)",
+    TensorOp("amin", 1, 1, _reduce_shape("min"), _with_axis("min"), _extremum_expand(False),
+             "d min(x)/dx_i = 1 for the smallest element, 0 for the others (a tie of k elements: "
+             "1/k each, and a kink)",
              axis_keyword=True),
     TensorOp("cumsum", 1, 1, _cumsum_shape,
              lambda jnp, a, p: jnp.cumsum(a[0], axis=-1 if p is None else p), _cumsum_expand,
@@ -349,18 +418,52 @@ TENSOR_OPS: dict[str, TensorOp] = {op.name: op for op in [
 ]}
 
 
+SMALL_PRODUCT = 16  # operands no longer than this along every axis are multiplied elementwise
+
+
 def _products(jnp, args):
-    # full precision: a GPU's default float32 matmul rounds its inputs to TF32 (10-bit mantissas),
-    # far outside the rounding bounds of float32 arithmetic
-    return jnp.matmul(*args, precision="highest")
+    """a @ b. Small operands as products summed: vmapped over points, XLA's CPU backend runs one
+    tiny matrix product per point, several times slower than the same sums written elementwise
+    (benchmarks/README.md, "Tensor workloads"). Big ones at full precision: a GPU's default
+    float32 matmul rounds its inputs to TF32 (10-bit mantissas), far outside the rounding bounds
+    of float32 arithmetic."""
+    a, b = args
+    if max(a.shape + b.shape) > SMALL_PRODUCT:
+        return jnp.matmul(a, b, precision="highest")
+    rows = a if a.ndim == 2 else a[None, :]  # (m, k)
+    columns = b if b.ndim == 2 else b[:, None]  # (k, n)
+    out = (rows[:, :, None] * columns[None, :, :]).sum(axis=1)
+    if a.ndim == 1:
+        out = out[0]
+    return out[..., 0] if b.ndim == 1 else out
 
 
-def _jax_subscript(param: tuple) -> tuple:
-    return tuple(item if isinstance(item, int) else slice(*item[1:]) for item in param)
+def _jax_subscript(param: tuple, shape: Shape) -> tuple:
+    """The subscript for JAX, each slice as the elements it selects (the shape rule refuses empty
+    ones): JAX's own slicing overflowed on bounds near the int64 limit (`v[::2**63 - 1]` gave an
+    empty sum where numpy and the reference pick v[0])."""
+    items = []
+    for item, n in zip(param, shape):
+        if isinstance(item, int):
+            items.append(item)
+            continue
+        picked = range(*slice(*item[1:]).indices(n))
+        if len(picked) == 1:
+            items.append(slice(picked[0], picked[0] + 1))
+            continue
+        stop = picked[-1] + (1 if picked.step > 0 else -1)
+        items.append(slice(picked.start, stop if stop >= 0 else None, picked.step))
+    return tuple(items)
 
 
 def result_shape(op: str, shapes: list[Shape], param) -> Shape:
-    """The shape of a node of `op` (a tensor op or an elementwise one) with arguments of `shapes`."""
-    if op in TENSOR_OPS:
-        return TENSOR_OPS[op].result_shape(shapes, param)
-    return broadcast(*shapes)
+    """The shape of a node of `op` (a tensor op or an elementwise one) with arguments of `shapes`;
+    a node may hold at most MAX_TENSOR_ELEMENTS numbers at one point, like the job's tensor inputs
+    in all (`v * reshape(v, [n, 1])`, `stack(v, v, ...)` and `@` multiply sizes)."""
+    shape = TENSOR_OPS[op].result_shape(shapes, param) if op in TENSOR_OPS else broadcast(*shapes)
+    size = math.prod(shape)
+    if size > limits.MAX_TENSOR_ELEMENTS:
+        raise ShapeError(f"the result would have shape {shape_text(shape)}: {size:,} elements, "
+                         f"more than MAX_TENSOR_ELEMENTS ({limits.MAX_TENSOR_ELEMENTS:,}) in one "
+                         "node")
+    return shape

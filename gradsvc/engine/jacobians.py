@@ -52,11 +52,16 @@ def reverse_mode(graph: Graph, output: str) -> bool:
 
 
 def lowering(node, scalar_implementation: Callable) -> Callable:
-    """The JAX computation of one node from its arguments' values."""
+    """The JAX computation of one node from its arguments' values. An elementwise op JAX has only
+    in `jax.lax` (pow) gets its arguments broadcast first: lax does not broadcast a (4,) against a
+    (2, 4) as numpy does (it raised a TypeError)."""
     tensor_op = TENSOR_OPS.get(node.op)
     if tensor_op is not None:
         return lambda *args: tensor_op.lower(jnp, args, node.param)
-    return scalar_implementation(node)
+    fn = scalar_implementation(node)
+    if len(node.args) > 1 and node.primitive.jax.startswith("jax.lax."):
+        return lambda *args: fn(*jnp.broadcast_arrays(*args))
+    return fn
 
 
 def jacobian_point_function(graph: Graph, dtype, kept: tuple[str, ...], arg_names: tuple[str, ...],

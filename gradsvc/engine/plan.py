@@ -27,6 +27,7 @@ from typing import Callable
 import math
 
 from .. import limits
+from ..errors import LimitError, Location
 from ..job.spec import Job
 from .jacobians import derivative_shapes
 from .jaxrun import uses_fast_ops
@@ -125,9 +126,21 @@ class ExecutionPlan:
         return self.layout.kept
 
 
+def _check_point_size(job: Job, layout: ResultLayout) -> None:
+    """One point's results must fit in memory, even streamed: a chunk holds at least one."""
+    size = layout.numbers_per_point() * (4 if job.settings.dtype == "float32" else 8)
+    if size > limits.MAX_RESULT_BYTES:
+        raise LimitError(f"one point of '{job.name}' returns {layout.numbers_per_point():,} numbers "
+                         f"({size:,} bytes), more than {limits.MAX_RESULT_BYTES:,}",
+                         where=Location(job.file),
+                         hint="differentiate with respect to fewer or smaller names (`wrt:`), or "
+                         "keep fewer values (`keep_values: outputs`) (MAX_RESULT_BYTES)")
+
+
 def plan_run(job: Job, layout: ResultLayout, whole: bool) -> ExecutionPlan:
     """The plan of one run of `job`, whose results go to a sink that keeps them `whole` in
     memory or streams them."""
+    _check_point_size(job, layout)
     chunk_size = chunk_size_for(job, whole, layout)
     s, grid = job.settings, job.grid
     shape = (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes),

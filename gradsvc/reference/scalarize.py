@@ -21,16 +21,28 @@ Temporaries may share elements with their arguments: nobody differentiates with 
 
 The scalar graph's `named` are the elements of the user-named nodes, its `outputs` the elements of the
 outputs, its `wrt` the elements of the wrt names; each node's `owner` and `where` are those of the
-tensor node it came from. `ScalarView` keeps the scalar graph with each name's `(shape, elements)`, and
-turns flat element values back into nested lists (`nest`), gradients into Jacobians of shape
-`output.shape + name.shape` and Hessians into `output.shape + a.shape + b.shape`.
+tensor node it came from.
+
+JAX's tangents and cotangents are whole arrays: an element that no path connects to the perturbation
+(or to the output element) still carries a 0, and 0 * inf is nan where an infinite partial meets it
+(`sqrt(v)[0]` with v[1] = 0: d/dv[1] is 0 * inf = nan in JAX, 0 element by element). The view keeps,
+per tensor node, the elements it is made of, and says which elements carry a tangent in every
+direction (`forward_dense`: computed from a wrt name by differentiable steps; the perturbations of
+all wrt names go forward together) and which a cotangent for an output (`reverse_dense`), for the
+reference to follow JAX there (`reference.hessian`, `verify_jacobians`). Where a temporary joins an
+element of a tensor without a tangent to one with (`concat(v, c)`), the element is copied (`id`), so
+that the copy carries the tangent and the original, used elsewhere, does not.
+
+`ScalarView` keeps the scalar graph with each name's `(shape, elements)`, and turns flat element
+values back into nested lists (`nest`), gradients into Jacobians of shape `output.shape +
+name.shape` and Hessians into `output.shape + a.shape + b.shape`.
 `run_tensor_point` runs it all at one point: values, Jacobians and (order 2) Hessians as nested lists.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..core.ir import Graph, Node
 from ..core.ops import OPS
@@ -79,9 +91,35 @@ class ScalarView:
     source: Graph  # the tensor graph it was made from
     elements: dict[str, Elements]  # every input and named node: its shape and its elements' names
     tensors: dict[str, tuple[float, ...]]  # each tensor input's element values, in C order
+    # every node of the tensor graph, temporaries too: the names of its elements (whole arrays in JAX)
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the elements of the tensor nodes computed from a wrt name (JAX's tangents reach all of them)
+    forward_dense: frozenset[str] = frozenset()
+    _known: dict = field(default_factory=dict, compare=False, repr=False)  # computed once
 
     def shape(self, name: str) -> Shape:
         return self.elements[name][0]
+
+    def reverse_dense(self, output: str) -> frozenset[str]:
+        """The elements JAX's cotangents give a number (0 where no path leads) when it
+        differentiates the tensor output `output` backwards: every element of every tensor node
+        the output is computed from by differentiable steps (a comparison's arguments and a
+        `where`'s condition get no cotangent, nor does x in x ** 0)."""
+        key = ("reverse_dense", output)
+        if key not in self._known:
+            reached = {output}
+            for node in reversed(self.source.nodes):
+                if node.name in reached:
+                    reached.update(differentiable_args(node, forward=False))
+            self._known[key] = frozenset(e for name in reached for e in self.parts.get(name, ()))
+        return self._known[key]
+
+    @property
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        """The elements of each tensor node of two or more: one array for JAX."""
+        if "groups" not in self._known:
+            self._known["groups"] = tuple(names for names in self.parts.values() if len(names) > 1)
+        return self._known["groups"]
 
     def names(self, name: str) -> tuple[str, ...]:
         return self.elements[name][1]
@@ -127,6 +165,38 @@ class ScalarView:
                     (tables[o][x][y] for o in outs for x in names_a for y in names_b))
 
 
+_COMPARISONS = ("gt", "ge", "lt", "le")
+
+
+def differentiable_args(node: Node, forward: bool = True) -> tuple[str, ...]:
+    """The arguments a derivative flows through in JAX: not a comparison's (its result is a bool),
+    not a `where`'s condition; x ** 0 passes zeros forward (a tangent of 0) and nothing back."""
+    if node.op in _COMPARISONS:
+        return ()
+    if node.op == "where":
+        return node.args[1:]
+    if node.op == "ipow" and node.param == 0 and not forward:
+        return ()
+    return node.args
+
+
+REDUCING_OPS = ("sum", "mean", "prod", "amax", "amin", "trapz", "cumsum")
+
+
+def scalar_size(graph: Graph) -> int:
+    """About how many scalar nodes the scalar view of `graph` has, from the shapes alone (before
+    building it): a product's multiplications and additions, a reduction's terms."""
+    total = 0
+    for node in graph.nodes:
+        size = math.prod(node.shape)
+        if node.op in ("matmul", "dot"):
+            size *= 2 * graph.shape_of(node.args[0])[-1]
+        elif node.op in REDUCING_OPS:
+            size += 2 * math.prod(graph.shape_of(node.args[0]))
+        total += max(size, 1)
+    return total
+
+
 def scalarize(graph: Graph, tensors: dict | None = None) -> ScalarView:
     """The scalar graph of a tensor graph (see the module docstring). `tensors` holds the tensor
     inputs' values (nested lists or arrays); their shapes must be the graph's."""
@@ -142,10 +212,15 @@ class _Scalarizer:
         self.tensors: dict[str, tuple[float, ...]] = {}
         self.scalar_inputs: list[str] = []
         self.owned = set(graph.inputs) | set(graph.named)
+        self.moving: set[str] = set()  # tensor nodes computed from a wrt name (JAX: a tangent)
+        self.dense: set[str] = set()  # their elements
 
     def run(self) -> ScalarView:
         g = self.graph
+        wrt = set(g.wrt)
         for node in g.nodes:
+            if node.name in wrt or any(a in self.moving for a in differentiable_args(node)):
+                self.moving.add(node.name)
             if node.op == "input":
                 self.input(node)
             elif node.op == "const":
@@ -156,6 +231,8 @@ class _Scalarizer:
                 self.tensor_op(node)
             else:
                 self.elementwise(node)
+            if node.name in self.moving:
+                self.dense.update(self.elements[node.name][1])
 
         def all_of(names):
             return tuple(e for name in names for e in self.elements[name][1])
@@ -168,7 +245,8 @@ class _Scalarizer:
                        outputs=all_of(g.outputs), wrt=all_of(g.wrt), formulas=formulas,
                        position={n.name: i for i, n in enumerate(self.nodes)}, **extra)
         visible = {name: self.elements[name] for name in g.visible}
-        return ScalarView(scalar, g, visible, self.tensors)
+        parts = {name: names for name, (_, names) in self.elements.items()}
+        return ScalarView(scalar, g, visible, self.tensors, parts, frozenset(self.dense))
 
     def input(self, node: Node) -> None:
         shape = tuple(node.shape)
@@ -215,6 +293,7 @@ class _Scalarizer:
         shape, names = TENSOR_OPS[node.op].expand(emit, [self.elements[a] for a in node.args],
                                                   node.param)
         owned = node.name in self.owned
+        moving = node.name in self.moving
         fresh = {n.name for n in self.nodes[first:]}
         if owned:  # an element the expansion goes on to use (cumsum's running sum) is not y's own:
             fresh -= {a for n in self.nodes[first:] for a in n.args}  # perturbing y[0] moves no y[1]
@@ -225,7 +304,9 @@ class _Scalarizer:
             if name in fresh and name not in rename:
                 rename[name] = target
                 out.append(target)
-            elif owned:  # another node's element, one given twice, or one used inside: copy it
+            elif owned or (moving and name not in self.dense):
+                # another node's element, one given twice, or one used inside; or one without a
+                # tangent joined to ones with (JAX's tangent gives it a 0): copy it
                 self.nodes.append(Node(target, "id", (rename.get(name, name),), owner=node.owner,
                                        where=node.where))
                 out.append(target)

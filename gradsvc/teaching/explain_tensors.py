@@ -24,7 +24,7 @@ from ..core.tensor_ops import TENSOR_OPS, shape_text
 from ..errors import UsageError
 from ..reference.backprop import backward, run_point
 from ..reference.hessian import hessian
-from ..reference.scalarize import element_name, nest, scalarize
+from ..reference.scalarize import element_name, nest, scalar_size, scalarize
 from . import vjp_text
 from .explain import (NONLINEAR, Explanation, Path, Step, _bumped, _central, _check, _chain,
                       _dependence, _explain_order, _factor, _meaning, _users, formula_uses,
@@ -119,26 +119,13 @@ def explain_tensors(job, point: int, lang: str) -> TensorExplanation:
 
 def check_size(job) -> None:
     """Refuse, with a hint, a job too big to write out element by element."""
-    ops = scalar_ops(job.graph)
+    ops = scalar_size(job.graph)
     if ops > MAX_SCALAR_OPS:
         raise UsageError(f"'{job.name}' is too big to explain element by element: about {ops:,} "
                          f"scalar operations at one point (explain writes out at most "
                          f"{MAX_SCALAR_OPS:,})",
                          hint="explain a smaller version (fewer data rows, smaller layers); "
                          "`gradsvc run` and `gradsvc graph` take it at full size")
-
-
-def scalar_ops(graph: Graph) -> int:
-    """About how many scalar operations the scalar view of `graph` has."""
-    total = 0
-    for node in graph.nodes:
-        size = math.prod(node.shape)
-        if node.op in ("matmul", "dot"):
-            size *= 2 * graph.shape_of(node.args[0])[-1]
-        elif node.op in ("sum", "mean", "prod", "amax", "amin", "trapz", "cumsum"):
-            size = 2 * math.prod(graph.shape_of(node.args[0])) + size
-        total += max(size, 1)
-    return total
 
 
 class _Walker:

@@ -131,9 +131,10 @@ def _tensor_labels(job: Job, coords: dict, out: str):
     big for that view shows shapes alone."""
     from ..reference.scalarize import scalarize
     from ..core.tensor_ops import shape_text
-    from .explain_tensors import MAX_SCALAR_OPS, scalar_ops
+    from ..reference.scalarize import scalar_size
+    from .explain_tensors import MAX_SCALAR_OPS
     graph = job.graph
-    if scalar_ops(graph) > MAX_SCALAR_OPS:
+    if scalar_size(graph) > MAX_SCALAR_OPS:
         return lambda name: f"{name} {shape_text(graph.shape_of(name))}"
     view = scalarize(graph, job.grid.tensors)
     values = forward(view.graph, view.point(coords))

@@ -80,7 +80,7 @@ def to_json(result) -> dict:
 def verify_json(report) -> dict:
     """The verification report; the tensor-only parts only where a tensor job filled them."""
     data = json_safe(report)
-    for key in ("elements", "hessians"):
+    for key in ("elements", "hessians", "unchecked"):
         if not data.get(key):
             data.pop(key, None)
     return data
@@ -203,6 +203,10 @@ def _coords(coords: dict) -> str:
 
 def _print_verify(result, console: Console) -> None:
     v = result.verify
+    if v.unchecked:
+        console.print(f"[yellow bold]NOT CHECKED[/yellow bold] against the reference: {v.unchecked}")
+        _print_timings(result, console)
+        return
     mark = "[green]verified[/green]" if v.ok else "[red bold]MISMATCH[/red bold]"
     scope = f"a seeded sample of {v.checked_points:,} points" if v.sampled else \
         _plural(v.checked_points, "point", "all ")
@@ -246,6 +250,11 @@ def _print_verify(result, console: Console) -> None:
         console.print("  the kernel first used (from a cache) disagreed with the reference: it was "
                       "thrown away, and these numbers are from one compiled afresh", style="yellow",
                       markup=False)
+    _print_timings(result, console)
+
+
+def _print_timings(result, console: Console) -> None:
+    t = result.timings
     console.print(f"  [dim]compile {t['compile_s']:.3f}s, run {t['run_s']:.3f}s, verify "
                   f"{t['verify_s']:.3f}s[/dim]")
 
