@@ -348,7 +348,7 @@ def ops() -> None:
             syntax = f"{op.name}({ {1: 'x', 2: 'a, b', 3: 'x > 0, a, b'}[op.arity] })"
         rows.append((syntax, op.name, op.rule))
     rows.append(("x ** n", "ipow", "n a literal integer: d(x**n)/dx = n*x**(n-1), exact powers"))
-    rows += [(TENSOR_SYNTAX[op.name], op.name, op.rule) for op in TENSOR_OPS.values()]
+    rows += [(op.syntax, op.name, op.rule) for op in TENSOR_OPS.values()]
     rows += [(name, "constant", f"{value!r} (unless an input or node is named {name})")
              for name, value in CONSTANTS.items()]
     width = max(len(r[0]) for r in rows)
@@ -359,13 +359,6 @@ def ops() -> None:
               markup=False)
     out.print(f"callable functions: {', '.join(sorted(FUNCTION_NAMES))}")
 
-
-TENSOR_SYNTAX = {"matmul": "A @ B", "dot": "dot(a, b)", "transpose": "transpose(x)",
-                 "reshape": "reshape(x, [2, 3])", "stack": "stack(a, b, ...)",
-                 "concat": "concat(a, b, ...)", "index": "v[0], v[1:3], M[:, 0]",
-                 "sum": "sum(x, axis=k)", "mean": "mean(x, axis=k)", "prod": "prod(x, axis=k)",
-                 "amax": "max(x, axis=k)", "amin": "min(x, axis=k)", "cumsum": "cumsum(x, axis=k)",
-                 "trapz": "trapz(y, x)"}
 
 
 @app.command()

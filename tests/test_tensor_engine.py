@@ -187,3 +187,13 @@ def test_a_job_too_big_for_the_reference_runs_and_says_it_was_not_checked():
     np.testing.assert_allclose(r.grads["y"]["A"][0], A.sum(1)[None, :] + A.sum(0)[:, None],
                                rtol=1e-12, atol=1e-12)  # d sum(A@A)/dA_pq = sum_j A_qj + sum_i A_ip
     assert r.timings["verify_s"] < 1.0  # the 3.5 million nodes are never built
+
+
+def test_every_tensor_op_has_its_jax_implementation_its_texts_and_its_explanation():
+    """A new tensor op is one entry in core/tensor_ops.py; this says what else it needs."""
+    from gradsvc.core.tensor_ops import TENSOR_OPS
+    from gradsvc.engine.jaxops import resolve
+    from gradsvc.teaching.vjp_text import TENSOR_RULES
+    for op in TENSOR_OPS.values():
+        assert callable(resolve(op.jax)), op.name
+        assert op.rule and op.syntax and op.name in TENSOR_RULES, op.name

@@ -51,12 +51,10 @@ _ALIASES = {  # other languages' names for our functions
     "concatenate": "concat", "vstack": "stack", "trapezoid": "trapz",
 }
 
-# Tensor functions as formulas spell them: TENSOR_OPS's entries, one-argument max/min named after the
-# elementwise functions they share a name with; `matmul` and `index` are written `a @ b` and `v[0]`.
-_SPELLED = {"amax": "max", "amin": "min"}
-_WRITTEN_AS = {"matmul": "a @ b", "index": "v[0], v[1:3] or M[:, 0]"}
-TENSOR_CALLS: dict[str, TensorOp] = {_SPELLED.get(name, name): op for name, op in TENSOR_OPS.items()
-                                     if name not in _WRITTEN_AS}
+# Tensor functions as formulas call them (one-argument max/min share the elementwise functions'
+# names); `matmul` and `index` are syntax, `a @ b` and `v[0]`, and have no name to call.
+TENSOR_CALLS: dict[str, TensorOp] = {op.spelled: op for op in TENSOR_OPS.values() if op.spelled}
+_WRITTEN_AS = {op.name: op.syntax for op in TENSOR_OPS.values() if not op.spelled}
 FUNCTION_NAMES = frozenset(CALLABLE) | frozenset(TENSOR_CALLS)  # every name a formula can call
 _USAGE = {"reshape": "reshape(x, [2, 3]) (one length may be -1: the length that fits)",
           "trapz": "trapz(y, x), the integral of y over the samples x along y's last axis"}

@@ -4,15 +4,16 @@ Elementwise operations (the scalar table in `ops`) apply to tensors with numpy's
 nothing here. Each structural operation below has one entry, read by every layer:
   - `shape(arg_shapes, param)`: the result's shape at one grid point, or `ShapeError` naming the
     shapes involved (checked when the graph links, before anything runs);
-  - `lower(jnp, args, param)`: the computation in JAX (`jnp` is passed in, so that this module, like
-    the reference, imports only the standard library and gradsvc's named limits); JAX
-    differentiates it by its own rules;
+  - `jax`: the dotted name of its JAX implementation in `engine.jaxops` (a name, not a function:
+    this module, like the reference, imports only the standard library and gradsvc's named
+    limits); JAX differentiates it by its own rules;
   - `expand(emit, args, param)`: the same computation written with scalar operations of `ops`, for
     the reference: `args` are `Elements` (a shape and the names of its element nodes in C order),
     `emit(op, args, param=None, const=None)` appends one scalar node and returns its name. The
     reference differentiates the expansion with the scalar rules, by its own reverse mode: when the
     two backends agree, that is evidence, not a tautology;
-  - `rule`: the derivative rule as people write it (`gradsvc ops`, `gradsvc explain`).
+  - `rule`, `syntax`, `spelled`: the derivative rule as people write it, how formulas write the op,
+    and the function name they call it by (`gradsvc ops`, the parser, `gradsvc explain`).
 
 `param` is a hashable parameter the parser sets: the axis of a reduction (None for all axes), the
 target shape of `reshape`, the subscript of `index` (one item per position: an int, or
@@ -367,93 +368,56 @@ class TensorOp:
     min_args: int
     max_args: int | None  # None: any number
     shape: Callable[[list[Shape], object], Shape]
-    lower: Callable  # (jnp, args, param) -> array
+    jax: str  # dotted name of the JAX implementation f(args, param), resolved by the engine
     expand: Callable  # (emit, args: list[Elements], param) -> Elements
     rule: str
+    syntax: str  # how formulas write it, for `gradsvc ops`
+    spelled: str = ""  # the function name formulas call it by; "" where it is written as syntax
     axis_keyword: bool = False  # accepts `axis=<integer literal>`
 
     def result_shape(self, shapes: list[Shape], param) -> Shape:
         return self.shape(list(shapes), param)
 
 
-def _with_axis(fn_name: str) -> Callable:
-    return lambda jnp, args, param: getattr(jnp, fn_name)(args[0], axis=param)
-
-
 TENSOR_OPS: dict[str, TensorOp] = {op.name: op for op in [
-    TensorOp("matmul", 2, 2, _matmul_shape, lambda jnp, a, p: _products(jnp, a), _matmul_expand,
-             "d(A@B)/dA = g Bᵀ, d(A@B)/dB = Aᵀ g  (g: the gradient arriving at A@B)"),
-    TensorOp("dot", 2, 2, _matmul_shape, lambda jnp, a, p: _products(jnp, a), _matmul_expand,
-             "dot(a, b) is a @ b for vectors and matrices: d/da = g bᵀ, d/db = aᵀ g"),
-    TensorOp("transpose", 1, 1, _transpose_shape, lambda jnp, a, p: jnp.transpose(a[0]),
-             _transpose_expand, "d transpose(x)/dx: the arriving gradient, transposed back"),
-    TensorOp("reshape", 1, 1, _reshape_shape, lambda jnp, a, p: jnp.reshape(a[0], p),
-             _reshape_expand, "d reshape(x)/dx: the arriving gradient, reshaped back"),
-    TensorOp("stack", 1, None, _stack_shape, lambda jnp, a, p: jnp.stack(a), _stack_expand,
-             "d stack(a, b, ...)/da: slice 0 of the arriving gradient (1 for b, ...)"),
-    TensorOp("concat", 1, None, _concat_shape, lambda jnp, a, p: jnp.concatenate(a),
-             _concat_expand, "d concat(a, b, ...)/da: the arriving gradient's rows that came from a"),
-    TensorOp("index", 1, 1, _index_shape, lambda jnp, a, p: a[0][_jax_subscript(p, a[0].shape)],
-             _index_expand, "d x[i]/dx = 1 at the selected elements, 0 elsewhere"),
-    TensorOp("sum", 1, 1, _reduce_shape("sum"), _with_axis("sum"), _reduce_expand("add"),
-             "d sum(x)/dx_i = 1", axis_keyword=True),
-    TensorOp("mean", 1, 1, _reduce_shape("mean"), _with_axis("mean"),
-             _reduce_expand("add", divide=True), "d mean(x)/dx_i = 1/n", axis_keyword=True),
-    TensorOp("prod", 1, 1, _reduce_shape("prod"), _with_axis("prod"), _reduce_expand("mul"),
-             "d prod(x)/dx_i = the product of the other elements", axis_keyword=True),
-    TensorOp("amax", 1, 1, _reduce_shape("max"), _with_axis("max"), _extremum_expand(True),
+    TensorOp("matmul", 2, 2, _matmul_shape, "gradsvc.engine.jaxops.products", _matmul_expand,
+             "d(A@B)/dA = g Bᵀ, d(A@B)/dB = Aᵀ g  (g: the gradient arriving at A@B)", "a @ b"),
+    TensorOp("dot", 2, 2, _matmul_shape, "gradsvc.engine.jaxops.products", _matmul_expand,
+             "dot(a, b) is a @ b for vectors and matrices: d/da = g bᵀ, d/db = aᵀ g", "dot(a, b)",
+             "dot"),
+    TensorOp("transpose", 1, 1, _transpose_shape, "gradsvc.engine.jaxops.transpose", _transpose_expand,
+             "d transpose(x)/dx: the arriving gradient, transposed back", "transpose(x)",
+             "transpose"),
+    TensorOp("reshape", 1, 1, _reshape_shape, "gradsvc.engine.jaxops.reshape", _reshape_expand,
+             "d reshape(x)/dx: the arriving gradient, reshaped back", "reshape(x, [2, 3])",
+             "reshape"),
+    TensorOp("stack", 1, None, _stack_shape, "gradsvc.engine.jaxops.stack", _stack_expand,
+             "d stack(a, b, ...)/da: slice 0 of the arriving gradient (1 for b, ...)",
+             "stack(a, b, ...)", "stack"),
+    TensorOp("concat", 1, None, _concat_shape, "gradsvc.engine.jaxops.concat", _concat_expand,
+             "d concat(a, b, ...)/da: the arriving gradient's rows that came from a",
+             "concat(a, b, ...)", "concat"),
+    TensorOp("index", 1, 1, _index_shape, "gradsvc.engine.jaxops.index", _index_expand,
+             "d x[i]/dx = 1 at the selected elements, 0 elsewhere", "v[0], v[1:3] or M[:, 0]"),
+    TensorOp("sum", 1, 1, _reduce_shape("sum"), "gradsvc.engine.jaxops.sum", _reduce_expand("add"),
+             "d sum(x)/dx_i = 1", "sum(x, axis=k)", "sum", axis_keyword=True),
+    TensorOp("mean", 1, 1, _reduce_shape("mean"), "gradsvc.engine.jaxops.mean", _reduce_expand("add", divide=True),
+             "d mean(x)/dx_i = 1/n", "mean(x, axis=k)", "mean", axis_keyword=True),
+    TensorOp("prod", 1, 1, _reduce_shape("prod"), "gradsvc.engine.jaxops.prod", _reduce_expand("mul"),
+             "d prod(x)/dx_i = the product of the other elements", "prod(x, axis=k)", "prod",
+             axis_keyword=True),
+    TensorOp("amax", 1, 1, _reduce_shape("max"), "gradsvc.engine.jaxops.amax", _extremum_expand(True),
              "d max(x)/dx_i = 1 for the largest element, 0 for the others (a tie of k elements: "
-             "1/k each, and a kink)",
-             axis_keyword=True),
-    TensorOp("amin", 1, 1, _reduce_shape("min"), _with_axis("min"), _extremum_expand(False),
+             "1/k each, and a kink)", "max(x, axis=k)", "max", axis_keyword=True),
+    TensorOp("amin", 1, 1, _reduce_shape("min"), "gradsvc.engine.jaxops.amin", _extremum_expand(False),
              "d min(x)/dx_i = 1 for the smallest element, 0 for the others (a tie of k elements: "
-             "1/k each, and a kink)",
-             axis_keyword=True),
-    TensorOp("cumsum", 1, 1, _cumsum_shape,
-             lambda jnp, a, p: jnp.cumsum(a[0], axis=-1 if p is None else p), _cumsum_expand,
-             "d cumsum(x)_k/dx_i = 1 for i <= k", axis_keyword=True),
-    TensorOp("trapz", 2, 2, _trapz_shape, lambda jnp, a, p: jnp.trapezoid(a[0], a[1], axis=-1),
-             _trapz_expand, "d trapz(y, x)/dy_i = w_i, the trapezoid weights: (x_1 - x_0)/2 at the "
-             "first sample, (x_{i+1} - x_{i-1})/2 inside, (x_n - x_{n-1})/2 at the last"),
+             "1/k each, and a kink)", "min(x, axis=k)", "min", axis_keyword=True),
+    TensorOp("cumsum", 1, 1, _cumsum_shape, "gradsvc.engine.jaxops.cumsum", _cumsum_expand,
+             "d cumsum(x)_k/dx_i = 1 for i <= k", "cumsum(x, axis=k)", "cumsum", axis_keyword=True),
+    TensorOp("trapz", 2, 2, _trapz_shape, "gradsvc.engine.jaxops.trapz", _trapz_expand,
+             "d trapz(y, x)/dy_i = w_i, the trapezoid weights: (x_1 - x_0)/2 at the first sample, "
+             "(x_{i+1} - x_{i-1})/2 inside, (x_n - x_{n-1})/2 at the last", "trapz(y, x)", "trapz"),
 ]}
-
-
-SMALL_PRODUCT = 16  # operands no longer than this along every axis are multiplied elementwise
-
-
-def _products(jnp, args):
-    """a @ b. Small operands as products summed: vmapped over points, XLA's CPU backend runs one
-    tiny matrix product per point, several times slower than the same sums written elementwise
-    (benchmarks/README.md, "Tensor workloads"). Big ones at full precision: a GPU's default
-    float32 matmul rounds its inputs to TF32 (10-bit mantissas), far outside the rounding bounds
-    of float32 arithmetic."""
-    a, b = args
-    if max(a.shape + b.shape) > SMALL_PRODUCT:
-        return jnp.matmul(a, b, precision="highest")
-    rows = a if a.ndim == 2 else a[None, :]  # (m, k)
-    columns = b if b.ndim == 2 else b[:, None]  # (k, n)
-    out = (rows[:, :, None] * columns[None, :, :]).sum(axis=1)
-    if a.ndim == 1:
-        out = out[0]
-    return out[..., 0] if b.ndim == 1 else out
-
-
-def _jax_subscript(param: tuple, shape: Shape) -> tuple:
-    """The subscript for JAX, each slice as the elements it selects (the shape rule refuses empty
-    ones): JAX's own slicing overflowed on bounds near the int64 limit (`v[::2**63 - 1]` gave an
-    empty sum where numpy and the reference pick v[0])."""
-    items = []
-    for item, n in zip(param, shape):
-        if isinstance(item, int):
-            items.append(item)
-            continue
-        picked = range(*slice(*item[1:]).indices(n))
-        if len(picked) == 1:
-            items.append(slice(picked[0], picked[0] + 1))
-            continue
-        stop = picked[-1] + (1 if picked.step > 0 else -1)
-        items.append(slice(picked.start, stop if stop >= 0 else None, picked.step))
-    return tuple(items)
 
 
 def result_shape(op: str, shapes: list[Shape], param) -> Shape:

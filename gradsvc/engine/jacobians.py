@@ -22,16 +22,12 @@ import jax.numpy as jnp
 
 from ..core.ir import Graph
 from ..core.tensor_ops import TENSOR_OPS
+from .jaxops import resolve
 
 
 def uses_jacobians(graph: Graph) -> bool:
     """Whether a graph needs this function rather than the scalar gradient kernel."""
     return graph.has_tensors or graph.order > 1 or graph.mode == "forward"
-
-
-def derivative_count(graph: Graph) -> int:
-    """How many derivative arrays a kernel returns: Jacobians, then Hessians."""
-    return len(graph.wrt) * (len(graph.outputs) + len(graph.hessian_outputs) * len(graph.wrt))
 
 
 def derivative_shapes(graph: Graph) -> list[tuple[int, ...]]:
@@ -57,7 +53,8 @@ def lowering(node, scalar_implementation: Callable) -> Callable:
     (2, 4) as numpy does (it raised a TypeError)."""
     tensor_op = TENSOR_OPS.get(node.op)
     if tensor_op is not None:
-        return lambda *args: tensor_op.lower(jnp, args, node.param)
+        fn = resolve(tensor_op.jax)
+        return lambda *args: fn(args, node.param)
     fn = scalar_implementation(node)
     if len(node.args) > 1 and node.primitive.jax.startswith("jax.lax."):
         return lambda *args: fn(*jnp.broadcast_arrays(*args))

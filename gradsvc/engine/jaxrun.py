@@ -9,7 +9,6 @@ compiles once.
 """
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -21,7 +20,8 @@ import numpy as np
 from jaxlib import xla_client
 
 from . import fastmath, kcache
-from .jacobians import derivative_count, jacobian_point_function, uses_jacobians
+from .jaxops import resolve
+from .jacobians import derivative_shapes, jacobian_point_function, uses_jacobians
 from ..errors import DeviceError
 from ..job.grid import Grid
 from ..core.ir import Graph
@@ -37,17 +37,11 @@ def _x64():
     return jax.enable_x64(True)
 
 
-@lru_cache(maxsize=None)
-def _resolve(dotted: str) -> Callable:
-    module, _, attr = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
-
 def jax_function(node) -> Callable:
     op = op_for(node.op, node.param)
     if not op.jax:  # the identity op
         return lambda x: x
-    fn = _resolve(op.jax)
+    fn = resolve(op.jax)
     return partial(fn, **dict(op.jax_params)) if op.jax_params else fn
 
 
@@ -289,7 +283,7 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
     dev = get_device(device, inline=grid.size <= chunk_size)
     start = time.perf_counter()
     key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast, quick)
-    n_grads = derivative_count(graph)
+    n_grads = len(derivative_shapes(graph))
     n_arrays = len(grid.axes) + len(grid.tensors)
     fast_ops = uses_fast_ops(graph, fast)
     loaded = None if fresh else kcache.load_executable(key, dev, n_arrays, fast_ops,

@@ -28,7 +28,6 @@ SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 BINARY = {"add": ("+", SUM), "sub": ("-", SUM), "mul": ("*", PRODUCT), "div": ("/", PRODUCT),
           "pow": ("**", POWER), "gt": (">", COMPARE), "ge": (">=", COMPARE), "lt": ("<", COMPARE),
           "le": ("<=", COMPARE)}
-SPELLED = {"amax": "max", "amin": "min"}  # the reductions as formulas call them
 
 
 @dataclass(frozen=True)
@@ -202,7 +201,8 @@ def _text_of(node: Node, args: list[Sym]) -> Sym:
         extra = ["[" + ", ".join(map(str, node.param)) + "]"]
     elif op in TENSOR_OPS and TENSOR_OPS[op].axis_keyword and node.param is not None:
         extra = [f"axis={node.param}"]
-    return Sym(f"{SPELLED.get(op, op)}({', '.join([a.text for a in args] + extra)})", shape)
+    spelled = TENSOR_OPS[op].spelled if op in TENSOR_OPS else op  # as formulas call it
+    return Sym(f"{spelled}({', '.join([a.text for a in args] + extra)})", shape)
 
 
 def power_text(base: Sym, n: int) -> str:
