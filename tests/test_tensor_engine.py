@@ -197,3 +197,10 @@ def test_every_tensor_op_has_its_jax_implementation_its_texts_and_its_explanatio
     for op in TENSOR_OPS.values():
         assert callable(resolve(op.jax)), op.name
         assert op.rule and op.syntax and op.name in TENSOR_RULES, op.name
+
+
+@pytest.mark.parametrize("extra", ["", "order: 2\n", "mode: forward\n"])
+def test_wrt_nothing_gives_the_values_and_no_derivatives(extra):
+    r = gradsvc.run("inputs: {v: {tensor: [1.0, 2.0]}, a: 2.0}\ngraph: {y: sum(v * a)}\n"
+                    "outputs: [y]\nwrt: []\n" + extra)
+    assert r.ok and r.values["y"].tolist() == [6.0] and r.grads == {"y": {}}

@@ -92,6 +92,9 @@ def jacobian_point_function(graph: Graph, dtype, kept: tuple[str, ...], arg_name
     def per_point(one, *args):
         given = dict(zip(arg_names, args))
         variables = start(given)
+        if not graph.wrt:  # `wrt: []`: values only (JAX differentiates nothing with respect to ())
+            values = evaluate(variables, given, graph.outputs[0])[1]
+            return values, (), (), jnp.asarray(False)
         jacobians, values = [], None
         for output in graph.outputs:
             f = lambda v, out=output: evaluate(v, given, out)  # noqa: E731

@@ -266,10 +266,16 @@ def _print_tensor_checks(v, console: Console) -> None:
         console.print(f"  elements compared per point: {e['values_checked']:,} of "
                       f"{e['values_total']:,} values, {e['derivatives_checked']:,} of "
                       f"{e['derivatives_total']:,} derivatives")
+        if e.get("whole_array"):
+            console.print(f"  {e['whole_array']:,} entries follow JAX's whole-array convention "
+                          "(0 x inf where a partial is infinite), checked against it",
+                          style="yellow", markup=False)
     if h:
         console.print(f"  Hessians: {h['compared']:,} entries at {_plural(h['points'], 'point')}, "
                       f"{h['mismatches']} outside tolerance; {h['fd_checked']} checked by central "
-                      f"differences of the reference gradient, {h['fd_mismatches']} mismatches")
+                      f"differences of the reference gradient, {h['fd_mismatches']} mismatches"
+                      + (f" ({h['fd_skipped_kink']} across a kink, skipped)"
+                         if h.get("fd_skipped_kink") else ""))
         for item in h.get("mismatch_points", [])[:LISTED]:
             console.print(f"  [red]mismatch[/red] at point {item['index']} "
                           f"({_coords(item['coords'])}): {item['quantity']} "
