@@ -15,7 +15,7 @@ import numpy as np
 
 from . import limits
 from .engine.backend import Backend
-from .engine.jacobians import uses_jacobians
+from .engine.jacobians import derivative_keys, uses_jacobians
 from .engine.jax_backend import JAX
 from .engine.jaxrun import DTYPES
 from .engine.plan import ExecutionPlan, ResultLayout, plan_run, result_layout
@@ -258,9 +258,13 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
                                              (grid.size, *tensor.shape))
     value_arrays = {name: value_arrays[name] for name in graph.inputs}  # in the file's order
     value_arrays.update(dict(zip(done.kept, sink.values)))
-    derivatives = iter(sink.grads)
-    grad_arrays = {out: {name: next(derivatives) for name in graph.wrt} for out in graph.outputs}
-    hessians = {out: {a: {b: next(derivatives) for b in graph.wrt} for a in graph.wrt}
-                for out in graph.hessian_outputs}
-    return Result(job, value_arrays, grad_arrays, done.verify, done.timings, job.settings.dtype,
-                  done.device, hessians)
+    derivatives = {"grads": {out: {} for out in graph.outputs},
+                   "hessians": {out: {a: {} for a in graph.wrt} for out in graph.hessian_outputs}}
+    for (kind, *names), array in zip(derivative_keys(graph), sink.grads):
+        *path, last = names
+        table = derivatives[kind]
+        for name in path:
+            table = table[name]
+        table[last] = array
+    return Result(job, value_arrays, derivatives["grads"], done.verify, done.timings,
+                  job.settings.dtype, done.device, derivatives["hessians"])

@@ -128,7 +128,7 @@ def candidate_points(size: int, cap: int, seed: int) -> tuple[np.ndarray, bool]:
     return np.concatenate([ends[:cap], rest]), True
 
 
-class _Comparer:
+class Comparer:
     def __init__(self, dtype: str, factor: float):
         info = np.finfo(dtype)
         self.factor = factor
@@ -268,7 +268,7 @@ def _check(graph: Graph, grid, dtype: str, indices: np.ndarray, coords_all: np.n
            kept: tuple[str, ...], values: np.ndarray, grads: np.ndarray, *, factor: float,
            fd_points: int, fd_rtol: float, budget_s: float | None, min_points: int,
            seed: int) -> VerifyReport:
-    cmp = _Comparer(dtype, factor)
+    cmp = Comparer(dtype, factor)
     rep = cmp.report
     budget = _Budget(budget_s, len(indices), min_points)
     order = _check_order(indices, seed) if budget_s is not None else range(len(indices))
@@ -361,7 +361,7 @@ class _Budget:
                 and time.perf_counter() - self.start + expected <= self.seconds)
 
 
-def _check_point(rep: VerifyReport, cmp: _Comparer, graph: Graph, index: int, inputs: dict,
+def _check_point(rep: VerifyReport, cmp: Comparer, graph: Graph, index: int, inputs: dict,
                  result: PointResult, kept: tuple[str, ...], values: np.ndarray,
                  grads: np.ndarray) -> None:
     """Every kept value and every gradient at one point against the reference."""
@@ -389,7 +389,7 @@ def _downstream(graph: Graph, seeds: set[str]) -> set[str]:
     return found
 
 
-def _classify(rep: VerifyReport, cmp: _Comparer, graph: Graph, index: int, inputs: dict,
+def _classify(rep: VerifyReport, cmp: Comparer, graph: Graph, index: int, inputs: dict,
               result: PointResult, kept: tuple[str, ...], jax_values: np.ndarray,
               jax_grads: np.ndarray) -> None:
     bad = [n for n, v in zip(kept, jax_values) if not math.isfinite(v)]
@@ -543,13 +543,13 @@ class _FiniteDifferences:
             h /= 2
         return "inconclusive"
 
-    @staticmethod
-    def none_taken(graph: Graph, grid_size: int) -> dict:
-        """The summary of finite differences when none could be taken."""
-        return _FiniteDifferences(graph, 0.0, 1.0, 0).summary(grid_size)
-
     def summary(self, grid_size: int) -> dict:
         """The counts; `taken` differences of `possible` (every point, output and wrt name)."""
         return {**self.counts, "possible": grid_size * len(self.pairs),
                 "max_rel_err": self.max_rel_err, "mismatch_points": self.points,
                 "step": FD_STEP, "rtol": self.rtol}
+
+
+def no_differences(graph: Graph, grid_size: int) -> dict:
+    """The finite-difference summary of a check that took none."""
+    return _FiniteDifferences(graph, 0.0, 1.0, 0).summary(grid_size)

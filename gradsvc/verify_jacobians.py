@@ -39,8 +39,8 @@ from .job.grid import Grid
 from .reference.backprop import backward, forward
 from .reference.hessian import forward_jacobian, hessian, whole_array_backward
 from .reference.scalarize import scalar_size, scalarize
-from .verify import (EPS64, FD_STEP, LISTED_POINTS, VerifyReport, _Comparer, _FiniteDifferences,
-                     checks_in_full, verify)
+from .verify import (EPS64, FD_STEP, LISTED_POINTS, Comparer, VerifyReport, checks_in_full,
+                     no_differences, verify)
 
 SAMPLED_ELEMENTS = 64  # elements of one name compared, at most (a seeded sample beyond)
 HESSIAN_POINTS = 4  # points whose Hessians are compared with the reference
@@ -105,11 +105,11 @@ def verify_jacobians(graph: Graph, grid: Grid, dtype: str, indices: np.ndarray,
 
 def _too_big(graph: Graph, grid: Grid, dtype: str, factor: float, size: int) -> VerifyReport:
     """The report of a job the reference does not check: too many scalar nodes for it."""
-    report = _Comparer(dtype, factor).report
+    report = Comparer(dtype, factor).report
     report.unchecked = (f"its scalar view would have about {size:,} scalar nodes, more than "
                         f"{limits.MAX_REFERENCE_NODES:,} (MAX_REFERENCE_NODES); a smaller version "
                         "of the job is checked in full")
-    report.fd = _FiniteDifferences.none_taken(graph, grid.size)
+    report.fd = no_differences(graph, grid.size)
     return report
 
 
@@ -173,7 +173,7 @@ def _check_hessians(graph: Graph, scalar_graph: Graph, grid: Grid, view, sample:
                     factor: float) -> dict:
     """JAX's Hessians against the reference's at the points `indices` (the first ones checked),
     and the reference's against central differences of its own gradient."""
-    cmp = _Comparer(dtype, factor)
+    cmp = Comparer(dtype, factor)
     scalar_grid = _scalar_grid(grid, view)
     n = len(indices)
     counts = {"points": 0, "compared": 0, "mismatches": 0, "fd_checked": 0, "fd_mismatches": 0,

@@ -205,7 +205,7 @@ BIG = "n: {tensor: {uniform: [0.0, 1.0], shape: [1000000], seed: 0}}"  # line 2:
 def test_giant_intermediate_by_broadcasting():
     """n * reshape(n, [1e6, 1]): an outer product of 1e12 numbers, refused by its shape."""
     e = refused(job("sum(n * reshape(n, [1000000, 1]))", BIG), GraphError, seconds=2.0)
-    assert e.message == ("in the formula of 'z', mul(): the result would have shape (1000000, "
+    assert e.message == ("in the formula of 'z', `*`: the result would have shape (1000000, "
                          "1000000): 1,000,000,000,000 elements, more than MAX_TENSOR_ELEMENTS "
                          f"({limits.MAX_TENSOR_ELEMENTS:,}) in one node")
     assert at(e) == (4, COL + 4)

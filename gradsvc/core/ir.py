@@ -176,8 +176,20 @@ def _check_total_size(nodes: list[Node]) -> None:
                          hint="use smaller tensors or fewer intermediates (MAX_POINT_ELEMENTS)")
 
 
+def _written(node: Node) -> str:
+    """The op as the formula wrote it: `@`, `*`, indexing, `max()` (not `amax()`)."""
+    op = node.primitive
+    if node.op == "index":
+        return "indexing"
+    if getattr(op, "symbol", None):
+        return f"`{op.symbol}`"
+    if node.op == "matmul":
+        return "`@`"
+    return f"{getattr(op, 'spelled', '') or node.op}()"
+
+
 def _shape_error(node: Node, error: ShapeError) -> GraphError:
-    what = "@" if node.op == "matmul" else ("indexing" if node.op == "index" else f"{node.op}()")
+    what = _written(node)
     return GraphError(f"in the formula of '{node.owner}', {what}: {error}", where=node.where,
                       hint="check the shapes of the inputs and nodes it uses (`gradsvc validate` "
                       "lists every node's shape)")

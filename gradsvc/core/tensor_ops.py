@@ -171,7 +171,8 @@ def _concat_expand(emit, args: list[Elements], param) -> Elements:
 def _index_items(shape: Shape, param: tuple) -> list:
     """Each subscript item as an int (in range, not negative) or a range of ints."""
     if len(param) > len(shape):
-        raise ShapeError(f"{len(param)} subscripts for shape {shape_text(shape)}, which has "
+        raise ShapeError(f"{len(param)} subscript{'s' * (len(param) != 1)} for shape "
+                         f"{shape_text(shape)}, which has "
                          f"{len(shape)} ax{'is' if len(shape) == 1 else 'es'}")
     items = []
     for axis, (item, n) in enumerate(zip(param, shape)):

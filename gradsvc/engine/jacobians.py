@@ -30,12 +30,22 @@ def uses_jacobians(graph: Graph) -> bool:
     return graph.has_tensors or graph.order > 1 or graph.mode == "forward"
 
 
+def derivative_keys(graph: Graph) -> list[tuple[str, ...]]:
+    """Each derivative a kernel returns, in its order: ("grads", output, name) for every output
+    and wrt name, then ("hessians", output, a, b) for every scalar output (with `order: 2`)."""
+    grads = [("grads", o, w) for o in graph.outputs for w in graph.wrt]
+    return grads + [("hessians", o, a, b) for o in graph.hessian_outputs
+                    for a in graph.wrt for b in graph.wrt]
+
+
 def derivative_shapes(graph: Graph) -> list[tuple[int, ...]]:
-    """The shape at one point of each derivative a kernel returns, in its order."""
-    shape = graph.shape_of
-    jacobians = [shape(o) + shape(w) for o in graph.outputs for w in graph.wrt]
-    return jacobians + [shape(a) + shape(b) for _ in graph.hessian_outputs
-                        for a in graph.wrt for b in graph.wrt]
+    """The shape at one point of each derivative a kernel returns, in its order: a Jacobian's is
+    output.shape + name.shape, a Hessian's (of a scalar output) a.shape + b.shape."""
+    shapes = []
+    for kind, *names in derivative_keys(graph):
+        first, *rest = names if kind == "grads" else names[1:]
+        shapes.append(graph.shape_of(first) + sum((graph.shape_of(n) for n in rest), ()))
+    return shapes
 
 
 def reverse_mode(graph: Graph, output: str) -> bool:

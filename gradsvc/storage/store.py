@@ -158,12 +158,11 @@ class _NpyColumn:
 
 
 def result_files(graph, kept: tuple[str, ...]) -> list[str]:
-    """Each array's file in a result folder, in the kernel's order: the kept values, the
-    gradients (Jacobians), the Hessians."""
-    files = [f"values/{n}.npy" for n in kept]
-    files += [f"grads/{out}/{n}.npy" for out in graph.outputs for n in graph.wrt]
-    return files + [f"hessians/{out}/{a}/{b}.npy" for out in graph.hessian_outputs
-                    for a in graph.wrt for b in graph.wrt]
+    """Each array's file in a result folder, in the kernel's order: the kept values, then each
+    derivative (grads/<output>/<name>.npy, hessians/<output>/<a>/<b>.npy)."""
+    from ..engine.jacobians import derivative_keys
+    return [f"values/{n}.npy" for n in kept] + ["/".join(key) + ".npy"
+                                                 for key in derivative_keys(graph)]
 
 
 class DiskSink:
