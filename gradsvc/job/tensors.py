@@ -441,7 +441,8 @@ def _near_file(path: Path, written: str, folder: Path) -> str | None:
     return f"did you mean '{PurePosixPath(written).with_name(close[0])}'? ({DATA_HINT})"
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether Python reads `text` as a number (a CSV cell, a formula's literal)."""
     try:
         float(text)
     except ValueError:
@@ -465,7 +466,7 @@ class _CsvTable:
             raise self.error(f"line 1: {exc}") from None
         if not any(self.header):
             raise self.error("has no header row", "a CSV input starts with a row of column names")
-        if all(_is_number(cell) for cell in self.header):  # else its first row would be lost
+        if all(is_number(cell) for cell in self.header):  # else its first row would be lost
             raise self.error(f"starts with a row of numbers ({', '.join(self.header[:5])}), not "
                              "a header row", "add a first row naming the columns, e.g. x,y")
 

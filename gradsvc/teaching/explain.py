@@ -27,6 +27,7 @@ from ..errors import UsageError
 from ..core.ir import Graph
 from ..reference.backprop import backward, forward, run_point
 from ..job.spec import as_job
+from ..job.tensors import is_number
 
 LANGS = ("en", "id")
 CENTRAL_STEP = 1e-6  # relative step of the central difference shown where a bump is not exact
@@ -348,7 +349,7 @@ def render(ex: Explanation, graph: Graph) -> str:
         lines += ["", t["forward"]]
         values = {**ex.coords, **{n: v for n, _, v in ex.forward}}
         for name, formula, value in ex.forward:
-            if _is_number(formula):  # `k: 3`
+            if is_number(formula):  # `k: 3`
                 lines.append(f"  {name} = {number_text(value)}")
                 continue
             shown = _substituted(formula, values)
@@ -365,14 +366,6 @@ def render(ex: Explanation, graph: Graph) -> str:
                                         ex.lang == "en" else "")]
     lines += ["", t["source"]]
     return "\n".join(lines) + "\n"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _frac(top: str, bottom: str) -> str:
