@@ -124,7 +124,8 @@ class Execution:
 
 def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
     """Plan the run, get its kernel from `backend`, stream every chunk into `sink.write`, then
-    verify a sample.
+    verify a sample. `sink` is any object with write(start, stop, values, derivatives) and
+    rewind(); `whole` (keeps everything in memory) and `layout` are optional.
 
     The rows verification needs are captured as chunks pass, so nothing has to be read back from
     the sink: results can go straight to disk. A kernel whose results disagree with the reference
@@ -133,7 +134,9 @@ def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
     anything is reported; a fresh kernel's mismatch is the result.
     """
     start = time.perf_counter()
-    plan = plan_run(job, sink.layout, sink.whole)
+    # a sink of gradsvc's own brings the layout it allocated for; any object with `write` will do
+    plan = plan_run(job, getattr(sink, "layout", None) or result_layout(job),
+                    getattr(sink, "whole", False))
     kernel, reused = backend.kernel(plan)
     compile_s = 0.0 if reused else kernel.compile_s
     source = "this process" if reused else kernel.source

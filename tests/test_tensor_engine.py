@@ -204,3 +204,16 @@ def test_wrt_nothing_gives_the_values_and_no_derivatives(extra):
     r = gradsvc.run("inputs: {v: {tensor: [1.0, 2.0]}, a: 2.0}\ngraph: {y: sum(v * a)}\n"
                     "outputs: [y]\nwrt: []\n" + extra)
     assert r.ok and r.values["y"].tolist() == [6.0] and r.grads == {"y": {}}
+
+
+def test_any_object_with_write_is_a_sink():
+    """execute(job, sink) streams into whatever has write(): the sinks' layout and `whole` are
+    optional (a benchmark's discarding sink has neither)."""
+    from gradsvc.api import execute
+    seen = []
+
+    class Counting:
+        def write(self, start, stop, values, derivatives):
+            seen.append((start, stop, [np.shape(a) for a in derivatives]))
+    done = execute(gradsvc.job_from_text(LAYER), Counting())
+    assert done.verify.ok and seen[0][:2] == (0, 4) and (4, 2, 3) in seen[0][2]
