@@ -19,7 +19,6 @@ class Kernel(Protocol):
     source: str  # where it came from: "compiled", "executable cache", ...
     fresh: bool  # compiled past every cache: a mismatch is not a cache's fault
     device: object
-    chunk_size: int
     fast_ops: bool  # holds fast sin/cos (timings.fast_math)
     quick: bool  # compiled without optimisation (timings.quick_compile)
 
