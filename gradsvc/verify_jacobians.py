@@ -71,21 +71,13 @@ def verify_jacobians(graph: Graph, grid: Grid, dtype: str, indices: np.ndarray,
     n = len(indices)
     kept_columns = [v.reshape(n, -1)[:, sample.positions[name]] for name, v in zip(kept, values)]
     jacobians = iter(derivatives)
-    grads = np.empty((n, len(outputs), len(wrt)), dtype)
-    row = 0
-    for out in graph.outputs:
-        rows, col = sample.positions[out], 0
-        for w in graph.wrt:
-            block = next(jacobians).reshape(n, math.prod(graph.shape_of(out)), -1)
-            cols = sample.positions[w]
-            grads[:, row:row + len(rows), col:col + len(cols)] = block[:, rows][:, :, cols]
-            col += len(cols)
-        row += len(rows)
+    grads = _sampled_jacobians(graph, sample, jacobians, n, dtype)
     if not sampled and checks_in_full(scalar_graph, n, fd_points):
         budget_s = None
-    whole = _WholeArrays(graph, view, sample, scalar_graph, _scalar_grid(grid, view), dtype)
+    scalar_grid = _scalar_grid(grid, view)
+    whole = _WholeArrays(graph, view, sample, scalar_graph, scalar_grid, dtype)
     checked_grads = whole.reconcile(indices, grads)
-    report = verify(scalar_graph, _scalar_grid(grid, view), dtype, indices, sample.names(kept),
+    report = verify(scalar_graph, scalar_grid, dtype, indices, sample.names(kept),
                     np.concatenate(kept_columns, axis=1) if kept_columns else np.empty((n, 0)),
                     checked_grads, factor=factor, fd_points=fd_points, fd_rtol=fd_rtol,
                     budget_s=budget_s, min_points=min_points, seed=seed)
@@ -101,6 +93,23 @@ def verify_jacobians(graph: Graph, grid: Grid, dtype: str, indices: np.ndarray,
         and not report.hessians.get("fd_mismatches", 0)
     _grid_coords_only(report, set(grid.names))
     return report
+
+
+def _sampled_jacobians(graph: Graph, sample: "_Sample", jacobians, n: int, dtype) -> np.ndarray:
+    """JAX's Jacobians (taken from `jacobians` in the kernel's order) as the scalar verification
+    takes gradients: (points, sampled output elements, sampled wrt elements)."""
+    outputs, wrt = sample.names(graph.outputs), sample.names(graph.wrt)
+    grads = np.empty((n, len(outputs), len(wrt)), dtype)
+    row = 0
+    for out in graph.outputs:
+        rows, col = sample.positions[out], 0
+        for w in graph.wrt:
+            block = next(jacobians).reshape(n, math.prod(graph.shape_of(out)), -1)
+            cols = sample.positions[w]
+            grads[:, row:row + len(rows), col:col + len(cols)] = block[:, rows][:, :, cols]
+            col += len(cols)
+        row += len(rows)
+    return grads
 
 
 def _too_big(graph: Graph, grid: Grid, dtype: str, factor: float, size: int) -> VerifyReport:
