@@ -90,3 +90,10 @@ def test_invalid_yaml_has_line_and_column():
 
 def test_empty_file():
     assert error_of("").message == "the job file is empty"
+
+
+def test_deeply_nested_yaml_is_located_at_its_deepest_bracket():
+    """The refusal of 10,000-deep nesting says where: the innermost bracket's line and column."""
+    e = refused("name: deep\ninputs: " + "[" * 10_000 + "]" * 10_000 + "\n", GradsvcError)
+    assert "nests too deeply" in e.message
+    assert (e.where.line, e.where.col) == (2, 9 + 9_999)

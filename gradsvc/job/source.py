@@ -97,8 +97,7 @@ def load_yaml(text: str, file: str) -> Document:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
-        raise LimitError("the YAML nests too deeply to read", where=Location(file),
-                         hint="job files need only a few levels of nesting") from None
+        raise _too_deep(text, file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _loc(file, mark) if mark else Location(file)
@@ -114,9 +113,32 @@ def load_yaml(text: str, file: str) -> Document:
     try:
         doc.data = _Walker(doc).convert(root, ())
     except RecursionError:
-        raise LimitError("the YAML nests too deeply to read", where=Location(file),
-                         hint="job files need only a few levels of nesting") from None
+        raise _too_deep(text, file) from None
     return doc
+
+
+def _too_deep(text: str, file: str) -> LimitError:
+    """The parser ran out of recursion: point at the bracket where the nesting is deepest (the
+    only nesting a job can make that deep is of [ and {: block nesting needs a line per level)."""
+    return LimitError("the YAML nests too deeply to read", where=_deepest_bracket(text, file),
+                      hint="job files need only a few levels of nesting")  # no line: 10,000s wide
+
+
+def _deepest_bracket(text: str, file: str) -> Location:
+    depth, deepest, place, quote = 0, 0, Location(file), None
+    for line_no, line in enumerate(text.splitlines(), 1):
+        for col, char in enumerate(line, 1):
+            if quote:
+                quote = None if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char in "[{":
+                depth += 1
+                if depth > deepest:
+                    deepest, place = depth, Location(file, line_no, col)
+            elif char in "]}":
+                depth -= 1
+    return place
 
 
 def _loc(file: str, mark) -> Location:
