@@ -95,7 +95,9 @@ def load_yaml(text: str, file: str) -> Document:
     if len(text.encode("utf-8", "surrogatepass")) > limits.MAX_JOB_FILE_BYTES:
         raise _too_big(Location(file))
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_CountingLoader)
+    except _TooManyNodes as exc:
+        raise _too_many(_loc(file, exc.mark)) from None
     except RecursionError:
         raise _too_deep(text, file) from None
     except yaml.MarkedYAMLError as exc:
@@ -115,6 +117,29 @@ def load_yaml(text: str, file: str) -> Document:
     except RecursionError:
         raise _too_deep(text, file) from None
     return doc
+
+
+class _TooManyNodes(Exception):
+    def __init__(self, mark):
+        self.mark = mark
+
+
+class _CountingLoader(yaml.SafeLoader):
+    """Counts nodes as the parser makes them: a long flat list is refused once it passes
+    MAX_YAML_NODES, not after all of it is parsed (a 660 kB list took 6 s to parse, then was
+    refused). Aliases are not expanded here; the walk below counts them as they expand."""
+
+    def compose_node(self, parent, index):
+        self.composed = getattr(self, "composed", 0) + 1
+        if self.composed > limits.MAX_YAML_NODES:
+            raise _TooManyNodes(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _too_many(where: Location) -> LimitError:
+    return LimitError(f"the YAML expands to more than {limits.MAX_YAML_NODES:,} values",
+                      where=where, hint="aliases (*name) may not multiply the document "
+                      "(limit MAX_YAML_NODES)")
 
 
 def _too_deep(text: str, file: str) -> LimitError:
@@ -164,10 +189,7 @@ class _Walker:
     def convert(self, node, path: DataPath):
         self.budget -= 1
         if self.budget < 0:
-            where = _loc(self.doc.file, node.start_mark)
-            raise LimitError(f"the YAML expands to more than {limits.MAX_YAML_NODES:,} values",
-                             where=where, hint="aliases (*name) may not multiply the document "
-                             "(limit MAX_YAML_NODES)")
+            raise _too_many(_loc(self.doc.file, node.start_mark))
         if node.tag not in _ALLOWED_TAGS:
             raise self.error(f"the YAML tag {node.tag!r} is not allowed", node,
                              "job files are plain data: remove the tag")
