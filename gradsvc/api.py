@@ -261,13 +261,9 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
                                              (grid.size, *tensor.shape))
     value_arrays = {name: value_arrays[name] for name in graph.inputs}  # in the file's order
     value_arrays.update(dict(zip(done.kept, sink.values)))
-    derivatives = {"grads": {out: {} for out in graph.outputs},
-                   "hessians": {out: {a: {} for a in graph.wrt} for out in graph.hessian_outputs}}
-    for (kind, *names), array in zip(derivative_keys(graph), sink.grads):
-        *path, last = names
-        table = derivatives[kind]
-        for name in path:
-            table = table[name]
-        table[last] = array
-    return Result(job, value_arrays, derivatives["grads"], done.verify, done.timings,
-                  job.settings.dtype, done.device, derivatives["hessians"])
+    arrays = dict(zip(derivative_keys(graph), sink.grads))
+    grads = {out: {w: arrays["grads", out, w] for w in graph.wrt} for out in graph.outputs}
+    hessians = {out: {a: {b: arrays["hessians", out, a, b] for b in graph.wrt} for a in graph.wrt}
+                for out in graph.hessian_outputs}
+    return Result(job, value_arrays, grads, done.verify, done.timings, job.settings.dtype,
+                  done.device, hessians)

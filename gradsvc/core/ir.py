@@ -1,6 +1,6 @@
 """The graph IR: what both backends read.
 
-Convention (stated once, used everywhere): a job defines scalar *inputs* and named *nodes*; each node's
+Convention (stated once, used everywhere): a job defines *inputs* and named *nodes*; each node's
 formula is flattened into primitive `Node`s (one op each) in topological order. Temporaries a formula
 needs are named `owner.k`, which no user name can clash with. For an output `o` and a user-visible name
 `v` (input or node), "d o / d v" is the derivative of `o` with respect to a perturbation added to `v`'s

@@ -41,11 +41,7 @@ def derivative_keys(graph: Graph) -> list[tuple[str, ...]]:
 def derivative_shapes(graph: Graph) -> list[tuple[int, ...]]:
     """The shape at one point of each derivative a kernel returns, in its order: a Jacobian's is
     output.shape + name.shape, a Hessian's (of a scalar output) a.shape + b.shape."""
-    shapes = []
-    for kind, *names in derivative_keys(graph):
-        first, *rest = names if kind == "grads" else names[1:]
-        shapes.append(graph.shape_of(first) + sum((graph.shape_of(n) for n in rest), ()))
-    return shapes
+    return [graph.shape_of(key[-2]) + graph.shape_of(key[-1]) for key in derivative_keys(graph)]
 
 
 def reverse_mode(graph: Graph, output: str) -> bool:

@@ -19,18 +19,19 @@ repays (benchmarks/README.md, "Which kernel a run gets", has the measurements):
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-import math
+import numpy as np
 
 from .. import limits
 from ..errors import LimitError, Location
 from ..job.spec import Job
 from .jacobians import derivative_shapes
-from .jaxrun import uses_fast_ops
+from .jaxrun import DTYPES, uses_fast_ops
 
 HOT_POINTS = 3_000_000  # about where a fresh fast kernel's longer compile is repaid
 QUICK_MAX_POINTS = 100_000  # up to here an unoptimised kernel's slower run costs less than it saves
@@ -128,7 +129,7 @@ class ExecutionPlan:
 
 def _check_point_size(job: Job, layout: ResultLayout) -> None:
     """One point's results must fit in memory, even streamed: a chunk holds at least one."""
-    size = layout.numbers_per_point() * (4 if job.settings.dtype == "float32" else 8)
+    size = layout.numbers_per_point() * np.dtype(DTYPES[job.settings.dtype]).itemsize
     if size > limits.MAX_RESULT_BYTES:
         raise LimitError(f"one point of '{job.name}' returns {layout.numbers_per_point():,} numbers "
                          f"({size:,} bytes), more than {limits.MAX_RESULT_BYTES:,}",
