@@ -18,7 +18,7 @@ meets an element that no path connects, JAX computes 0 * inf = nan, where elemen
 is nothing to multiply. Forward mode goes further: it perturbs every wrt name at once, and a
 select (relu, where) drops the tangent of the branch it does not pick where reverse mode passes
 0 * inf back. So at a point with an infinite (or nan) partial, each Jacobian entry is also
-computed as JAX's mode computes it (`reference.hessian.whole_array_backward`, `forward_jacobian`);
+computed as JAX's mode computes it (`reference.backprop.backward` with `zeros`, `reference.hessian.forward_jacobian`);
 where that differs from the element-by-element reference in kind (nan where the reference has a
 number, or the other way), JAX's entry is held to it (the same non-finite value, or within
 WHOLE_ARRAY_RTOL unit roundoffs of a number), the element-by-element check is not repeated for it,
@@ -36,8 +36,8 @@ import numpy as np
 from . import limits
 from .core.ir import Graph
 from .job.grid import Grid
-from .reference.backprop import backward, forward
-from .reference.hessian import forward_jacobian, hessian, whole_array_backward
+from .reference.backprop import _kind, backward, forward
+from .reference.hessian import forward_jacobian, hessian
 from .reference.scalarize import scalar_size, scalarize
 from .verify import (EPS64, FD_STEP, LISTED_POINTS, Comparer, VerifyReport, checks_in_full,
                      no_differences, verify)
@@ -85,7 +85,7 @@ def verify_jacobians(graph: Graph, grid: Grid, dtype: str, indices: np.ndarray,
     if graph.hessian_outputs:
         hessians = list(jacobians)
         points = HESSIAN_POINTS if budget_s is None else 1  # under a budget: the first only
-        report.hessians = _check_hessians(graph, scalar_graph, grid, view, sample,
+        report.hessians = _check_hessians(graph, scalar_graph, grid, scalar_grid, view, sample,
                                           indices[:points], hessians, dtype, factor)
     report.elements = sample.summary(graph, kept)
     report.elements["whole_array"] = whole.count
@@ -177,13 +177,13 @@ def _scalar_grid(grid: Grid, view) -> _ScalarGrid:
                        np.array(constants, dtype=np.float64))
 
 
-def _check_hessians(graph: Graph, scalar_graph: Graph, grid: Grid, view, sample: _Sample,
-                    indices: np.ndarray, hessians: list[np.ndarray], dtype: str,
+def _check_hessians(graph: Graph, scalar_graph: Graph, grid: Grid, scalar_grid: _ScalarGrid, view,
+                    sample: _Sample, indices: np.ndarray, hessians: list[np.ndarray], dtype: str,
                     factor: float) -> dict:
     """JAX's Hessians against the reference's at the points `indices` (the first ones checked),
     and the reference's against central differences of its own gradient."""
     cmp = Comparer(dtype, factor)
-    scalar_grid = _scalar_grid(grid, view)
+    wrt = sample.names(graph.wrt)
     n = len(indices)
     counts = {"points": 0, "compared": 0, "mismatches": 0, "fd_checked": 0, "fd_mismatches": 0,
               "fd_skipped_kink": 0, "mismatch_points": []}
@@ -197,7 +197,7 @@ def _check_hessians(graph: Graph, scalar_graph: Graph, grid: Grid, view, sample:
         values = forward(scalar_graph, inputs)
         coords = {name: inputs[name] for name in grid.names}
         for out in graph.hessian_outputs:
-            reference, bounds = hessian(scalar_graph, values, out, sample.names(graph.wrt),
+            reference, bounds = hessian(scalar_graph, values, out, wrt,
                                         unit=cmp.unit, dense=view.forward_dense,
                                         zeros=view.reverse_dense(out), groups=view.groups)
             for (a, b), block in by_output[out].items():
@@ -209,17 +209,10 @@ def _check_hessians(graph: Graph, scalar_graph: Graph, grid: Grid, view, sample:
                                          reference[ea][eb], bounds[ea][eb])
                         counts["compared"] += 1
                         counts["mismatches"] += not ok
-            _difference_check(scalar_graph, inputs, out, sample.names(graph.wrt),
-                              reference, counts, k)
+            _difference_check(scalar_graph, inputs, out, wrt, reference, counts, k)
         counts["points"] += 1
     counts["mismatch_points"] = cmp.report.mismatch_points
     return counts
-
-
-def _kind(x: float) -> str:
-    if math.isfinite(x):
-        return "finite"
-    return "nan" if math.isnan(x) else ("+inf" if x > 0 else "-inf")
 
 
 class _WholeArrays:
@@ -272,7 +265,7 @@ class _WholeArrays:
         wrt = self.sample.names(self.graph.wrt)
         if self.reverse[output]:
             zeros = self.view.reverse_dense(output)
-            jax_way = {o: whole_array_backward(self.scalar, values, o, zeros) for o in elements}
+            jax_way = {o: backward(self.scalar, values, o, zeros=zeros) for o in elements}
         else:
             jax_way = forward_jacobian(self.scalar, values, elements, wrt, self.view.forward_dense)
         for i, o in enumerate(elements, start=self.rows[output].start):

@@ -57,16 +57,21 @@ def forward(graph: Graph, inputs: dict[str, float], overrides: dict[str, float] 
     return values
 
 
-def backward(graph: Graph, values: dict[str, float], output: str, within: str | None = None
-             ) -> dict[str, float]:
+def backward(graph: Graph, values: dict[str, float], output: str, within: str | None = None,
+             zeros: frozenset[str] = frozenset()) -> dict[str, float]:
     """d(output)/d(node) for every node on a path to `output` (others are absent: no dependence).
 
     With `within`, only the operations of that name's own formula are walked: the result holds
     d(within)/d(name) for each name the formula uses, the others held fixed (a local derivative).
+    The nodes in `zeros` start from an adjoint of 0 rather than none, as JAX's cotangents do
+    (whole arrays: `ScalarView.reverse_dense`), so that a 0 passed back through an infinite
+    partial is nan, as in JAX.
     """
     adjoint: dict[str, float] = {output: 1.0}
     for node in reversed(graph.nodes):
         bar = adjoint.get(node.name)
+        if bar is None and node.name in zeros:
+            bar = adjoint[node.name] = 0.0
         if bar is None or not node.args or node.primitive.no_gradient:
             continue
         if within is not None and node.owner != within:

@@ -50,7 +50,8 @@ from functools import lru_cache
 from typing import Iterable
 
 from ..core.ir import Graph
-from .backprop import _adjoint_errors, _contributions, _partial_errors, _times, _ulps, _value_errors
+from .backprop import (_adjoint_errors, _partial_errors, _times, _ulps, _value_errors,
+                       backward)
 
 Table = dict[str, dict[str, float]]  # table[a][b]
 
@@ -101,7 +102,7 @@ class _Tape:
                  groups: tuple[tuple[str, ...], ...] = ()):
         self.graph, self.values, self.unit, self.dense = graph, values, unit, dense
         self.whole = bool(dense or zeros or groups)  # following JAX's whole arrays
-        self.bar = whole_array_backward(graph, values, output, zeros)
+        self.bar = backward(graph, values, output, zeros=zeros)
         # each group's last element in tape order: when the reverse pass gets there, every node
         # that uses one of the group's elements has passed its adjoint tangent back
         self.group_ends: dict[str, list[tuple[str, ...]]] = {}
@@ -277,25 +278,6 @@ def _second_errors(op, args: tuple, out: float, args_err: tuple, unit: float, ba
 
 
 # --- JAX's whole arrays, first order: what jacrev and jacfwd give where an infinite partial meets 0 ---
-
-def whole_array_backward(graph: Graph, values: dict[str, float], output: str,
-                         zeros: frozenset[str] = frozenset()) -> dict[str, float]:
-    """`backprop.backward`, where the nodes in `zeros` start from an adjoint of 0 rather than none
-    (JAX's cotangents are whole arrays: `ScalarView.reverse_dense`), so that a 0 passed back
-    through an infinite partial is nan, as in JAX. Without `zeros` it is `backward` itself."""
-    adjoint: dict[str, float] = {output: 1.0}
-    for node in reversed(graph.nodes):
-        bar = adjoint.get(node.name)
-        if bar is None and node.name in zeros:
-            bar = adjoint[node.name] = 0.0
-        if bar is None or not node.args or node.primitive.no_gradient:
-            continue
-        args = tuple(values[a] for a in node.args)
-        for arg, contribution in zip(node.args, _contributions(node.primitive, bar, args,
-                                                               values[node.name])):
-            adjoint[arg] = adjoint[arg] + contribution if arg in adjoint else contribution
-    return adjoint
-
 
 def forward_jacobian(graph: Graph, values: dict[str, float], outputs: Iterable[str],
                      directions: Iterable[str], dense: frozenset[str] = frozenset()) -> Table:

@@ -45,7 +45,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..core.ir import Graph, Node
-from ..core.ops import OPS
+from ..core.ops import COMPARISONS, OPS
 from ..core.tensor_ops import TENSOR_OPS, Elements, Shape, broadcast, broadcast_index, flat, indices
 from .backprop import run_point
 from .hessian import hessian
@@ -124,12 +124,6 @@ class ScalarView:
     def names(self, name: str) -> tuple[str, ...]:
         return self.elements[name][1]
 
-    @property
-    def hessian_outputs(self) -> tuple[str, ...]:
-        """The scalar outputs whose Hessians a job of order 2 asks for (shape (): plain names)."""
-        return tuple(o for o in self.source.outputs if not self.shape(o)) \
-            if getattr(self.source, "order", 1) == 2 else ()
-
     def point(self, inputs: dict) -> dict[str, float]:
         """The scalar graph's inputs at one point, from the tensor graph's: a number for a scalar
         input, a nested list (or array) for a tensor one; tensor inputs not given are `tensors`."""
@@ -165,7 +159,7 @@ class ScalarView:
                     (tables[o][x][y] for o in outs for x in names_a for y in names_b))
 
 
-_COMPARISONS = ("gt", "ge", "lt", "le")
+_COMPARISONS = frozenset(op.name for op in COMPARISONS.values())
 
 
 def differentiable_args(node: Node, forward: bool = True) -> tuple[str, ...]:
