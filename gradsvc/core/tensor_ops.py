@@ -187,13 +187,14 @@ def _index_items(shape: Shape, param: tuple) -> list:
                 raise ShapeError("a slice step cannot be 0")
             chosen = range(*slice(start, stop, step).indices(n))
             if not chosen:
-                raise ShapeError(f"the slice {_slice_text(item)} selects nothing from axis {axis} "
+                raise ShapeError(f"the slice {slice_text(item)} selects nothing from axis {axis} "
                                  f"of length {n}")
             items.append(chosen)
     return items + [range(n) for n in shape[len(param):]]
 
 
-def _slice_text(item: tuple) -> str:
+def slice_text(item: tuple) -> str:
+    """A subscript's slice as formulas write it: `1:3`, `::2`."""
     _, start, stop, step = item
     text = f"{'' if start is None else start}:{'' if stop is None else stop}"
     return text + (f":{step}" if step is not None else "")

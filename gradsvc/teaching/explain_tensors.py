@@ -24,7 +24,7 @@ from ..core.tensor_ops import TENSOR_OPS, shape_text
 from ..errors import UsageError
 from ..reference.backprop import backward, run_point
 from ..reference.hessian import hessian
-from ..reference.scalarize import element_name, nest, scalar_size, scalarize
+from ..reference.scalarize import element_name, flatten, nest, scalar_size, scalarize
 from . import vjp_text
 from .explain import (NONLINEAR, Explanation, Path, Step, _bumped, _central, _check, _chain,
                       _dependence, _explain_order, _factor, _meaning, _users, formula_uses,
@@ -451,13 +451,9 @@ def nested_text(value) -> str:
     return number_text(value)
 
 
-def flat(value) -> list[float]:
-    return [x for v in value for x in flat(v)] if isinstance(value, list) else [value]
-
-
 def summary(w: dict, value) -> str:
     """A tensor's numbers when it is small, else its range (and how many are not finite)."""
-    numbers = flat(value)
+    numbers = flatten(value)[1]
     if len(numbers) <= SMALL:
         return nested_text(value)
     finite = [x for x in numbers if math.isfinite(x)]
@@ -469,7 +465,7 @@ def summary(w: dict, value) -> str:
 
 def _value_part(w: dict, value) -> str:
     """' = 0.5', ' = [1, -0.5]' or ': range [-1, 3]'."""
-    small = not isinstance(value, list) or len(flat(value)) <= SMALL
+    small = not isinstance(value, list) or len(flatten(value)[1]) <= SMALL
     return (" = " if small else ": ") + summary(w, value)
 
 
@@ -541,9 +537,9 @@ def _name_lines(t: dict, w: dict, ex: TensorExplanation, graph: Graph, out: str,
     if ts.shape:
         grad = summary(w, ts.grad)
         lines.append("    " + (w["grad_small"].format(frac=frac, values=grad)
-                               if len(flat(ts.grad)) <= SMALL else
+                               if len(flatten(ts.grad)[1]) <= SMALL else
                                w["grad_big"].format(frac=frac, values=grad,
-                                                    count=len(flat(ts.grad)))))
+                                                    count=len(flatten(ts.grad)[1]))))
         lines.append("    " + w["example"].format(element=step.name, value=number_text(step.value)))
     indent = "      " if ts.shape else "    "
     lines.append(indent + _element_chain(w, key, step))

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.tensor_ops import TENSOR_OPS
 from ..errors import UsageError
 from .explain import check_point, number_text
 from .plot import pyplot
@@ -172,7 +173,7 @@ def _op_label(node) -> str:
         from .vjp_text import subscript_text
         return f"[{subscript_text(node.param)}]"
     label = SYMBOLS.get(node.op, node.op)
-    if node.param is not None and node.op in ("sum", "mean", "prod", "amax", "amin", "cumsum"):
+    if node.param is not None and node.op in TENSOR_OPS and TENSOR_OPS[node.op].axis_keyword:
         return f"{label} axis={node.param}"
     return label
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ..core.ir import Graph, Node
-from ..core.tensor_ops import TENSOR_OPS
+from ..core.tensor_ops import TENSOR_OPS, slice_text
 
 # how tightly a text binds: a text is put in parentheses where a tighter one is needed
 COMPARE, SUM, PRODUCT, POWER, ATOM = 0, 1, 2, 3, 4
@@ -212,13 +212,7 @@ def power_text(base: Sym, n: int) -> str:
 
 
 def subscript_text(param: tuple) -> str:
-    def item(x) -> str:
-        if isinstance(x, int):
-            return str(x)
-        _, start, stop, step = x
-        text = f"{'' if start is None else start}:{'' if stop is None else stop}"
-        return text + (f":{step}" if step is not None else "")
-    return ", ".join(item(x) for x in param)
+    return ", ".join(str(x) if isinstance(x, int) else slice_text(x) for x in param)
 
 
 # --- each operation's rule: (argument, the gradient it passes back) ---
