@@ -380,10 +380,10 @@ def _build(doc: Document, text: str, default_name: str) -> Job:
         except GradsvcError as error:
             problems.append(error)
         names.note_formula(formula, where)
+    _check_op_budget(formula_nodes, doc)  # before any data file is read or tensor made
     grid = _collect(problems, doc, lambda: build_grid(
         {names.of(raw): value for raw, value in spec.inputs.items()}, spec.grid,
         lambda path: doc.where(("inputs", *names.raw_path(path))), data_folder(doc.file)))
-    _check_op_budget(formula_nodes, doc)
     has_tensors = any(is_tensor(value) for value in spec.inputs.values())
     graph = None
     if grid is not None or not has_tensors:  # else shapes would be guesses: checked once they load
