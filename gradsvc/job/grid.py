@@ -93,6 +93,32 @@ class Grid:
                              hint="name more inputs in --at to pick one, or use --point")
         return common.pop()
 
+    def blocks(self, target: int) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
+        """The grid cut into blocks of about `target` points that are both rectangular in the
+        grid's shape and contiguous in point order: (block shape, each block's (start, stop)).
+
+        A block spans whole trailing dimensions and a run of one dimension (the last that does
+        not fit whole), so a store chunked by the block shape has one chunk per range and
+        writers of different ranges never touch one chunk. The last block along the split
+        dimension may be shorter."""
+        shape = self.shape
+        trailing, split = 1, -1
+        for j in range(len(shape) - 1, -1, -1):
+            if trailing * shape[j] > target:
+                split = j
+                break
+            trailing *= shape[j]
+        if split < 0:  # the whole grid is one block
+            return shape, [(0, self.size)]
+        run = max(1, target // trailing)
+        block = (1,) * split + (min(run, shape[split]),) + shape[split + 1:]
+        ranges = []
+        for lead in range(math.prod(shape[:split])):
+            for first in range(0, shape[split], run):
+                start = (lead * shape[split] + first) * trailing
+                ranges.append((start, start + min(run, shape[split] - first) * trailing))
+        return block, ranges
+
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
         """(start, stop) index ranges of at most `chunk_size` points covering the grid in order."""
         for start in range(0, self.size, chunk_size):

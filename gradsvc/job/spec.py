@@ -218,6 +218,13 @@ class Settings(_Strict):
     keep_values: Literal["all", "outputs", "none"] = Field(
         "all", description="which nodes' values are computed and kept (inputs' values are the "
         "grid coordinates); gradients are always kept")
+    devices: Union[Literal["all"], Annotated[Count, Field(ge=1)]] = Field(
+        1, description="local devices of the `device` kind each chunk's points are sharded over "
+        "(jax.sharding, a mesh along the points): a count, or all")
+    keep: Literal["arrays", "stats"] = Field(
+        "arrays", description="arrays: every point's values and gradients are stored; stats: only "
+        "their count, mean, std, min and max (with where they occur) and a histogram, merged "
+        "across chunks and workers (for grids too big to store)")
     # YAML reads a bare `off` (like `no` and `false`) as the boolean false: that means off too
     compile_cache: Annotated[str, BeforeValidator(lambda v: "off" if v is False else v)] = Field(
         "~/.cache/gradsvc/jax", description="folder for JAX's persistent compilation cache, "
