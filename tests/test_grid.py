@@ -33,7 +33,7 @@ def test_chunks_cover_the_grid_in_order():
 
 
 def test_huge_grid_is_refused_before_allocation():
-    with pytest.raises(LimitError, match="MAX_GRID_POINTS"):
+    with pytest.raises(LimitError, match="max_grid_points"):
         grid_of("{a: {linspace: [0, 1, 1000000]}, b: {linspace: [0, 1, 1000000]}, "
                 "c: {linspace: [0, 1, 1000000]}, d: {linspace: [0, 1, 1000000]}}")
 
@@ -116,3 +116,58 @@ def test_index_at_compares_in_the_jobs_dtype():
     """A float32 job's results show coordinates rounded to float32: those pick the point too."""
     grid = grid_of("{a: {linspace: [0, 1, 11]}}")
     assert grid.index_at({"a": float(np.float32(0.3))}, "float32") == 3
+
+
+# --- the grid-size limit: a setting of the deployment (its config file), not of a job ---
+
+SMALL = "inputs:\n  a: [1, 2, 3, 4]\n  b: [1, 2, 3]\ngraph: {z: a * b}\noutputs: [z]\n"  # 12 points
+
+
+def config_file(tmp_path, text: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_config_file_lowers_the_grid_limit(tmp_path):
+    assert job_from_text(SMALL, file="j.yaml").grid.size == 12  # remembered, under its limit
+    with pytest.raises(LimitError) as info:
+        job_from_text(SMALL, file="j.yaml", config=config_file(tmp_path, "max_grid_points: 11\n"))
+    assert info.value.message == "the grid has 12 points, more than 11"
+    assert (info.value.where.file, info.value.where.line) == ("j.yaml", 2)  # the inputs
+    assert "max_grid_points" in info.value.hint and "config file" in info.value.hint
+    limited = config_file(tmp_path, "max_grid_points: 12\n")
+    assert job_from_text(SMALL, config=limited).grid.size == 12
+
+
+def test_a_config_file_raises_the_grid_limit(tmp_path, monkeypatch):
+    big = ("inputs: {a: {linspace: [0, 1, 100000]}, b: {linspace: [0, 1, 20000]}}\n"
+           "graph: {z: a * b}\noutputs: [z]\n")  # 2e9 points, above the shipped 1e9
+    assert limits.MAX_GRID_POINTS == 1_000_000_000
+    with pytest.raises(LimitError, match="more than 1,000,000,000"):
+        job_from_text(big)
+    monkeypatch.setenv("GRADSVC_CONFIG", str(config_file(tmp_path, "max_grid_points: 2e9\n")))
+    assert job_from_text(big).grid.size == 2_000_000_000
+
+
+def test_a_loaded_job_run_under_a_config_with_a_lower_limit_is_refused(tmp_path):
+    import gradsvc
+    job = job_from_text(SMALL, file="j.yaml")
+    with pytest.raises(LimitError, match="has 12 points, more than the 5 of"):
+        gradsvc.run(job, config=config_file(tmp_path, "max_grid_points: 5\n"))
+
+
+def test_a_job_may_not_set_the_grid_limit():
+    text = SMALL + "settings:\n  dtype: float32\n  max_grid_points: 1e12\n"
+    with pytest.raises(JobFileError) as info:
+        job_from_text(text, file="j.yaml")
+    assert place_of(info.value) == ("j.yaml", 8, 3)
+    assert info.value.message == "'max_grid_points' is a setting of the deployment, not of a job"
+    assert "config file" in info.value.hint
+
+
+def test_the_shipped_config_sets_the_limit_apart_from_job_settings():
+    from gradsvc.job.spec import Settings, load_config, max_grid_points
+    assert max_grid_points("configs/default.yaml") == limits.MAX_GRID_POINTS
+    assert "max_grid_points" not in load_config("configs/default.yaml")
+    assert "max_grid_points" not in Settings.model_fields

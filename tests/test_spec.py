@@ -6,6 +6,7 @@ import pytest
 
 import gradsvc
 from gradsvc.errors import GradsvcError, GraphError, JobFileError, UsageError
+from gradsvc.job.sampling import Sample
 from gradsvc.job.spec import Settings, job_from_text, job_schema, load_config, load_job
 
 BASE = "inputs:\n  a: 2.0\n  b: 3.0\ngraph:\n  z: a * b\noutputs: [z]\n"
@@ -99,8 +100,9 @@ def test_grid_generators():
     np.testing.assert_array_equal(axes["a"], [0, 0.25, 0.5, 0.75, 1])
     np.testing.assert_array_equal(axes["b"], [0, 0.25, 0.5, 0.75])
     np.testing.assert_array_equal(axes["c"], [1, 10, 100])
-    np.testing.assert_array_equal(axes["e"], np.random.default_rng(3).uniform(0, 1, 4))
-    np.testing.assert_array_equal(axes["f"], np.random.default_rng(0).normal(0, 2, 2))
+    # the counter-based samples at indices 0.. (tests/test_sampling.py checks the generator)
+    np.testing.assert_array_equal(axes["e"], Sample("uniform", (0.0, 1.0), 3).span(0, 4))
+    np.testing.assert_array_equal(axes["f"], Sample("normal", (0.0, 2.0), 0).span(0, 2))
     assert job.grid.size == 5 * 4 * 3 * 2 * 4 * 2 and job.graph.outputs == ("z",)
 
 

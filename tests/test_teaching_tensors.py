@@ -278,7 +278,8 @@ def test_tensor_jobs_with_nothing_to_plot_say_why_in_one_line(tmp_path):
 
 
 def test_tensor_explain_and_picture_never_import_jax():
-    """Both are the reference's work: a notebook gets them without loading JAX."""
+    """Both are the reference's work: a notebook gets them without loading JAX (unless the job
+    has random inputs, whose numbers JAX's threefry makes: gradsvc/job/sampling.py)."""
     import subprocess
     import sys
     from conftest import ROOT
@@ -287,7 +288,7 @@ def test_tensor_explain_and_picture_never_import_jax():
             "from gradsvc.job.spec import load_job\n"
             "ex = gradsvc.explain('jobs/functional_trapz.yaml', lang='id')\n"
             "assert 'turunan fungsional diskret' in ex.text\n"
-            "build_picture(load_job('jobs/mlp_micrograd.yaml'))\n"
+            "build_picture(load_job('jobs/logistic_regression.yaml'))\n"
             "assert 'jax' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -15,6 +15,7 @@ from numpy.lib import format as npy_format
 from gradsvc import limits
 from gradsvc.errors import GradsvcError, JobFileError, JobProblems, LimitError
 from gradsvc.job import spec
+from gradsvc.job.sampling import Sample
 from gradsvc.job.spec import content_hash, job_from_text, job_schema, load_job
 
 XY_CSV = "x1,x2,y\n1,2,3\n4,5,6\n7,8,9\n"
@@ -101,8 +102,11 @@ def test_generators_with_a_shape_are_reproducible_from_their_seed():
                     "s: {tensor: {linspace: [0.0, 1.0, 101]}}",
                     "r: {tensor: {arange: [0, 1, 0.25]}}", "g: {tensor: {logspace: [0, 2, 3]}}")
     t = job_from_text(text, file="job.yaml").grid.tensors
-    np.testing.assert_array_equal(t["u"], np.random.default_rng(0).uniform(-1, 1, size=4))
-    np.testing.assert_array_equal(t["n"], np.random.default_rng(1).normal(0, 1, size=(2, 3)))
+    # the counter-based samples at the flat C-order index, as an axis of the same spec has them
+    np.testing.assert_array_equal(t["u"], Sample("uniform", (-1.0, 1.0), 0).span(0, 4))
+    axis = job_from_text("inputs: {a: {normal: [0, 1], n: 6, seed: 1}}\ngraph: {z: a}\n"
+                         "outputs: z\n").grid.axes[0].values
+    np.testing.assert_array_equal(t["n"], axis.reshape(2, 3))
     np.testing.assert_array_equal(t["s"], np.linspace(0, 1, 101))
     np.testing.assert_array_equal(t["r"], [0, 0.25, 0.5, 0.75])
     np.testing.assert_array_equal(t["g"], [1, 10, 100])

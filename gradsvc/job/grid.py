@@ -1,9 +1,11 @@
 """Grid specs -> axes, point count, and the coordinates of any point, chunk by chunk.
 
-Each input has one axis (a 1-D array of its values; a scalar is an axis of length 1). A `product` grid
+Each input has one axis (its values, in order; a scalar is an axis of length 1). A `product` grid
 visits every combination with the first input varying slowest (C order, like nested for-loops in the
 order the inputs are written); a `zip` grid pairs the i-th values of all axes (axes of length 1
 broadcast). The grid itself is never materialised: `coords(indices)` computes points from indices.
+A random input of a zip grid is not held either: its value at point i is made from i (sampling.py),
+so its length is bounded by the grid's limit, not MAX_AXIS_POINTS.
 
 Tensor inputs (`{tensor: ...}`, `{file: ...}`, see tensors.py) are not axes: each is one array, the
 same at every point, kept in `Grid.tensors`.
@@ -20,14 +22,43 @@ import numpy as np
 from .. import limits
 from ..errors import (GradsvcError, JobFileError, JobProblems, LimitError, Location,
                      UsageError)
+from .sampling import Sample, all_finite, check_seed, sample_of
 from .tensors import (BEYOND_FLOAT64, DataFile, arange_length, check_span, generated, is_tensor,
                       load_tensors)
+
+RANDOM_KINDS = ("uniform", "normal")
 
 
 @dataclass(frozen=True)
 class Axis:
+    """One input's values along the grid: `held` (float64, 1-D), or None for a random input of a
+    zip grid, whose value at point i is `sample.at(i)`, made where it is needed (in the kernel,
+    from the point index; on the host, for the points asked). A product grid's random axis is
+    held: the sample's values at 0 .. length - 1."""
     name: str
-    values: np.ndarray  # float64, 1-D
+    held: np.ndarray | None
+    length: int
+    sample: Sample | None = None  # the random input it is, if any
+
+    def __len__(self) -> int:
+        return self.length
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The values at these positions along the axis (float64)."""
+        return self.held[positions] if self.held is not None else self.sample.at(positions)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Every value, in order: for an axis that is not held, made now, and refused (a
+        LimitError) beyond MAX_AXIS_POINTS, where all of them would not fit in memory."""
+        if self.held is not None:
+            return self.held
+        if self.length > limits.MAX_AXIS_POINTS:
+            raise LimitError(f"input '{self.name}' is {self.length:,} random samples, made from "
+                             f"the point index; all of them at once are more than "
+                             f"{limits.MAX_AXIS_POINTS:,}", hint="ask for points by index "
+                             "(--point), or read them from the result store (MAX_AXIS_POINTS)")
+        return self.sample.span(0, self.length)
 
 
 @dataclass(frozen=True)
@@ -45,11 +76,28 @@ class Grid:
         return tuple(a.name for a in self.axes)
 
     @property
+    def held_axes(self) -> tuple[Axis, ...]:
+        """The axes whose values are held (and copied to the device): all but zip grids' random
+        inputs, which the kernel makes from the point index."""
+        return tuple(a for a in self.axes if a.held is not None)
+
+    @property
+    def made_in_kernel(self) -> bool:
+        """Whether some axis is not held: made by the kernel from the point index."""
+        return any(a.held is None for a in self.axes)
+
+    @property
+    def kernel_shape(self) -> tuple:
+        """What of the axes is compiled into a kernel: each one's length, and for an axis made
+        from the point index also its Sample (parameters and seed are constants of the kernel)."""
+        return tuple(len(a) if a.held is not None else (len(a), a.sample) for a in self.axes)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """The grid's shape: one dimension per input for product grids, (size,) for zip grids."""
         if self.mode == "zip":
             return (self.size,)
-        return tuple(len(a.values) for a in self.axes)
+        return tuple(len(a) for a in self.axes)
 
     def coords(self, indices: np.ndarray) -> np.ndarray:
         """Input values at the given point indices: shape (len(indices), n_inputs), float64."""
@@ -60,9 +108,9 @@ class Grid:
         if self.mode == "product":
             per_axis = np.unravel_index(indices, self.shape)
         else:
-            per_axis = [indices if len(a.values) > 1 else np.zeros_like(indices) for a in self.axes]
+            per_axis = [indices if len(a) > 1 else np.zeros_like(indices) for a in self.axes]
         for j, (axis, idx) in enumerate(zip(self.axes, per_axis)):
-            out[:, j] = axis.values[idx]
+            out[:, j] = axis.take(idx)
         return out
 
     def point(self, index: int) -> dict[str, float]:
@@ -74,7 +122,7 @@ class Grid:
         inputs that vary; the others have one value and need not be named), compared in `dtype`
         (the job's: a float32 job's results show its coordinates rounded to float32). A
         UsageError, listing the nearest values, where none matches."""
-        varying = [a for a in self.axes if len(a.values) > 1]
+        varying = [a for a in self.axes if len(a) > 1]
         _check_named(at, self.axes, varying)
         per_axis = {a.name: _matches(a, at[a.name], np.dtype(dtype)) for a in varying
                     if a.name in at}
@@ -131,19 +179,20 @@ def _check_named(at: dict, axes, varying) -> None:
         if name not in known:
             raise UsageError(f"--at names '{name}', which is not an input",
                              hint=_axes_hint(varying))
-        if len(known[name].values) == 1:
+        if len(known[name]) == 1:
             raise UsageError(f"--at names '{name}', which does not vary (it is always "
-                             f"{float(known[name].values[0])!r})", hint=_axes_hint(varying))
+                             f"{float(known[name].take(0))!r})", hint=_axes_hint(varying))
     if not at:
         raise UsageError("--at names no input", hint=_axes_hint(varying))
 
 
 def _matches(axis: Axis, value: float, dtype: np.dtype) -> np.ndarray:
     """Indices along `axis` holding exactly `value`; none: a UsageError naming the nearest."""
-    found = np.flatnonzero(axis.values.astype(dtype) == dtype.type(value))
+    values = axis.values  # an axis made from the index: made now, if it is not too long
+    found = np.flatnonzero(values.astype(dtype) == dtype.type(value))
     if len(found):
         return found
-    nearest = np.sort(axis.values[np.argsort(np.abs(axis.values - value), kind="stable")[:3]])
+    nearest = np.sort(values[np.argsort(np.abs(values - value), kind="stable")[:3]])
     raise UsageError(f"input '{axis.name}' has no value {value!r}; the nearest are "
                      f"{', '.join(repr(float(v)) for v in nearest)}",
                      hint="--at takes an input's exact values (as in `--format json`'s values)")
@@ -152,9 +201,14 @@ def _matches(axis: Axis, value: float, dtype: np.dtype) -> np.ndarray:
 def _axes_hint(varying) -> str:
     if not varying:
         return "this job has one point: use --point 0"
-    return "inputs that vary: " + ", ".join(
-        f"{a.name} ({len(a.values):,} values, {float(a.values.min())!r} to "
-        f"{float(a.values.max())!r})" for a in varying)
+    return "inputs that vary: " + ", ".join(f"{a.name} ({_axis_text(a)})" for a in varying)
+
+
+def _axis_text(axis: Axis) -> str:
+    if axis.held is None:  # not made here: it may be a billion numbers
+        return f"{len(axis):,} samples, {axis.sample.describe()}"
+    return (f"{len(axis):,} values, {float(axis.held.min())!r} to "
+            f"{float(axis.held.max())!r}")
 
 
 def _axis_length(name: str, spec, where: Callable) -> int:
@@ -183,25 +237,49 @@ def _axis_values(spec) -> np.ndarray:
         return np.array([float(spec)])
     if kind == "list":
         return np.array(spec, dtype=np.float64)
-    return generated(spec, getattr(spec, "n", None))
+    return generated(spec, None)  # linspace, arange, logspace: random inputs are _random_axis
 
 
-def _axis(name: str, spec, where: Callable) -> Axis:
-    # samples (or the last steps of a range) may overflow: checked below rather than warned of
+def _axis(name: str, spec, mode: str, where: Callable) -> Axis:
+    sample = sample_of(spec) if kind_of(spec) in RANDOM_KINDS else None
+    if sample is not None:
+        return _random_axis(name, sample, spec.n, mode, where)
+    # the last steps of a range may overflow: checked below rather than warned of
     with np.errstate(over="ignore", invalid="ignore"):
         values = _axis_values(spec)
     if not np.all(np.isfinite(values)):
-        raise JobFileError(f"input '{name}' produces values {BEYOND_FLOAT64}", where=where((name,)),
-                           hint="keep the range within float64")
-    return Axis(name, values)
+        raise _beyond_float64(name, where)
+    return Axis(name, values, len(values))
 
 
-def _input_length(name: str, spec, where: Callable) -> int:
+def _random_axis(name: str, sample: Sample, n: int, mode: str, where: Callable) -> Axis:
+    """A zip grid's random input is made from the point index wherever it is needed; a product
+    grid's is held (at most MAX_AXIS_POINTS values), made here by the same generator."""
+    check_seed(name, sample.seed, where, (name, "seed"))
+    if not all_finite(sample):
+        raise _beyond_float64(name, where)
+    if _made_from_index(mode, n):
+        return Axis(name, None, n, sample)
+    return Axis(name, sample.span(0, n), n, sample)
+
+
+def _made_from_index(mode: str, n: int) -> bool:
+    """Whether a random input of `n` values is made from the point index (not held)."""
+    return mode == "zip" and n > 1
+
+
+def _beyond_float64(name: str, where: Callable) -> JobFileError:
+    return JobFileError(f"input '{name}' produces values {BEYOND_FLOAT64}", where=where((name,)),
+                        hint="keep the range within float64")
+
+
+def _input_length(name: str, spec, mode: str, where: Callable) -> int:
     n = _axis_length(name, spec, where)
     if n < 1:
         raise JobFileError(f"input '{name}' has no values", where=where((name,)),
                            hint="every input needs at least one value")
-    if n > limits.MAX_AXIS_POINTS:
+    held = not (kind_of(spec) in RANDOM_KINDS and _made_from_index(mode, n))
+    if held and n > limits.MAX_AXIS_POINTS:
         raise LimitError(f"input '{name}' has {n:,} values, more than {limits.MAX_AXIS_POINTS:,}",
                          where=where((name,)), hint="use fewer values (MAX_AXIS_POINTS)")
     if kind_of(spec) == "normal" and spec.normal[1] < 0:
@@ -211,28 +289,32 @@ def _input_length(name: str, spec, where: Callable) -> int:
 
 
 def build_grid(inputs: dict, mode: str, where: Callable[[tuple], Location],
-               folder: Path | None = None) -> Grid:
+               folder: Path | None = None, max_points: int = limits.MAX_GRID_POINTS) -> Grid:
     """The axes of the inputs that vary (scalars are axes of one value) and the tensor inputs,
-    each checked against the limits (in exact integers, before allocating). Every input's
-    problem is reported (`JobProblems`), not only the first. Data files are looked for in
-    `folder` (the job file's; default: the working folder)."""
+    each checked against the limits (in exact integers, before allocating; `max_points` is the
+    deployment's grid-size limit, its config file's `max_grid_points`). Every input's problem is
+    reported (`JobProblems`), not only the first. Data files are looked for in `folder` (the
+    job file's; default: the working folder)."""
     axis_inputs = {name: spec for name, spec in inputs.items() if not is_tensor(spec)}
     tensor_inputs = {name: spec for name, spec in inputs.items() if is_tensor(spec)}
     problems: list[GradsvcError] = []
-    axes, size = _gathered(problems, lambda: _axes(axis_inputs, mode, where)) or ((), 0)
+    axes, size = _gathered(problems, lambda: _axes(axis_inputs, mode, where, max_points)) or \
+        ((), 0)
     tensors = _gathered(problems, lambda: load_tensors(tensor_inputs, where, folder or Path.cwd()))
     if problems:
         raise JobProblems.of(problems)
     return Grid(axes, mode, size, tensors.arrays, tensors.files)
 
 
-def _axes(inputs: dict, mode: str, where: Callable) -> tuple[tuple[Axis, ...], int]:
-    lengths = _for_each_input(inputs, lambda name, spec: _input_length(name, spec, where))
+def _axes(inputs: dict, mode: str, where: Callable, max_points: int
+          ) -> tuple[tuple[Axis, ...], int]:
+    lengths = _for_each_input(inputs, lambda name, spec: _input_length(name, spec, mode, where))
     size = _grid_size(lengths, mode, where)
-    if size > limits.MAX_GRID_POINTS:
-        raise LimitError(f"the grid has {size:,} points, more than {limits.MAX_GRID_POINTS:,}",
-                         where=where(()), hint="shrink the inputs' ranges (MAX_GRID_POINTS)")
-    axes = _for_each_input(inputs, lambda name, spec: _axis(name, spec, where))
+    if size > max_points:
+        raise LimitError(f"the grid has {size:,} points, more than {max_points:,}",
+                         where=where(()), hint="shrink the inputs' ranges; the limit is the "
+                         "deployment's max_grid_points (its config file)")
+    axes = _for_each_input(inputs, lambda name, spec: _axis(name, spec, mode, where))
     return tuple(axes.values()), size
 
 

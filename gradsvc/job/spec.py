@@ -3,6 +3,8 @@
 
 Settings precedence, lowest first: the defaults in `Settings` < `configs/default.yaml` (or the file
 named by `--config` / `GRADSVC_CONFIG`) < the job's `settings:` < command-line flags or API arguments.
+A config file also holds the deployment's own settings (`Deployment`: the grid-size limit), which
+no job may set.
 """
 from __future__ import annotations
 
@@ -261,6 +263,19 @@ class JobSpec(_Strict):
     settings: Settings = Settings()
 
 
+class Deployment(_Strict):
+    """Settings of the deployment, not of a job: only its config file sets them."""
+    max_grid_points: Count = Field(limits.MAX_GRID_POINTS, ge=1, description="the most points a "
+                                   "job's grid may have (checked from the inputs' sizes, before "
+                                   "anything is made)")
+
+
+class ConfigFile(Settings, Deployment):
+    """A config file: defaults of every job's settings, and the deployment's own."""
+
+
+DEPLOYMENT_KEYS = tuple(Deployment.model_fields)
+
 _MODELS_AT = {(): JobSpec, ("settings",): Settings, ("settings", "tolerance"): Tolerance}
 
 
@@ -303,13 +318,14 @@ def job_from_text(text: str, file: str = "<job>", overrides: dict | None = None,
     parsing, and gets the same grid, whose axes then stay on the device. A job that reads data
     files is built afresh every time: the same text may then mean other data.
     """
-    key = (text, file, default_name)
+    limit = max_grid_points(config)
+    key = (text, file, default_name, limit)
     with _BUILT_LOCK:
         built = _BUILT.get(key)
         if built is not None:
             _BUILT.move_to_end(key)
     if built is None:
-        built = _build(load_yaml(text, file), text, default_name)
+        built = _build(load_yaml(text, file), text, default_name, limit)
         if _worth_remembering(built, text):
             with _BUILT_LOCK:
                 _BUILT[key] = built
@@ -331,7 +347,7 @@ MAX_REMEMBERED_AXIS_BYTES = 1 << 20  # the job's axes and tensors, in all
 def _worth_remembering(built: "Job", text: str) -> bool:
     if built.grid.files:  # an edited data file must be read again
         return False
-    held = sum(axis.values.nbytes for axis in built.grid.axes) + \
+    held = sum(axis.held.nbytes for axis in built.grid.held_axes) + \
         sum(values.nbytes for values in built.grid.tensors.values())
     return len(text) <= MAX_REMEMBERED_TEXT and held <= MAX_REMEMBERED_AXIS_BYTES
 
@@ -355,7 +371,8 @@ def compile_job(doc: Document, text: str, overrides: dict | None, config, defaul
     """Validate and compile; every problem found is reported at once (`JobProblems`), stage by
     stage: the schema, then names, formulas and inputs, then the links between nodes; then the
     settings are resolved."""
-    return _with_settings(_build(doc, text, default_name), overrides, config)
+    return _with_settings(_build(doc, text, default_name, max_grid_points(config)), overrides,
+                          config)
 
 
 def _with_settings(built: Job, overrides: dict | None, config) -> Job:
@@ -369,8 +386,9 @@ def _resolved(job: Job, own: Settings, overrides: dict, config) -> Job:
                                setting_layers=(own, overrides, config))
 
 
-def _build(doc: Document, text: str, default_name: str) -> Job:
-    """The job as its text says, settings not yet resolved (see `compile_job`)."""
+def _build(doc: Document, text: str, default_name: str, max_points: int) -> Job:
+    """The job as its text says, settings not yet resolved (see `compile_job`); a grid of more
+    than `max_points` points (the deployment's limit) is refused."""
     if not isinstance(doc.data, dict):
         kind = "a list" if isinstance(doc.data, list) else f"the {type(doc.data).__name__} value"
         raise JobFileError(f"a job file is a mapping of keys, but this one is {kind}",
@@ -390,7 +408,8 @@ def _build(doc: Document, text: str, default_name: str) -> Job:
     _check_op_budget(formula_nodes, doc)  # before any data file is read or tensor made
     grid = _collect(problems, doc, lambda: build_grid(
         {names.of(raw): value for raw, value in spec.inputs.items()}, spec.grid,
-        lambda path: doc.where(("inputs", *names.raw_path(path))), data_folder(doc.file)))
+        lambda path: doc.where(("inputs", *names.raw_path(path))), data_folder(doc.file),
+        max_points))
     has_tensors = any(is_tensor(value) for value in spec.inputs.values())
     graph = None
     if grid is not None or not has_tensors:  # else shapes would be guesses: checked once they load
@@ -493,7 +512,13 @@ def _schema_problems(exc: ValidationError, doc: Document, base: tuple) -> list[J
 
 def _schema_problem(detail: dict, path: tuple, doc: Document) -> JobFileError:
     label = ".".join(str(p) for p in path) or "job"
-    if detail["type"] == "extra_forbidden":
+    if detail["type"] == "extra_forbidden" and path[:-1] == ("settings",) and \
+            path[-1] in DEPLOYMENT_KEYS:
+        where = doc.where(path, key=True)
+        message = f"'{path[-1]}' is a setting of the deployment, not of a job"
+        hint = ("set it in the config file (configs/default.yaml, or the file named by --config "
+                "or GRADSVC_CONFIG)")
+    elif detail["type"] == "extra_forbidden":
         key = str(detail["loc"][-1])
         where = doc.where(path, key=True)
         message, hint = f"unknown key '{key}'", _unknown_key_hint(key, path, doc)
@@ -684,7 +709,20 @@ CONFIG_SETTLE_S = 2.0
 
 
 def load_config(path: str | Path | None) -> dict:
-    """The settings a config file sets (validated), as a dict of only the keys it names.
+    """The job settings a config file sets (validated), as a dict of only the keys it names (its
+    deployment settings aside: see `max_grid_points`)."""
+    return {k: v for k, v in _config_values(path).items() if k not in DEPLOYMENT_KEYS}
+
+
+def max_grid_points(config: str | Path | None = None) -> int:
+    """The deployment's grid-size limit: `max_grid_points` of the config file (`config`, else
+    the default one), else limits.MAX_GRID_POINTS."""
+    path = config if config is not None else default_config_path()
+    return _config_values(path).get("max_grid_points", limits.MAX_GRID_POINTS)
+
+
+def _config_values(path: str | Path | None) -> dict:
+    """Every setting a config file sets (validated), as a dict of only the keys it names.
 
     Parsed once per version of the file: every `gradsvc.run` reads the config, and parsing it
     was a large share of a warm small job (benchmarks/README.md). A version is the file's (mtime,
@@ -720,7 +758,7 @@ def _read_config(path: str | Path) -> dict:
         return {}
     if not isinstance(doc.data, dict):
         raise JobFileError("a config file is a mapping of settings", where=Location(str(path), 1, 1))
-    return _validate(Settings, doc.data, doc).model_dump(exclude_unset=True)
+    return _validate(ConfigFile, doc.data, doc).model_dump(exclude_unset=True)
 
 
 def resolve_settings(job_settings: Settings, overrides: dict | None, config=None) -> Settings:
@@ -771,5 +809,9 @@ def with_overrides(job: Job, overrides: dict | None, config=None) -> Job:
     if not new and config is None:
         return job
     own, earlier, earlier_config = job.setting_layers or (job.settings, {}, None)
+    if config is not None and job.grid.size > max_grid_points(config):
+        raise LimitError(f"the grid of '{job.name}' has {job.grid.size:,} points, more than the "
+                         f"{max_grid_points(config):,} of {config}", where=Location(job.file),
+                         hint="the limit is the deployment's max_grid_points (its config file)")
     return _resolved(job, own, {**earlier, **new},
                      config if config is not None else earlier_config)

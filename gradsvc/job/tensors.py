@@ -13,7 +13,8 @@ A data file is untrusted input, like the job file itself:
   - a .npy file is parsed here, never by `np.load`: nothing in it can be unpickled.
 
 The generators' values are shared with grid axes (`check_span`, `arange_length`, `generated`):
-the same spec gives the same numbers whether it makes an axis or a tensor.
+the same spec gives the same numbers whether it makes an axis or a tensor (the random ones:
+sampling.py's counter-based generator, the element at flat C-order index k being sample k).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from numpy.lib import format as npy_format
 from .. import limits
 from ..core.tensor_ops import shape_text
 from ..errors import GradsvcError, JobFileError, JobProblems, LimitError, Location
+from .sampling import check_seed, sample_of
 
 Where = Callable[[tuple], Location]  # a data path under `inputs:` -> its place in the job file
 
@@ -81,8 +83,9 @@ def arange_length(name: str, start: float, stop: float, step: float, where: Wher
 
 
 def generated(spec, size) -> np.ndarray:
-    """A generator's values (float64); `size` (a count or a shape) is used by the random ones.
-    Random values come from numpy's default_rng(seed), filled in C order, so a seed names them."""
+    """A generator's values (float64); `size` (a count or a shape) is used by the random ones,
+    whose element at flat (C-order) index k is the counter-based sample at k (sampling.py), so a
+    seed names them, whatever their shape."""
     kind = generator_of(spec)
     if kind == "linspace":
         return np.linspace(*spec.linspace)
@@ -90,10 +93,8 @@ def generated(spec, size) -> np.ndarray:
         return np.logspace(*spec.logspace)
     if kind == "arange":
         return np.arange(*spec.arange, dtype=np.float64)
-    rng = np.random.default_rng(spec.seed)
-    if kind == "uniform":
-        return rng.uniform(*spec.uniform, size=size)
-    return rng.normal(*spec.normal, size=size)
+    shape = (size,) if isinstance(size, int) else tuple(size)
+    return sample_of(spec).span(0, math.prod(shape)).reshape(shape)
 
 
 # --- loading a job's tensor inputs ---
@@ -263,6 +264,7 @@ class _Loader:
             elif spec.normal[1] < 0:
                 raise JobFileError(f"input '{name}': the standard deviation must be >= 0",
                                    where=self.where((name, *at)))
+            check_seed(name, spec.seed, self.where, (name, "tensor", "seed"))
         else:
             shape = (self.one_d_length(name, spec, kind, at),)
             self.claim(name, shape, at)
