@@ -125,7 +125,10 @@ class Execution:
 def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
     """Plan the run, get its kernel from `backend`, stream every chunk into `sink.write`, then
     verify a sample. `sink` is any object with write(start, stop, values, derivatives) and
-    rewind(); `whole` (keeps everything in memory) and `layout` are optional.
+    rewind(); `whole` (keeps everything in memory) and `layout` are optional, and so is the
+    protocol of a store that keeps results by blocks and resumes: prepare(block_shape, ranges,
+    twins) -> the ranges still to compute, and rows(indices) -> the stored rows of points it
+    already holds (for verification).
 
     The rows verification needs are captured as chunks pass, so nothing has to be read back from
     the sink: results can go straight to disk. A kernel whose results disagree with the reference
@@ -136,7 +139,7 @@ def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
     start = time.perf_counter()
     # a sink of gradsvc's own brings the layout it allocated for; any object with `write` will do
     plan = plan_run(job, getattr(sink, "layout", None) or result_layout(job),
-                    getattr(sink, "whole", False))
+                    getattr(sink, "whole", False), blocked=hasattr(sink, "prepare"))
     kernel, reused = backend.kernel(plan)
     compile_s = 0.0 if reused else kernel.compile_s
     source = "this process" if reused else kernel.source
@@ -148,16 +151,28 @@ def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
         compile_s += kernel.compile_s
         source = RECOMPILED
         attempt = _run_and_verify(plan, backend, kernel, sink, None, start)  # progress was shown
-    run_s = attempt.run_s
-    timings = {"compile_s": compile_s, "compiled_from": source,
-               "run_s": run_s, "verify_s": attempt.verify_s,
-               "total_s": time.perf_counter() - start,
-               "points_per_s": job.grid.size / run_s if run_s > 0 else float("inf"),
-               "chunks": -(-job.grid.size // plan.chunk_size),
+    timings = {"compile_s": compile_s, "compiled_from": source, **_run_timings(attempt, start),
+               "chunks": (len(plan.ranges) if plan.ranges is not None
+                          else -(-job.grid.size // plan.chunk_size)),
                "chunks_recomputed_exact": attempt.recomputed,
                "fast_math": kernel.fast_ops,  # the kernel the plan gave it (see engine.plan)
                "quick_compile": kernel.quick}
     return Execution(attempt.report, timings, str(kernel.device), plan.kept)
+
+
+def _run_timings(attempt: "_Attempt", start: float) -> dict:
+    run_s = attempt.run_s
+    return {"run_s": run_s, "verify_s": attempt.verify_s,
+            "total_s": time.perf_counter() - start,
+            "points_per_s": attempt.points / run_s if run_s > 0 else float("inf"),
+            "points_computed": attempt.points}
+
+
+def twins_of(layout: tuple[int, ...]) -> dict[int, int]:
+    """{result index: the earlier result index it is the very same array as}, from a kernel's
+    layout (the seed's dz/da and dz/db are one array: a store keeps it once)."""
+    first: dict[int, int] = {}
+    return {i: first[a] for i, a in enumerate(layout) if first.setdefault(a, i) != i}
 
 
 def _mismatched(report: VerifyReport) -> bool:
@@ -172,16 +187,23 @@ class _Attempt:
     run_s: float
     verify_s: float
     recomputed: int  # chunks recomputed with XLA's own sin/cos
+    points: int  # points computed (a resumed run computes only those a store lacks)
 
 
 def _run_and_verify(plan: ExecutionPlan, backend: Backend, kernel, sink, progress,
                     start: float) -> _Attempt:
-    """Every chunk into the sink, then verification of the captured rows (its time budget is a
-    share of everything since `start`)."""
+    """Every chunk the sink still needs into the sink, then verification of the captured rows
+    (its time budget is a share of everything since `start`)."""
     job = plan.job
-    s, graph, grid = job.settings, job.graph, job.grid
+    s, grid = job.settings, job.grid
+    todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout)) \
+        if hasattr(sink, "prepare") else None
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
-    capture = _Capture(indices, plan.layout, DTYPES[s.dtype])
+    capture = Capture(indices, plan.layout, DTYPES[s.dtype])
+    if todo is not None:
+        capture.fill_from(sink, outside=todo)  # points an earlier, interrupted run stored
+        if progress is not None:
+            progress(grid.size - points_in(todo))
 
     def on_chunk(lo: int, hi: int, values: list, grads: list) -> None:
         sink.write(lo, hi, values, grads)
@@ -190,25 +212,38 @@ def _run_and_verify(plan: ExecutionPlan, backend: Backend, kernel, sink, progres
             progress(hi - lo)
 
     run_start = time.perf_counter()
-    recomputed = backend.run(plan, kernel, on_chunk)
+    recomputed = backend.run(plan, kernel, on_chunk, todo)
     run_s = time.perf_counter() - run_start
     verify_start = time.perf_counter()
-    budget = s.verify_budget * (time.perf_counter() - start)
+    report = verify_capture(plan, capture, indices, sampled,
+                            budget=s.verify_budget * (time.perf_counter() - start))
+    points = grid.size if todo is None else points_in(todo)
+    return _Attempt(report, run_s, time.perf_counter() - verify_start, recomputed, points)
+
+
+def points_in(ranges) -> int:
+    return sum(stop - start for start, stop in ranges)
+
+
+def verify_capture(plan: ExecutionPlan, capture: "Capture", indices: np.ndarray, sampled: bool,
+                   budget: float) -> VerifyReport:
+    """Check the captured rows of `indices` against the reference (and finite differences),
+    within `budget` seconds once the points that must be checked are."""
+    job = plan.job
+    s, graph, grid = job.settings, job.graph, job.grid
     options = dict(factor=s.tolerance.factor, fd_points=s.fd_points, fd_rtol=s.tolerance.fd_rtol,
                    min_points=s.verify_min_points, seed=s.verify_seed)
     if uses_jacobians(graph):  # whether it checks in full depends on its scalar view
         from .verify_jacobians import verify_jacobians  # its reference parts load with it
-        report = verify_jacobians(graph, grid, s.dtype, indices, plan.kept, capture.values,
-                                  capture.derivatives, budget_s=budget, sampled=sampled, **options)
-    else:
-        in_full = not sampled and checks_in_full(graph, len(indices), s.fd_points)
-        values, grads = capture.scalar_rows(len(graph.outputs), len(graph.wrt))
-        report = verify(graph, grid, s.dtype, indices, plan.kept, values, grads,
-                        budget_s=None if in_full else budget, **options)
-    return _Attempt(report, run_s, time.perf_counter() - verify_start, recomputed)
+        return verify_jacobians(graph, grid, s.dtype, indices, plan.kept, capture.values,
+                                capture.derivatives, budget_s=budget, sampled=sampled, **options)
+    in_full = not sampled and checks_in_full(graph, len(indices), s.fd_points)
+    values, grads = capture.scalar_rows(len(graph.outputs), len(graph.wrt))
+    return verify(graph, grid, s.dtype, indices, plan.kept, values, grads,
+                  budget_s=None if in_full else budget, **options)
 
 
-class _Capture:
+class Capture:
     """The rows of chosen point indices, picked out of chunks as they stream past: for each
     kept value and each derivative, an array (chosen points, *its shape)."""
 
@@ -226,6 +261,31 @@ class _Capture:
         rows, local = self.order[a:b], self.sorted[a:b] - lo
         for kept, column in zip(self.values + self.derivatives, list(values) + list(derivatives)):
             kept[rows] = column[local]
+
+    def within(self, ranges) -> np.ndarray:
+        """Which of the chosen points (positions in sorted order) lie in `ranges`."""
+        inside = np.zeros(len(self.sorted), bool)
+        for lo, hi in ranges:
+            a, b = np.searchsorted(self.sorted, [lo, hi])
+            inside[a:b] = True
+        return inside
+
+    def fill_from(self, sink, outside) -> None:
+        """The chosen points outside the ranges `outside`, read back from the sink's store."""
+        stored = ~self.within(outside)
+        if stored.any():
+            self.put(self.sorted[stored], *sink.rows(self.sorted[stored]))
+
+    def rows_of(self, positions: np.ndarray) -> tuple[list, list]:
+        """The captured rows at `positions` of the sorted order (a worker hands its own back)."""
+        rows = self.order[positions]
+        return [v[rows] for v in self.values], [d[rows] for d in self.derivatives]
+
+    def put(self, indices: np.ndarray, values: list, derivatives: list) -> None:
+        """Rows of the points `indices` (sorted, all chosen) captured elsewhere."""
+        rows = self.order[np.searchsorted(self.sorted, indices)]
+        for kept, column in zip(self.values + self.derivatives, list(values) + list(derivatives)):
+            kept[rows] = column
 
     def scalar_rows(self, n_outputs: int, n_wrt: int) -> tuple[np.ndarray, np.ndarray]:
         """A scalar job's rows as the scalar verification takes them: values (points, kept),

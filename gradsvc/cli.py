@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_MISMATCH, EXIT_OK,
-                     EXIT_TERMINATED, GradsvcError, OutputError, internal_error,
+                     EXIT_TERMINATED, GradsvcError, OutputError, UsageError, internal_error,
                      write_failure_words)
 
 
@@ -40,6 +40,11 @@ class DType(str, Enum):
     float64 = "float64"
 
 
+class Executor(str, Enum):
+    local = "local"
+    dask = "dask"
+
+
 class Device(str, Enum):
     cpu = "cpu"
     gpu = "gpu"
@@ -53,6 +58,20 @@ def fail(error: GradsvcError) -> None:
 
 JobFiles = Annotated[list[Path], typer.Argument(help="job files (YAML); - reads one from stdin",
                                                 show_default=False)]
+
+
+def _device_count(text: str) -> int | str:
+    """--devices: a whole number of at least 1, or all (the setting takes either)."""
+    if text == "all":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise typer.BadParameter(f"expected a count of at least 1, or all; got {text!r}")
+
+
+Devices = Annotated[Optional[str], typer.Option(
+    parser=_device_count, metavar="N|all",
+    help="shard each chunk's points over N local devices of the --device kind (all: every one)")]
 
 
 @contextmanager
@@ -88,6 +107,7 @@ def run(
     format: Annotated[Format, typer.Option("--format", "-f", help="table or json")] = Format.table,
     dtype: Annotated[Optional[DType], typer.Option(help="override the job's dtype")] = None,
     device: Annotated[Optional[Device], typer.Option(help="override the job's device")] = None,
+    devices: Devices = None,
     config: Annotated[Optional[Path], typer.Option(help="settings file instead of "
                                                    "configs/default.yaml")] = None,
     verify_points: Annotated[Optional[int], typer.Option(min=1, help="points checked against the "
@@ -102,7 +122,7 @@ def run(
         from .teaching.report import print_table, to_json
 
     overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
-                 "verify_points": verify_points, "chunk_size": chunk_size,
+                 "devices": devices, "verify_points": verify_points, "chunk_size": chunk_size,
                  "compile_cache": compile_cache}
     documents, worst = [], EXIT_OK
     for path in jobs:
@@ -130,12 +150,20 @@ def run(
 def batch(
     paths: Annotated[list[Path], typer.Argument(help="job files and folders of job files",
                                                 show_default=False)],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the results")] =
-    Path("results"),
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="folder for the results, or an "
+                                         "fsspec URL (s3://bucket/results)")] = "results",
     force: Annotated[bool, typer.Option("--force", help="rerun jobs whose results are complete")] =
     False,
     dtype: Annotated[Optional[DType], typer.Option(help="override every job's dtype")] = None,
     device: Annotated[Optional[Device], typer.Option(help="override every job's device")] = None,
+    devices: Devices = None,
+    executor: Annotated[Executor, typer.Option(help="where the points run: this process, or a "
+                                               "Dask cluster (--workers or --scheduler)")] =
+    Executor.local,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="--executor dask: start a local "
+                                                   "cluster of N single-threaded workers")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="--executor dask: the address of a "
+                                                     "running scheduler (tcp://host:8786)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="settings file instead of "
                                                    "configs/default.yaml")] = None,
     compile_cache: Annotated[Optional[str], typer.Option(help="compiled-kernel cache folder, or "
@@ -151,17 +179,18 @@ def batch(
         from .batch import Terminated, exit_code, run_batch, sigterm_as_interrupt, summary_table
 
     overrides = {"dtype": dtype and dtype.value, "device": device and device.value,
-                 "compile_cache": compile_cache}
+                 "devices": devices, "compile_cache": compile_cache}
     try:
-        with sigterm_as_interrupt():  # SIGTERM is handled as Ctrl-C is, for this command only
+        with sigterm_as_interrupt(), executor_for(executor, workers, scheduler) as execute:
             outcomes = run_batch(paths, out_dir, force=force, overrides=overrides, config=config,
-                                 console=err, verify=True if verify_files else None)
+                                 console=err, verify=True if verify_files else None,
+                                 execute=execute)
     except GradsvcError as error:
         fail(error)
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
         err.print(f"interrupted{' by SIGTERM' * terminated}: finished results are kept in "
-                  f"{out_dir}; the job in progress was discarded; run the same command again to "
+                  f"{out_dir}, and so is the unfinished one; run the same command again to "
                   "resume", markup=False)
         raise typer.Exit(code=EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
     for outcome in outcomes:
@@ -171,6 +200,22 @@ def batch(
     out.print(summary_table(outcomes))
     out.print(f"results in {out_dir}/ (batch.json lists every job)", markup=False)
     raise typer.Exit(code=exit_code(outcomes))
+
+
+@contextmanager
+def executor_for(kind: Executor, workers: int | None, scheduler: str | None):
+    """The `execute` a batch runs jobs with: None (this process), or a Dask cluster's for the
+    batch's duration."""
+    if kind is Executor.local:
+        if workers is not None or scheduler is not None:
+            raise UsageError("--workers and --scheduler go with --executor dask",
+                             hint="add --executor dask, or leave them out to run in this process")
+        yield None
+        return
+    with start_up():
+        from .executor.dask_cluster import dask_executor
+    with dask_executor(workers, scheduler) as execute:
+        yield execute
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Tensor jobs through the engine, the plan, result folders and the public API."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -95,16 +96,16 @@ def test_a_batch_stores_tensors_with_their_shapes_and_load_result_reads_them(tmp
     assert done.exit_code == 0, done.stdout + done.stderr
     loaded = gradsvc.load_result(out / "layer", verify=True)
     direct = gradsvc.run(tmp_path / "layer.yaml")
-    assert loaded["values"]["h"].shape == (4, 3, 3)
-    np.testing.assert_array_equal(loaded["grads"]["h"]["W"], direct.grads["h"]["W"])
-    np.testing.assert_array_equal(loaded["hessians"]["loss"]["W"]["b"],
+    assert loaded["h"].dims == ("b", "h_0", "h_1") and loaded["h"].shape == (4, 3, 3)
+    np.testing.assert_array_equal(loaded["dh.dW"].values, direct.grads["h"]["W"])
+    np.testing.assert_array_equal(loaded["d2loss.dW.db"].values,
                                   direct.hessians["loss"]["W"]["b"])
-    np.testing.assert_array_equal(loaded["tensors"]["X"], direct.values["X"][0])
-    summary = loaded["summary"]
+    np.testing.assert_array_equal(loaded["X"].values, direct.values["X"][0])
+    summary = loaded.attrs
     assert summary["shapes"]["h"] == [3, 3] and summary["hessian_outputs"] == ["loss"]
     with open(out / "layer" / "results.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header == ["point", "b", "loss", "dloss/db"]  # tensors live in their .npy files
+    assert header == ["point", "b", "loss", "dloss/db"]  # tensors live in the store only
     assert json.loads((out / "layer" / "summary.json").read_text())["tensor_inputs"] == ["X", "W"]
 
 
@@ -126,11 +127,10 @@ def test_a_batch_rerun_recomputes_a_result_whose_hessian_file_is_gone(tmp_path):
     (tmp_path / "layer.yaml").write_text(LAYER.replace("inputs:", "order: 2\ninputs:"))
     out = tmp_path / "out"
     assert cli("batch", tmp_path / "layer.yaml", "--out", out).exit_code == 0
-    (out / "layer" / "hessians" / "loss" / "W" / "b.npy").unlink()
+    shutil.rmtree(out / "layer" / "d2loss.dW.db")
     again = cli("batch", tmp_path / "layer.yaml", "--out", out)
-    assert again.exit_code == 0 and "hessians/loss/W/b.npy" in again.stdout + again.stderr
-    assert gradsvc.load_result(out / "layer", verify=True)["hessians"]["loss"]["W"]["b"].shape \
-        == (4, 2, 3)
+    assert again.exit_code == 0 and "d2loss.dW.db/ is missing" in again.stdout + again.stderr
+    assert gradsvc.load_result(out / "layer", verify=True)["d2loss.dW.db"].shape == (4, 2, 3)
 
 
 def test_an_input_that_hides_a_function_is_named():

@@ -21,6 +21,7 @@ class Kernel(Protocol):
     device: object
     fast_ops: bool  # holds fast sin/cos (timings.fast_math)
     quick: bool  # compiled without optimisation (timings.quick_compile)
+    layout: tuple[int, ...]  # for each result of plan.layout, which array it is (equal: one array)
 
 
 class Backend(Protocol):
@@ -29,9 +30,10 @@ class Backend(Protocol):
         cache (after a mismatch)."""
 
     def run(self, plan: ExecutionPlan, kernel: Kernel,
-            on_chunk: Callable[[int, int, list, list], None]) -> int:
+            on_chunk: Callable[[int, int, list, list], None], ranges=None) -> int:
         """Every chunk of the plan's points through `kernel`, in order:
-        on_chunk(start, stop, values, derivatives) with the arrays of `plan.layout`. Returns how
+        on_chunk(start, stop, values, derivatives) with the arrays of `plan.layout`; `ranges`:
+        only these (start, stop) chunks of the plan (a resumed or distributed run). Returns how
         many chunks had to be recomputed another way (the report counts them)."""
 
     def forget(self, plan: ExecutionPlan, kernel: Kernel) -> None:

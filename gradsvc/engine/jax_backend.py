@@ -1,10 +1,10 @@
 """The JAX backend: kernels compiled per plan shape and kept, in this process and on disk.
 
-Jobs with the same shape (graph structure, grid lengths, dtype, device, chunk size, kept nodes)
-compile once per process. Least recently used first, and bounded: each compiled kernel holds ~18
-memory mappings of machine code, and a process that ran thousands of distinct graphs (a long fuzz
-campaign did) reached the kernel's limit of 65,530 mappings and XLA crashed. Evicted kernels come
-back from the on-disk executable cache.
+Jobs with the same shape (graph structure, grid lengths, dtype, device and device count, chunk
+size, kept nodes) compile once per process. Least recently used first, and bounded: each compiled
+kernel holds ~18 memory mappings of machine code, and a process that ran thousands of distinct
+graphs (a long fuzz campaign did) reached the kernel's limit of 65,530 mappings and XLA crashed.
+Evicted kernels come back from the on-disk executable cache (those on one device).
 """
 from __future__ import annotations
 
@@ -32,8 +32,11 @@ class JaxBackend:
                             lambda kernel: (*plan.shape, kernel) in _COMPILED,
                             lambda kernel: _on_disk(plan, kernel))
 
-    def kernel(self, plan: ExecutionPlan, fresh: bool = False) -> tuple[Compiled, bool]:
-        key = (*plan.shape, self.choice(plan))  # a kernel of this shape, compiled this way
+    def kernel(self, plan: ExecutionPlan, fresh: bool = False,
+               kind: KernelPlan | None = None) -> tuple[Compiled, bool]:
+        """The plan's kernel, compiled the way `choice` says, or as `kind` says (a Dask worker
+        takes its client's choice: the fast sin/cos or XLA's must be the same in every task)."""
+        key = (*plan.shape, kind or self.choice(plan))  # a kernel of this shape, compiled this way
         with _COMPILED_LOCK:
             have = None if fresh else _COMPILED.get(key)
             if have is not None:
@@ -48,9 +51,13 @@ class JaxBackend:
                 _COMPILED.popitem(last=False)
         return compiled, False
 
-    def run(self, plan: ExecutionPlan, kernel: Compiled, on_chunk: Callable) -> int:
-        recomputed = jaxrun.run_chunks(kernel, plan.job.grid, on_chunk, _exact_twin(plan, kernel))
-        plans.record_run(plan.shape, plan.job.grid.size)
+    def run(self, plan: ExecutionPlan, kernel: Compiled, on_chunk: Callable,
+            ranges=None) -> int:
+        ranges = plan.ranges if ranges is None else ranges
+        recomputed = jaxrun.run_chunks(kernel, plan.job.grid, on_chunk, _exact_twin(plan, kernel),
+                                       ranges)
+        points = plan.job.grid.size if ranges is None else sum(b - a for a, b in ranges)
+        plans.record_run(plan.shape, points)
         return recomputed
 
     def forget(self, plan: ExecutionPlan, kernel: Compiled) -> None:
@@ -67,11 +74,13 @@ def _compile(plan: ExecutionPlan, kernel: KernelPlan, fresh: bool) -> Compiled:
     s, job = plan.job.settings, plan.job
     use_compile_cache(s.compile_cache)
     return jaxrun.compile_graph(job.graph, job.grid, s.dtype, s.device, plan.chunk_size, plan.kept,
-                                kernel.fast, fresh=fresh, quick=kernel.quick)
+                                kernel.fast, fresh=fresh, quick=kernel.quick, devices=plan.devices)
 
 
 def _on_disk(plan: ExecutionPlan, kernel: KernelPlan) -> bool:
     s, job = plan.job.settings, plan.job
+    if plan.devices > 1:  # sharded kernels are not kept on disk (see jaxrun.compile_graph)
+        return False
     use_compile_cache(s.compile_cache)
     device = get_device(s.device, inline=job.grid.size <= plan.chunk_size)
     path = executable_path(executable_key(job.graph, job.grid, s.dtype, device, plan.chunk_size,

@@ -137,13 +137,14 @@ def _implementation(node, fast: bool) -> Callable | None:
 def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast: bool,
                    chunk_size: int, layout: list) -> Callable:
     """f(start, arrays) for the chunk of points start .. start + chunk_size - 1; `arrays` are the
-    grid's axes, then its tensor inputs (see `device_arrays`).
+    grid's held axes, then its tensor inputs (see `device_axes`).
 
     The coordinates are made on the device from the point index (product grids: digit j of the
     index in the mixed radix of the axis lengths, looked up in the axis; zip grids: a slice of the
-    axis, padded on the host to whole chunks), so no coordinates cross from the host per chunk.
-    Indices past the end repeat the last point (padding). Tensor inputs are the same at every
-    point: they are not vmapped.
+    axis, padded on the host to whole chunks; a zip grid's random input: its sample at the index,
+    generated here, so nothing of it is held or copied), so no coordinates cross from the host
+    per chunk. Indices past the end repeat the last point (padding). Tensor inputs are the same
+    at every point: they are not vmapped.
 
     Results that are the very same traced value (the seed's dz/da and dz/db are both c*d) are
     returned once: distinct outputs would make XLA copy one into a second buffer. `layout` is
@@ -151,23 +152,25 @@ def chunk_function(graph: Graph, grid: Grid, dtype, kept: tuple[str, ...], fast:
     array.
     """
     per_point = _per_point(graph, grid, dtype, kept, fast)
-    lengths = [len(axis.values) for axis in grid.axes]
+    lengths = [len(axis) for axis in grid.axes]
     strides = [int(np.prod(lengths[j + 1:])) for j in range(len(lengths))]
     last = grid.size - 1
     flagged = uses_fast_ops(graph, fast)
-    n_axes = len(grid.axes)
+    n_held = len(grid.held_axes)
 
     def chunk(start, arrays):
-        axes, tensors = arrays[:n_axes], arrays[n_axes:]
+        held, tensors = iter(arrays[:n_held]), arrays[n_held:]
         index = jnp.minimum(start + jnp.arange(chunk_size, dtype=jnp.int64), last)
         columns = []
-        for axis, length, stride in zip(axes, lengths, strides):
-            if length == 1:
-                columns.append(jnp.broadcast_to(axis[0], (chunk_size,)))
+        for axis, length, stride in zip(grid.axes, lengths, strides):
+            if axis.held is None:  # made from the index, in float64 (as the host makes it)
+                columns.append(axis.sample.traced(index).astype(dtype))
+            elif length == 1:
+                columns.append(jnp.broadcast_to(next(held)[0], (chunk_size,)))
             elif grid.mode == "zip":
-                columns.append(jax.lax.dynamic_slice_in_dim(axis, start, chunk_size))
+                columns.append(jax.lax.dynamic_slice_in_dim(next(held), start, chunk_size))
             else:
-                columns.append(axis[(index // stride) % length])
+                columns.append(next(held)[(index // stride) % length])
         one = jnp.where(start >= 0, 1.0, 2.0).astype(dtype)  # always 1: start is never < 0
         in_axes = (None, *[0] * len(columns), *[None] * len(tensors))
         values, grads, flags = jax.vmap(per_point, in_axes=in_axes, axis_size=chunk_size)(
@@ -219,12 +222,68 @@ def get_device(kind: str, inline: bool = False):
     thread (for jobs of one chunk: nothing to overlap, and no thread hand-off to pay)."""
     if kind == "cpu" and inline:
         return _inline_cpu_device()
+    return _devices_of(kind)[0]
+
+
+def _devices_of(kind: str) -> list:
     try:
-        return jax.devices(kind)[0]
+        return jax.devices(kind)
     except RuntimeError:
         have = sorted({d.platform for d in jax.devices()})
         raise DeviceError(f"no JAX {kind} device on this machine (have: {', '.join(have)})",
                           hint=f"install a JAX build with {kind} support, or use --device cpu") from None
+
+
+def device_count(kind: str, wanted) -> int:
+    """How many local devices of `kind` a job's chunks are sharded over: the setting `devices`
+    (a count, or "all"). One device asks nothing of JAX."""
+    if wanted == 1:
+        return 1
+    have = len(_devices_of(kind))
+    if wanted == "all":
+        return have
+    if wanted > have:
+        more = (" (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N set before gradsvc "
+                "starts makes N host devices)") if kind == "cpu" else ""
+        raise DeviceError(f"devices: {wanted} needs {wanted} {kind} devices; this machine has "
+                          f"{have}",
+                          hint=f"use --devices all, or a count up to {have}{more}")
+    return wanted
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a kernel runs: one device, or a 1-D mesh of devices along the points."""
+    device: object  # the (first) device
+    inputs: object  # the inputs' sharding: on the device, or replicated over the mesh
+    mesh: object | None  # None: one device
+
+
+def placement(kind: str, count: int, inline: bool = False) -> Placement:
+    """`count` devices of `kind`; one device may be the inline CPU one (see `get_device`)."""
+    if count == 1:
+        dev = get_device(kind, inline)
+        return Placement(dev, jax.sharding.SingleDeviceSharding(dev), None)
+    mesh = jax.sharding.Mesh(np.array(_devices_of(kind)[:count]), ("points",))
+    return Placement(mesh.devices.flat[0],
+                     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), mesh)
+
+
+def on_every_device(chunk: Callable, mesh, share: int) -> Callable:
+    """A chunk function of `share` points run on every device of `mesh` at once, device k on
+    the points from start + k * share: f(start, arrays) -> (results split along the devices,
+    one range flag per device or None). Each device runs one device's program, on the points
+    that one device's chunk there would hold (see plan.per_device_chunk): the same numbers."""
+    spec = jax.sharding.PartitionSpec
+
+    def chunk_on_device(start, arrays):
+        results, flag = chunk(start + jax.lax.axis_index("points") * share, arrays)
+        return results, (None if flag is None else flag[None])
+    # check_vma off: a device's program is one device's, whose gradients with respect to values
+    # the same on every device (the per-point zeros of intermediates) stay its own, not summed
+    # over the devices as a replicated value's must be
+    return jax.shard_map(chunk_on_device, mesh=mesh, in_specs=(spec(), spec()),
+                         out_specs=(spec("points"), spec("points")), check_vma=False)
 
 
 @dataclass
@@ -242,23 +301,29 @@ class Compiled:
     fast_ops: bool  # whether any fast sin/cos is in the kernel (else its flag needs no reading)
     key: str  # its key in the executable cache
     fresh: bool  # compiled past every cache (ours and JAX's)
+    inputs_at: object  # the sharding its inputs take (one device, or replicated over a mesh)
+    devices: int  # how many devices each chunk's points are sharded over
     exact: "Compiled | None" = None  # the same function with XLA's sin/cos, compiled on first need
     quick: bool = False  # compiled without LLVM's optimisation (QUICK_COMPILE)
 
 
 def compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
                   kept: tuple[str, ...], fast: bool, fresh: bool = False,
-                  quick: bool = False) -> Compiled:
+                  quick: bool = False, devices: int = 1) -> Compiled:
     """Trace, lower and compile the chunk function for one job shape (ahead of time).
 
     With a cache folder, the finished executable is also kept there under a key of everything that
     shapes it: a later process skips tracing and lowering (which JAX's own cache cannot skip).
     `fresh`: nothing comes from a cache, ours or JAX's (for a kernel whose results failed
     verification, which may have come from a damaged entry); the new kernel replaces the entry.
-    `quick`: compiled without LLVM's optimisation (see `plan`).
+    `quick`: compiled without LLVM's optimisation (see `plan`). `devices`: each chunk's points
+    are sharded over this many local devices of the `device` kind (`chunk_size` a multiple of
+    it); such a kernel comes from JAX's compile cache only, since gradsvc's executable cache
+    loads an entry onto one device.
     """
     with _x64():
-        return _compile_graph(graph, grid, dtype, device, chunk_size, kept, fast, fresh, quick)
+        return _compile_graph(graph, grid, dtype, device, chunk_size, kept, fast, fresh, quick,
+                              devices)
 
 
 # XLA's options for a quick compile: its graph optimisations (fusion) still run, LLVM's do not
@@ -277,33 +342,27 @@ def compile_options(graph: Graph, platform: str, quick: bool) -> dict | None:
 
 
 def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size: int,
-                   kept: tuple[str, ...], fast: bool, fresh: bool, quick: bool) -> Compiled:
+                   kept: tuple[str, ...], fast: bool, fresh: bool, quick: bool,
+                   devices: int) -> Compiled:
     fresh = fresh or kcache.cache_folder() is None  # no cache to come from: fresh all the same
-    np_dtype = DTYPES[dtype]
-    dev = get_device(device, inline=grid.size <= chunk_size)
+    place = placement(device, devices, inline=devices == 1 and grid.size <= chunk_size)
     start = time.perf_counter()
-    key = kcache.executable_key(graph, grid, dtype, dev, chunk_size, kept, fast, quick)
+    key = kcache.executable_key(graph, grid, dtype, place.device, chunk_size, kept, fast, quick,
+                                devices)
     n_grads = len(derivative_shapes(graph))
-    n_arrays = len(grid.axes) + len(grid.tensors)
     fast_ops = uses_fast_ops(graph, fast)
-    loaded = None if fresh else kcache.load_executable(key, dev, n_arrays, fast_ops,
-                                                       len(kept) + n_grads)
+    made = partial(Compiled, chunk_size=chunk_size, dtype=dtype, device=place.device, fast=fast,
+                   n_grads=n_grads, fast_ops=fast_ops, key=key, fresh=fresh,
+                   inputs_at=place.inputs, devices=devices, quick=quick)
+    on_disk = devices == 1  # see compile_graph
+    n_arrays = len(grid.held_axes) + len(grid.tensors)
+    loaded = None if fresh or not on_disk else kcache.load_executable(
+        key, place.device, n_arrays, fast_ops, len(kept) + n_grads)
     if loaded is not None:
-        executable, layout = loaded
-        return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast,
-                        layout, "executable cache", n_grads, fast_ops, key, fresh, quick=quick)
-    traced_layout: list = []
-    axes = device_axes(grid, np_dtype, chunk_size)
-    sharding = jax.sharding.SingleDeviceSharding(dev)
-    specs = (jax.ShapeDtypeStruct((), np.int64, sharding=sharding),
-             tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=sharding) for a in axes))
-
-    def build(jax_cache: bool):
-        with kcache.jax_compile_cache(jax_cache):
-            fn = jax.jit(chunk_function(graph, grid, np_dtype, kept, fast, chunk_size,
-                                        traced_layout))
-            return fn.lower(*specs).compile(
-                compiler_options=compile_options(graph, dev.platform, quick))
+        return made(call=loaded[0], layout=loaded[1], source="executable cache",
+                    compile_s=time.perf_counter() - start)
+    build, traced_layout, axes = _builder(graph, grid, DTYPES[dtype], kept, fast, chunk_size,
+                                          quick, place)
     try:
         executable = build(jax_cache=not fresh)
     except Exception:
@@ -311,24 +370,55 @@ def _compile_graph(graph: Graph, grid: Grid, dtype: str, device: str, chunk_size
             raise
         executable = build(jax_cache=False)  # an entry of JAX's cache it could not use
     layout = tuple(traced_layout)
+    if on_disk:
+        executable = _keep_on_disk(key, executable, build, place.device, axes, layout, fast_ops,
+                                   fresh)
+    return made(call=executable, layout=layout, source="compiled",
+                compile_s=time.perf_counter() - start)
+
+
+def _builder(graph: Graph, grid: Grid, np_dtype, kept: tuple[str, ...], fast: bool,
+             chunk_size: int, quick: bool, place: Placement):
+    """build(jax_cache) -> the compiled chunk function; the layout list tracing fills; the input
+    arrays it takes (as `device_axes` makes them)."""
+    traced_layout: list = []
+    axes = device_axes(grid, np_dtype, chunk_size)
+    specs = (jax.ShapeDtypeStruct((), np.int64, sharding=place.inputs),
+             tuple(jax.ShapeDtypeStruct(a.shape, np_dtype, sharding=place.inputs) for a in axes))
+    devices = 1 if place.mesh is None else place.mesh.size
+
+    def build(jax_cache: bool):
+        with kcache.jax_compile_cache(jax_cache):
+            fn = chunk_function(graph, grid, np_dtype, kept, fast, chunk_size // devices,
+                                traced_layout)
+            if place.mesh is not None:
+                fn = on_every_device(fn, place.mesh, chunk_size // devices)
+            return jax.jit(fn).lower(*specs).compile(
+                compiler_options=compile_options(graph, place.device.platform, quick))
+    return build, traced_layout, axes
+
+
+def _keep_on_disk(key: str, executable, build: Callable, dev, axes: list, layout: tuple,
+                  fast_ops: bool, fresh: bool):
+    """Store the executable in gradsvc's cache; returns the executable to run (compiled again
+    past JAX's cache when the one it served would not serialize)."""
     probe = (np.int64(0), tuple(jax.device_put(a, dev) for a in axes))
-    stored = kcache.store_executable(key, executable, dev, probe, n_arrays, layout, fast_ops)
+    stored = kcache.store_executable(key, executable, dev, probe, len(axes), layout, fast_ops)
     if not stored and not fresh:
         # JAX's own cache served this compile, and such an executable does not serialize whole:
         # compile once more past that cache, so that later processes load ours and skip tracing
         executable = build(jax_cache=False)
-        kcache.store_executable(key, executable, dev, probe, n_arrays, layout, fast_ops)
-    return Compiled(executable, chunk_size, dtype, dev, time.perf_counter() - start, fast, layout,
-                    "compiled", n_grads, fast_ops, key, fresh, quick=quick)
+        kcache.store_executable(key, executable, dev, probe, len(axes), layout, fast_ops)
+    return executable
 
 
 def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:
-    """The arrays the chunk function takes: the axes (zip axes padded with their last value to
-    whole chunks, so every chunk is a plain slice; product axes as they are), then the tensor
-    inputs, in the job's dtype."""
+    """The arrays the chunk function takes: the held axes (zip axes padded with their last value
+    to whole chunks, so every chunk is a plain slice; product axes as they are; a zip grid's
+    random inputs are made in the kernel), then the tensor inputs, in the job's dtype."""
     out = []
-    for axis in grid.axes:
-        values = axis.values.astype(np_dtype)
+    for axis in grid.held_axes:
+        values = axis.held.astype(np_dtype)
         if grid.mode == "zip" and len(values) > 1:
             padded = -(-len(values) // chunk_size) * chunk_size
             values = np.concatenate([values, np.repeat(values[-1:], padded - len(values))])
@@ -336,42 +426,45 @@ def device_axes(grid: Grid, np_dtype, chunk_size: int) -> list[np.ndarray]:
     return out + [tensor.astype(np_dtype) for tensor in grid.tensors.values()]
 
 
-_AXES_ON_DEVICE: dict = {}  # (grid, dtype, chunk, device) -> device arrays, for repeated runs
+_AXES_ON_DEVICE: dict = {}  # (grid, dtype, chunk, sharding) -> device arrays, for repeated runs
 
 
 def _axes_on_device(compiled: Compiled, grid: Grid) -> tuple:
-    key = (id(grid), compiled.dtype, compiled.chunk_size, id(compiled.device))
+    # the inputs' sharding names the device (or every device of a mesh) the arrays live on
+    key = (id(grid), compiled.dtype, compiled.chunk_size, compiled.inputs_at)
     cached = _AXES_ON_DEVICE.get(key)
     if cached is None or cached[0] is not grid:
-        arrays = tuple(jax.device_put(a, compiled.device)
+        arrays = tuple(jax.device_put(a, compiled.inputs_at)
                        for a in device_axes(grid, DTYPES[compiled.dtype], compiled.chunk_size))
         # the first chunk's start, already on the device: a one-chunk job then copies nothing in
-        zero = jax.device_put(np.int64(0), compiled.device)
+        zero = jax.device_put(np.int64(0), compiled.inputs_at)
         if len(_AXES_ON_DEVICE) > 8:
             _AXES_ON_DEVICE.clear()
         cached = _AXES_ON_DEVICE[key] = (grid, arrays, zero)
     return cached[1], cached[2]
 
 
-def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable
-               ) -> int:
+def run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable,
+               ranges=None) -> int:
     """Evaluate every point chunk by chunk, calling on_chunk(start, stop, values, grads) with one
     array per kept node and one per (output, wrt) pair.
 
     Chunk k+1 is dispatched before chunk k's results are handed over, so the host writes results
     while the device computes. A chunk whose fast sin/cos saw an argument beyond its accurate range
-    is recomputed with XLA's own (`recompile_exact()` builds that function once). Returns how many
-    chunks were recomputed.
+    is recomputed with XLA's own (`recompile_exact()` builds that function once); on several
+    devices, only the shares of the devices that saw one. `ranges`: only these (start, stop) point
+    ranges, each at most a chunk long (default: the whole grid). Returns how many chunks (one
+    device's) were recomputed.
     """
     with _x64():
-        return _run_chunks(compiled, grid, on_chunk, recompile_exact)
+        return _run_chunks(compiled, grid, on_chunk, recompile_exact, ranges)
 
 
-def _run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable
-                ) -> int:
+def _run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_exact: Callable,
+                ranges=None) -> int:
     axes, zero = _axes_on_device(compiled, grid)
     n, recomputed, pending = compiled.chunk_size, 0, None
-    for start, stop in grid.chunks(n):
+    for start, stop in (grid.chunks(n) if ranges is None else ranges):
         dispatched = (start, stop, compiled.call(np.int64(start) if start else zero, axes))
         if pending is not None:
             recomputed += _deliver(pending, on_chunk, compiled, axes, recompile_exact)
@@ -382,17 +475,53 @@ def _run_chunks(compiled: Compiled, grid: Grid, on_chunk: Callable, recompile_ex
 
 
 def _deliver(pending, on_chunk, compiled: Compiled, axes, recompile_exact) -> int:
+    """Hand a computed chunk on; the shares of it (one per device) whose fast sin/cos saw an
+    argument beyond its accurate range are taken from XLA's own. Returns how many shares."""
     start, stop, (arrays, beyond) = pending
-    redo = compiled.fast_ops and bool(beyond)  # without fast sin/cos there is no flag (None)
-    layout = compiled.layout
-    if redo:
+    count = stop - start
+    # without fast sin/cos there is no flag (None); with it, one per device
+    redo = np.atleast_1d(np.asarray(beyond)) if compiled.fast_ops else np.zeros(1, bool)
+    share = compiled.chunk_size // len(redo)
+    redo = redo[:-(-count // share)]  # the shares of padding only are never handed on
+    if not redo.any():
+        results = _results(compiled, arrays, count)
+    else:
         if compiled.exact is None:
             compiled.exact = recompile_exact()
-        arrays, _ = compiled.exact.call(np.int64(start), axes)
-        layout = compiled.exact.layout
-    count = stop - start
-    host = [np.asarray(a)[:count] for a in arrays]
-    results = [host[i] for i in layout]  # a shared result is one array, named twice
+        results = _results(compiled.exact, compiled.exact.call(np.int64(start), axes)[0], count)
+        if not redo.all():
+            results = _shares_from(_results(compiled, arrays, count), results, redo, share)
     n_values = len(results) - compiled.n_grads
     on_chunk(start, stop, results[:n_values], results[n_values:])
-    return int(redo)
+    return int(redo.sum())
+
+
+def _results(compiled: Compiled, arrays, count: int) -> list[np.ndarray]:
+    host = [_on_host(a, count, compiled.devices) for a in arrays]
+    return [host[i] for i in compiled.layout]  # a shared result is one array, named twice
+
+
+def _shares_from(results: list, exact: list, redo: np.ndarray, share: int) -> list:
+    """`results` with the shares that `redo` marks taken from `exact`."""
+    merged = [np.array(r) for r in results]
+    for k in np.flatnonzero(redo):
+        for into, source in zip(merged, exact):
+            into[k * share:(k + 1) * share] = source[k * share:(k + 1) * share]
+    return merged
+
+
+def _on_host(array, count: int, devices: int) -> np.ndarray:
+    """A result's first `count` points (the rest is padding) as a host array: one device's a
+    view where it can be (CPU), a sharded one copied shard by shard into one array (shards of
+    padding only are not copied at all)."""
+    if devices == 1:
+        return np.asarray(array)[:count]
+    shards = [(s.index[0].start or 0, s.data) for s in array.addressable_shards]
+    shards = [(lo, data) for lo, data in shards if lo < count]
+    for _, data in shards:
+        data.copy_to_host_async()  # every device's copy at once (a GPU's), then one by one
+    out = np.empty((count, *array.shape[1:]), array.dtype)
+    for lo, data in shards:
+        hi = min(lo + data.shape[0], count)
+        out[lo:hi] = np.asarray(data)[:hi - lo]
+    return out

@@ -2,13 +2,14 @@
 serialized executables, which lets a later process skip tracing and lowering too.
 
 An entry is keyed by everything that shapes a kernel: the graph's structure, the op table's JAX
-functions, the grid's shape, dtype, device, chunk size, kept values, fast math, the source of the
-modules that build kernels, and the versions of JAX, jaxlib and gradsvc. An entry is stored only
-after a reloaded copy has computed exactly what the original did. Beside each executable a small
-JSON file holds the key it was made for, its output layout, and one SHA-256 digest of the key, the
-layout and the executable's bytes: an entry is loaded only when all of them agree, and any other
-entry (an edited layout, another job's executable copied over it, a torn or damaged file) is
-removed and the kernel compiled again.
+functions, the grid's shape, dtype, device and device count, chunk size, kept values, fast math,
+the source of the modules that build kernels, and the versions of JAX, jaxlib and gradsvc (a
+kernel sharded over several devices is not stored: an entry loads onto one device). An entry is
+stored only after a reloaded copy has computed exactly what the original did. Beside each
+executable a small JSON file holds the key it was made for, its output layout, and one SHA-256
+digest of the key, the layout and the executable's bytes: an entry is loaded only when all of them
+agree, and any other entry (an edited layout, another job's executable copied over it, a torn or
+damaged file) is removed and the kernel compiled again.
 
 Loading an executable runs code from the cache folder: like JAX's own cache, it must be a folder
 only you can write to. The digest catches damage and mix-ups, not someone who can write there and
@@ -34,6 +35,7 @@ from jax.experimental import serialize_executable
 
 from . import fastmath
 from ..core import ops
+from ..job import sampling
 from ..job.grid import Grid
 from ..core.ir import Graph
 
@@ -44,7 +46,8 @@ def _kernel_source_hash() -> str:
     here = Path(__file__)
     for path in (Path(ops.__file__), Path(ops.__file__).with_name("tensor_ops.py"),
                  Path(fastmath.__file__), here, here.with_name("jaxrun.py"),
-                 here.with_name("jacobians.py"), here.with_name("jaxops.py")):
+                 here.with_name("jacobians.py"), here.with_name("jaxops.py"),
+                 Path(sampling.__file__)):  # a zip grid's random inputs are made in the kernel
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -95,15 +98,14 @@ def jax_compile_cache(enabled: bool = True):
 
 
 def executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
-                   kept: tuple[str, ...], fast: bool, quick: bool = False) -> str:
+                   kept: tuple[str, ...], fast: bool, quick: bool = False, devices: int = 1) -> str:
     from .. import __version__
     import jaxlib
     implementations = sorted({(n.op, repr(n.param), getattr(n.primitive, "jax", "tensor op"))
                               for n in graph.nodes if n.primitive is not None})
-    identity = repr((graph.structure_key(), implementations, grid.mode,
-                     tuple(len(a.values) for a in grid.axes), dtype, dev.platform,
-                     dev.client.platform_version, chunk_size, kept, fast, quick, KERNEL_SOURCE,
-                     jax.__version__, jaxlib.__version__, __version__))
+    identity = repr((graph.structure_key(), implementations, grid.mode, grid.kernel_shape,
+                     dtype, dev.platform, dev.client.platform_version, devices, chunk_size,
+                     kept, fast, quick, KERNEL_SOURCE, jax.__version__, jaxlib.__version__, __version__))
     return hashlib.sha256(identity.encode()).hexdigest()
 
 

@@ -23,7 +23,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .. import limits
 from ..errors import LimitError, Location
 from ..job.spec import Job
 from .jacobians import derivative_shapes
-from .jaxrun import DTYPES, uses_fast_ops
+from .jaxrun import DTYPES, device_count, uses_fast_ops
 
 HOT_POINTS = 3_000_000  # about where a fresh fast kernel's longer compile is repaid
 QUICK_MAX_POINTS = 100_000  # up to here an unoptimised kernel's slower run costs less than it saves
@@ -99,17 +99,40 @@ def chunk_size_for(job: Job, whole: bool, layout: ResultLayout) -> int:
     intermediates runs fastest in chunks whose intermediates stay in cache; a small graph is
     bound by memory traffic, and when the results stay in memory (`whole`) one chunk spares the
     per-chunk dispatch and the copy of chunks into one array per result. Streamed, a chunk holds
-    at most STREAM_CHUNK_NUMBERS numbers: a tensor job's point may return thousands."""
-    size = job.grid.size
+    at most STREAM_CHUNK_NUMBERS numbers: a tensor job's point may return thousands. An automatic
+    chunk may be larger than the grid: `per_device_chunk` fits it to the grid and the devices."""
     if job.settings.chunk_size != "auto":
-        return min(job.settings.chunk_size, size)
+        return min(job.settings.chunk_size, job.grid.size)
     if sum(1 for n in job.graph.nodes if n.primitive is not None) > SMALL_GRAPH_OPS:
         chunk = CACHE_CHUNK
     else:
         chunk = WHOLE_CHUNK if whole else STREAM_CHUNK
     if not whole:
         chunk = min(chunk, max(1, STREAM_CHUNK_NUMBERS // max(1, layout.numbers_per_point())))
-    return min(chunk, size)
+    return chunk
+
+
+# A grid smaller than a chunk per device is split into shares of a multiple of this many points
+SPLIT_MULTIPLE = 8
+
+
+def per_device_chunk(job: Job, chunk: int, devices: int) -> int:
+    """The points each of `devices` computes per call, where one device's chunk is `chunk`.
+
+    A grid that holds a chunk for every device, and any grid whose chunk size is set, gives each
+    device one device's chunk: a call computes `devices` consecutive chunks of one device, each
+    by one device's program, so every point is computed by the same code at the same place of a
+    chunk of the same size, and the numbers are one device's bit for bit. XLA promises nothing
+    across chunk sizes: its CPU kernels with fast sin/cos gave the last point of a 5-point chunk
+    another last bit than a 6-point chunk gives it. A smaller grid is split into even shares
+    rounded up to a multiple of SPLIT_MULTIPLE points, and one device's smaller grid is padded
+    alike, so that no kernel of a grid smaller than a chunk has such an odd size.
+    """
+    size = job.grid.size
+    if job.settings.chunk_size != "auto" or size >= chunk * devices:
+        return chunk
+    share = -(-size // devices)
+    return -(-share // SPLIT_MULTIPLE) * SPLIT_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -119,8 +142,17 @@ class ExecutionPlan:
     jobs that differ only in their inputs' values share a kernel)."""
     job: Job
     layout: ResultLayout
-    chunk_size: int
+    chunk_size: int  # points per call of the kernel, on all its devices together
     shape: tuple
+    # for a sink that stores blocks (`Grid.blocks`): the block shape and each block's points;
+    # None: chunks of chunk_size in order
+    block_shape: tuple[int, ...] | None = None
+    ranges: list[tuple[int, int]] | None = None
+    devices: int = 1  # local devices each chunk's points are sharded over
+
+    def chunks(self) -> list[tuple[int, int]] | Iterator[tuple[int, int]]:
+        """The (start, stop) point ranges the kernel is called on, in order."""
+        return self.ranges if self.ranges is not None else self.job.grid.chunks(self.chunk_size)
 
     @property
     def kept(self) -> tuple[str, ...]:
@@ -138,15 +170,23 @@ def _check_point_size(job: Job, layout: ResultLayout) -> None:
                          "keep fewer values (`keep_values: outputs`) (MAX_RESULT_BYTES)")
 
 
-def plan_run(job: Job, layout: ResultLayout, whole: bool) -> ExecutionPlan:
+def plan_run(job: Job, layout: ResultLayout, whole: bool, blocked: bool = False) -> ExecutionPlan:
     """The plan of one run of `job`, whose results go to a sink that keeps them `whole` in
-    memory or streams them."""
+    memory or streams them; `blocked`: a store chunked by the grid's blocks (each call of the
+    kernel computes one block, so no two writers ever share a chunk)."""
     _check_point_size(job, layout)
-    chunk_size = chunk_size_for(job, whole, layout)
     s, grid = job.settings, job.grid
-    shape = (job.graph.structure_key(), grid.mode, tuple(len(a.values) for a in grid.axes),
-             s.dtype, s.device, chunk_size, layout.kept)
-    return ExecutionPlan(job, layout, chunk_size, shape)
+    devices = device_count(s.device, s.devices)
+    per_device = per_device_chunk(job, chunk_size_for(job, whole, layout), devices)
+    block_shape = ranges = None
+    if blocked:
+        # one device's blocks, `devices` of them at a time: each device computes one of them
+        per_device = max(stop - start for start, stop in grid.blocks(per_device)[1])
+        block_shape, ranges = grid.blocks(per_device * devices)
+    chunk_size = per_device * devices
+    shape = (job.graph.structure_key(), grid.mode, grid.kernel_shape,
+             s.dtype, s.device, devices, chunk_size, layout.kept)
+    return ExecutionPlan(job, layout, chunk_size, shape, block_shape, ranges, devices)
 
 
 def record_run(shape: tuple, points: int) -> None:
@@ -164,12 +204,16 @@ def choose(job: Job, shape: tuple, in_process: Callable[[KernelPlan], bool],
     best = FULL_FAST if job.settings.fast_math and uses_fast_ops(job.graph, True) else FULL
     if job.grid.size + _POINTS_RUN.get(shape, 0) >= HOT_POINTS:
         return best
-    ready = list(dict.fromkeys((best, FULL, QUICK)))
+    # a zip grid's random inputs are made in the kernel, and unoptimised code rounds their
+    # arithmetic otherwise (no fused multiply-adds) than the host's numbers of them (grid.coords),
+    # which verification and the store take for what the kernel saw
+    quick = not job.grid.made_in_kernel
+    ready = [plan for plan in dict.fromkeys((best, FULL, QUICK)) if quick or not plan.quick]
     for where in (in_process, on_disk):
         for plan in ready:
             if where(plan):
                 return plan
-    return QUICK if _small_work(job) else FULL
+    return QUICK if quick and _small_work(job) else FULL
 
 
 def _small_work(job: Job) -> bool:
