@@ -351,8 +351,9 @@ def big_batch(points_big: int) -> dict:
 
 
 def _disk_bytes(folder: Path) -> int:
-    """Bytes of .npy files, each hard-linked file once."""
-    stats = [p.stat() for p in folder.rglob("*.npy")]
+    """Bytes of every file of the results (a Zarr store's chunks and metadata), each hard-linked
+    file once."""
+    stats = [p.stat() for p in folder.rglob("*") if p.is_file()]
     return sum({(s.st_dev, s.st_ino): s.st_size for s in stats}.values())
 
 
@@ -399,7 +400,7 @@ def engine_scale(points_big: int) -> dict:
 
 def verify_share(n: int = 1_000_000) -> dict:
     """What verification costs at 1e6 points with the default policy, through the CLI: its share
-    of the wall time of `gradsvc batch` (results to .npy files) and of `gradsvc run -f json`
+    of the wall time of `gradsvc batch` (results to a Zarr store) and of `gradsvc run -f json`
     (results as JSON text), and of the job's own compile + run + verify time."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

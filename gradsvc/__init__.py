@@ -8,7 +8,8 @@ pure-Python reference backprop and finite differences.
 
 Submodules load on first use, also as attributes (`gradsvc.storage.store.load_result` after a plain
 `import gradsvc`): `gradsvc.errors`, the IR and the reference need only the standard library, the
-job loader adds numpy and pydantic, and only running a job imports JAX.
+job loader adds numpy and pydantic, and only running a job (or making a random input's numbers,
+which JAX's threefry draws) imports JAX.
 """
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""`gradsvc batch`: many jobs, results on disk, progress, resumable.
+"""`gradsvc batch`: many jobs, results in stores, progress, resumable.
 
-Each job runs into its own folder under `--out` (see `store`). A job whose folder already holds a
-complete, intact result for the same job text, settings and gradsvc version is skipped (`force`
-reruns it); a damaged one (a file missing, truncated or changed) is recomputed, saying what was
-wrong. A failing job, whatever the exception, is recorded and the rest go on; `batch.json` in
-`--out` lists every job's outcome, and is written however the batch ends (Ctrl-C, SIGTERM too).
+Each job runs into its own Zarr store under `--out`, a local folder or an fsspec URL (see
+`storage.store`). A job whose folder already holds a complete, intact result for the same job
+text, settings and gradsvc version is skipped (`force` reruns it); a damaged one (an object
+missing, truncated or changed) is recomputed, saying what was wrong; an unfinished one (a killed
+run's) is resumed, computing only the ranges of points it lacks. A failing job, whatever the
+exception, is recorded and the rest go on; `batch.json` in `--out` lists every job's outcome,
+and is written however the batch ends (Ctrl-C, SIGTERM too).
 Jobs with the same graph structure compile once (the compiled function is cached per process, and
 JAX's persistent compilation cache serves later processes).
 """
@@ -30,8 +32,9 @@ from .errors import (EXIT_DEVICE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID,
                      EXIT_MISMATCH, EXIT_OK, EXIT_TERMINATED, BusyError, GradsvcError, UsageError,
                      internal_error, write_failure_words)
 from .job.spec import Job, load_job
-from .storage.store import (remove_stale_temporaries, safe_folder_name, stored_result, write_json_atomic,
-                    write_result)
+from .storage.place import Place, is_url
+from .storage.store import (job_folder, remove_stale_temporaries, safe_folder_name, stored_result,
+                            write_json_atomic, write_result)
 
 JOB_SUFFIXES = (".yaml", ".yml")
 
@@ -67,8 +70,13 @@ def collect_job_files(paths: list[Path]) -> list[Path]:
 
 
 @contextmanager
-def locked(out: Path):
-    """One batch at a time per output folder: two writers would race on the same results."""
+def locked(out):
+    """One batch at a time per local output folder: two writers would race on the same results.
+    An fsspec URL has no lock (object stores have no fcntl): keep one batch per --out there."""
+    if is_url(out):
+        yield
+        return
+    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle = open(out / ".gradsvc.lock", "w")
@@ -126,10 +134,11 @@ def _progress(console: Console) -> Progress:
                     RateColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
-def run_batch(paths: list[Path], out: Path, *, force: bool = False, overrides: dict | None = None,
-              config=None, console: Console | None = None, execute: Callable | None = None,
-              verify: bool | None = None) -> list[JobOutcome]:
-    """Run every job found in `paths` into `out`; returns one outcome per job file.
+def run_batch(paths: list[Path], out: Path | str, *, force: bool = False,
+              overrides: dict | None = None, config=None, console: Console | None = None,
+              execute: Callable | None = None, verify: bool | None = None) -> list[JobOutcome]:
+    """Run every job found in `paths` into `out` (a folder, or an fsspec URL such as
+    `s3://bucket/results`); returns one outcome per job file.
 
     A finished result is reused only if its files are intact: sizes are always checked, checksums
     with `verify=True` (`--verify-files`), or when cheap with the default `verify=None`.
@@ -196,7 +205,8 @@ def _run_all(jobs: dict[str, Job], outcomes: list[JobOutcome], out: Path, force:
                 outcome.status = "interrupted"
                 outcome.exit_code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
                 by = " by SIGTERM" if isinstance(stop, Terminated) else ""
-                outcome.message = f"interrupted{by}: the unfinished result was discarded"
+                outcome.message = (f"interrupted{by}: the unfinished result is kept; running "
+                                   "the batch again resumes it")
                 raise
             except GradsvcError as error:
                 outcome.status = "device" if error.exit_code == EXIT_DEVICE else "invalid"
@@ -213,7 +223,7 @@ def _run_one(job: Job, outcome: JobOutcome, out: Path, force: bool, verify: bool
              console: Console, progress: Progress, overall, execute) -> None:
     """One job: reuse its intact result, or (re)compute it, saying what was wrong with a damaged
     one."""
-    stored = None if force else stored_result(out / outcome.folder, job, verify)
+    stored = None if force else stored_result(job_folder(out, job), job, verify)
     if stored is not None and stored.complete:
         _skip(outcome, stored.summary)
         progress.advance(overall, job.grid.size)
@@ -221,6 +231,9 @@ def _run_one(job: Job, outcome: JobOutcome, out: Path, force: bool, verify: bool
     if stored is not None and stored.damage:
         outcome.repaired = stored.damage
         console.print(f"{outcome.folder}: {stored.damage}; recomputing", markup=False)
+    if stored is not None and stored.unfinished:
+        console.print(f"{outcome.folder}: resuming the unfinished result of an interrupted run",
+                      markup=False)
     task = progress.add_task(job.name, total=job.grid.size)
 
     def advance(points: int) -> None:
@@ -236,8 +249,9 @@ def _run_one(job: Job, outcome: JobOutcome, out: Path, force: bool, verify: bool
 def write_failure(file: str, error: OSError) -> str:
     """One message for a result that could not be written: what happened, and that nothing is lost."""
     return (f"{file}: error: could not write the result: {write_failure_words(error)}\n"
-            "  hint: nothing partial was kept and finished results are untouched; make room (or "
-            "make the folder writable) and rerun the same command to resume")
+            "  hint: finished results are untouched, and this one is kept unfinished (no "
+            "summary.json); make room (or make the folder writable) and rerun the same command: "
+            "it resumes from the ranges already written")
 
 
 def _record(outcome: JobOutcome, summary: dict) -> None:
@@ -255,7 +269,7 @@ def _skip(outcome: JobOutcome, summary: dict) -> None:
 
 def _write_batch_json(out: Path, outcomes: list[JobOutcome]) -> None:
     from .teaching.report import json_safe
-    write_json_atomic(out / "batch.json", {
+    write_json_atomic(f"{Place.of(out).url}/batch.json", {
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "pid": os.getpid(),
         "jobs": json_safe(outcomes),

@@ -1,4 +1,5 @@
-"""`gradsvc batch`: results on disk, atomic folders, resume, failures recorded, interrupts."""
+"""`gradsvc batch`: results in Zarr stores (local or fsspec URLs), resume, failures recorded,
+interrupts."""
 import fcntl
 import json
 import signal
@@ -13,6 +14,7 @@ import gradsvc
 from gradsvc.api import execute as real_execute
 from gradsvc.batch import run_batch
 from gradsvc.errors import EXIT_BUSY, BusyError
+from gradsvc.storage.dataset import per_point, point_coordinate
 from gradsvc.storage.store import load_result
 from conftest import JOBS, ROOT, cli
 
@@ -30,7 +32,7 @@ def batch_out(tmp_path_factory):
     return out, result
 
 
-def test_one_folder_per_job_with_arrays_summary_and_csv(batch_out):
+def test_one_store_per_job_with_arrays_summary_and_csv(batch_out):
     out, result = batch_out
     names = {"seed-chain", "seed-sum-product", "logistic-curve", "rosenbrock-grid",
              "damped-oscillator", "kinks-and-domains", "least-squares", "logistic-regression",
@@ -39,28 +41,30 @@ def test_one_folder_per_job_with_arrays_summary_and_csv(batch_out):
     assert {p.name for p in out.iterdir() if p.is_dir()} == names
     assert "batch summary" in result.stdout
     chain = out / "seed-chain"
-    assert np.load(chain / "values" / "e.npy").tolist() == [24.0]
-    assert np.load(chain / "grads" / "e" / "a.npy").tolist() == [12.0]
+    stored = load_result(chain)
+    assert stored["e"].dims == ("a", "b", "d") and stored["e"].shape == (1, 1, 1)
+    assert stored["e"].values.tolist() == [[[24.0]]] and stored["de.da"].values.item() == 12.0
     assert (chain / "results.csv").read_text().splitlines() == [
         "point,a,b,d,c,e,de/da,de/db,de/dd,de/dc,de/de",
         "0,2.0,3.0,4.0,6.0,24.0,12.0,8.0,6.0,4.0,1.0"]
     summary = json.loads((chain / "summary.json").read_text())
     assert summary["complete"] and summary["status"] == "ok" and summary["dtype"] == "float64"
     assert summary["key"]["content_hash"] == gradsvc.load_job("jobs/seed_chain.yaml").content_hash
-    assert set(summary["versions"]) == {"gradsvc", "jax", "jaxlib", "numpy", "python"}
+    assert set(summary["versions"]) == {"gradsvc", "jax", "jaxlib", "numpy", "zarr", "xarray",
+                                        "python"}
     assert set(summary["timings"]) >= {"compile_s", "run_s", "verify_s", "points_per_s"}
 
 
-def test_disk_arrays_equal_an_in_memory_run(batch_out):
+def test_stored_arrays_equal_an_in_memory_run(batch_out):
     out, _ = batch_out
     loaded = load_result(out / "rosenbrock-grid")
     direct = gradsvc.run("jobs/rosenbrock_grid.yaml")
     for name in ("valley", "f"):
-        np.testing.assert_array_equal(loaded["values"][name], direct.values[name])
-    np.testing.assert_array_equal(loaded["grads"]["f"]["x"], direct.grads["f"]["x"])
-    assert loaded["values"]["f"].reshape(loaded["summary"]["grid"]["shape"]).shape == (41, 31)
-    np.testing.assert_array_equal(loaded["axes"]["x"], np.linspace(-2, 2, 41))
-    np.testing.assert_array_equal(loaded["coords"]["y"], direct.values["y"])
+        np.testing.assert_array_equal(per_point(loaded, name), direct.values[name])
+    np.testing.assert_array_equal(per_point(loaded, "df.dx"), direct.grads["f"]["x"])
+    assert loaded["f"].dims == ("x", "y") and loaded["f"].shape == (41, 31)
+    np.testing.assert_array_equal(loaded["x"].values, np.linspace(-2, 2, 41))
+    np.testing.assert_array_equal(point_coordinate(loaded, "y"), direct.values["y"])
 
 
 def test_rerun_skips_complete_results_without_touching_them(batch_out):
@@ -120,7 +124,7 @@ def test_duplicate_job_names_are_refused_not_overwritten(tmp_path):
     assert "also used by" in outcomes[1].message
 
 
-def test_interrupt_discards_only_the_job_in_progress(tmp_path):
+def test_an_interrupt_keeps_the_finished_results_and_reruns_the_rest(tmp_path):
     calls = []
 
     def interrupting(job, sink, progress=None):
@@ -185,7 +189,7 @@ def test_jobs_with_the_same_graph_structure_compile_once(tmp_path):
     assert [o.status for o in outcomes] == ["ok", "ok"]
     assert outcomes[1].timings["compiled_from"] == "this process"
     assert outcomes[1].timings["compile_s"] == 0.0
-    assert np.load(tmp_path / "out" / "two" / "values" / "z.npy").tolist() == \
+    assert load_result(tmp_path / "out" / "two")["z"].values.ravel().tolist() == \
         pytest.approx([5 * np.sin(1.0), 5 * np.sin(2.0)])
 
 
@@ -204,8 +208,9 @@ def test_a_big_batch_streams_in_bounded_memory(tmp_path):
                           str(job), "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                          text=True, check=True)
     peak_mb = int(out.stdout) / 1024
-    written = sum(p.stat().st_size for p in (tmp_path / "out" / "big").rglob("*.npy"))
-    assert written > 1_000_000_000
+    stored = load_result(tmp_path / "out" / "big", verify=False)
+    assert stored["dz.dd"].shape == (10000, 5000, 1, 1) and stored.attrs["points"] == 50_000_000
+    assert stored["dz.dd"][9999, 4999, 0, 0].values == pytest.approx(4 * 1.5, rel=1e-6)
     assert peak_mb < 700, f"peak RSS {peak_mb:.0f} MB"
 
 
@@ -218,61 +223,60 @@ def test_an_unusable_out_folder_is_a_usage_error(tmp_path, make_out):
 
 
 def test_a_write_failure_is_recorded_with_its_own_exit_code(tmp_path, monkeypatch):
-    """A job whose result cannot be written (here: the disk says it is full) fails alone."""
-    from gradsvc.storage import store
+    """A job whose result cannot be written (here: the disk says it is full) fails alone; what it
+    wrote stays unfinished (no summary.json), and the next batch resumes it."""
+    from gradsvc.storage.sink import ZarrSink
 
-    real = store._NpyColumn.write
+    real = ZarrSink.write
 
-    def full(self, data):
-        if "seed-sum" in str(self.path):
+    def full(self, *args):
+        if self.job.name == "seed-sum-product":
             raise OSError(28, "No space left on device")
-        return real(self, data)
-    monkeypatch.setattr(store._NpyColumn, "write", full)
+        return real(self, *args)
+    monkeypatch.setattr(ZarrSink, "write", full)
     outcomes = run_batch([ROOT / "jobs/seed_chain.yaml", ROOT / "jobs/seed_sum_product.yaml"],
                          tmp_path)
     assert [o.status for o in outcomes] == ["ok", "write error"]
     assert outcomes[1].exit_code == 4 and "the disk is full" in outcomes[1].message
-    assert not (tmp_path / "seed-sum-product").exists() and not list(tmp_path.glob(".*.tmp-*"))
+    assert "rerun the same command: it resumes" in outcomes[1].message
+    assert not (tmp_path / "seed-sum-product" / "summary.json").exists()
+    monkeypatch.setattr(ZarrSink, "write", real)
+    assert [o.status for o in run_batch([ROOT / "jobs"], tmp_path)].count("skipped") == 1
+    assert load_result(tmp_path / "seed-sum-product")["z"].values.item() == 100.0
 
 
-def test_results_that_are_one_array_are_written_once_and_hard_linked(batch_out):
-    """The seed's dz/da, dz/db and dz/dx are all c*d: one file, three names (at 1e8 points the
-    disk is the bottleneck); each name still loads in one line, equal to an in-memory run."""
+def test_results_that_are_one_array_are_stored_once(batch_out):
+    """The seed's dz/da, dz/db and dz/dx are all c*d: the kernel returns one array, the store
+    keeps it once (`same_as` in the attributes), and load_result gives each name, equal to an
+    in-memory run."""
     out, _ = batch_out
-    grads = out / "seed-sum-product" / "grads" / "z"
-    inode = {p.stem: p.stat().st_ino for p in grads.iterdir()}
-    assert inode["a"] == inode["b"] == inode["x"] and len(set(inode.values())) == 5
+    folder = out / "seed-sum-product"
+    stored = {p.name for p in folder.iterdir() if (p / "zarr.json").is_file()}
+    assert {"dz.da", "dz.dc", "dz.dd", "dz.dy", "dz.dz"} <= stored
+    assert not {"dz.db", "dz.dx"} & stored
+    loaded = load_result(folder)
+    assert loaded.attrs["same_as"] == {"dz.db": "dz.da", "dz.dx": "dz.da"}
+    assert loaded["dz.db"].attrs == {"quantity": "gradient", "output": "z", "wrt": "b"}
     direct = gradsvc.run("jobs/seed_sum_product.yaml")
     for name in "abcdxyz":
-        np.testing.assert_array_equal(np.load(grads / f"{name}.npy"), direct.grads["z"][name])
+        np.testing.assert_array_equal(per_point(loaded, f"dz.d{name}"), direct.grads["z"][name])
 
 
-@pytest.mark.parametrize("links", [True, False])
-def test_a_shared_result_that_stops_being_shared_gets_its_own_file(tmp_path, monkeypatch, links):
-    """Sharing is decided at the first chunk; a later chunk that brings two arrays (a chunk
-    recomputed by another kernel could) starts the second file from a copy of the first. Where
-    the file system has no hard links, a shared result is copied."""
-    from gradsvc.storage.store import DiskSink
-    if not links:
-        def no_links(*args):
-            raise OSError(1, "Operation not permitted")
-        monkeypatch.setattr("os.link", no_links)
-    job = gradsvc.job_from_text("inputs: {a: [1.0, 2.0, 3.0, 4.0], b: 2.0}\ngraph: {z: a * b}\n"
-                                "outputs: [z]\nwrt: inputs\nsettings: {dtype: float32}\n")
-    sink = DiskSink(job, tmp_path)
-    shared = np.float32([2, 2])
-    sink.write(0, 2, [np.float32([2, 4])], [shared, shared])
-    sink.write(2, 4, [np.float32([6, 8])], [np.float32([2, 2]), np.float32([3, 4])])
-    sink.close()
-    assert np.load(tmp_path / "grads/z/a.npy").tolist() == [2, 2, 2, 2]
-    assert np.load(tmp_path / "grads/z/b.npy").tolist() == [2, 2, 3, 4]
-    assert np.load(tmp_path / "values/z.npy").tolist() == [2, 4, 6, 8]
-    sink = DiskSink(job, tmp_path / "again")
-    sink.write(0, 4, [np.float32([2, 4, 6, 8])], [np.float32([2, 2, 2, 2])] * 2)
-    sink.close()
-    a, b = tmp_path / "again/grads/z/a.npy", tmp_path / "again/grads/z/b.npy"
-    assert np.load(b).tolist() == [2, 2, 2, 2]
-    assert (a.stat().st_ino == b.stat().st_ino) == links
+def test_a_batch_into_an_fsspec_url_equals_one_on_disk(tmp_path):
+    """`--out memory://...`: the same stores through fsspec (no lock file there), the same
+    numbers as a local batch, and a rerun skips them as it does on disk."""
+    jobs = [ROOT / "jobs/rosenbrock_grid.yaml", ROOT / "jobs/least_squares.yaml"]
+    url = f"memory://{tmp_path.name}/results"
+    assert [o.status for o in run_batch(jobs, url)] == ["ok", "ok"]
+    run_batch(jobs, tmp_path / "local")
+    for name in ("rosenbrock-grid", "least-squares"):
+        remote, local = load_result(f"{url}/{name}"), load_result(tmp_path / "local" / name)
+        assert set(remote.variables) == set(local.variables)
+        for variable in local.variables:
+            np.testing.assert_array_equal(remote[variable].values, local[variable].values)
+    assert [o.status for o in run_batch(jobs, url)] == ["skipped", "skipped"]
+    import fsspec
+    assert not fsspec.filesystem("memory").exists(f"/{tmp_path.name}/results/.gradsvc.lock")
 
 
 def test_the_summary_table_shows_every_job_name_whole_in_80_columns(batch_out):

@@ -44,11 +44,14 @@ def test_two_dimensional_product_grid_draws_heatmaps(tmp_path):
 
 
 def test_result_folder_plots_without_recomputing(tmp_path, monkeypatch):
-    assert cli("batch", "jobs/rosenbrock_grid.yaml", "jobs/kinks_and_domains.yaml",
+    """A store's plot is the job's, pixel for pixel: 2-D heatmaps, 1-D curves, and tensor jobs
+    (curves against a coordinate tensor, the tensor inputs read from the store)."""
+    jobs = [("rosenbrock-grid", "rosenbrock_grid"), ("kinks-and-domains", "kinks_and_domains"),
+            ("functional-trapz", "functional_trapz"), ("least-squares", "least_squares")]
+    assert cli("batch", *(f"jobs/{job}.yaml" for _, job in jobs),
                "--out", tmp_path / "res").exit_code == 0
     fresh = {name: plot(from_job(load_job(f"jobs/{job}.yaml")), tmp_path / f"{name}-job.png")
-             for name, job in [("rosenbrock-grid", "rosenbrock_grid"),
-                               ("kinks-and-domains", "kinks_and_domains")]}
+             for name, job in jobs}
     import gradsvc.api
     monkeypatch.setattr(gradsvc.api, "run", lambda *a, **k: pytest.fail("recomputed"))
     for name, expected in fresh.items():

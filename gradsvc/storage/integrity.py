@@ -1,60 +1,35 @@
-"""What is on disk is checked before it is trusted: each result file's size and CRC-32.
+"""What is stored is checked before it is trusted: every object's size, metadata checksums, and
+the chunks' own crc32c.
 
-Writers record `{relative path: {"bytes": n, "crc32": c}}` as they write (the checksum is taken
-from the bytes on their way out, so nothing is read back); readers check every recorded file's
-size always (a stat per file), and its checksum when asked or when the files are small enough to
-hash in a blink (`CHEAP_TO_VERIFY_BYTES`). The functions take a folder and such records, not a
-layout, so any store of files (one `.npy` per array today, Zarr chunks tomorrow) can use them.
+A finished result records `{key: {"bytes": n}}` for every object of its store in summary.json
+(`files`), and `"crc32"` too for the small ones gradsvc reads whole (the Zarr metadata, results.csv,
+the done markers). Chunk data carries zarr's `crc32c` codec instead: each chunk holds the checksum
+of its own bytes, checked whenever it is read. Readers check every recorded object's size always
+(one listing), the small objects' CRC-32 always (a few kB), and read every chunk through zarr,
+which checks its crc32c, when asked or when the store is small enough to read in a blink
+(`CHEAP_TO_VERIFY_BYTES`).
 """
 from __future__ import annotations
 
-import os
+import itertools
+import math
 import zlib
-from pathlib import Path
+from pathlib import PurePosixPath
 
-# Up to this many recorded bytes, checksums are checked even unasked: hashing them costs less than
-# starting the JAX that would rerun the job (benchmarks/README.md has CRC-32's speed)
+# Up to this many recorded bytes, chunks are read and checked even unasked: that costs less than
+# starting the JAX that would rerun the job
 CHEAP_TO_VERIFY_BYTES = 64 * 2**20
-READ_BLOCK = 4 * 2**20
 
 
-class ChecksummedFile:
-    """A binary file opened for writing that counts and checksums every byte written to it."""
-
-    def __init__(self, path: Path, mode: str = "wb", *, crc32: int = 0, size: int = 0):
-        """`mode="ab"` goes on from an existing file whose checksum and size so far are given."""
-        self.file = open(path, mode)
-        self.crc32, self.size = crc32, size
-
-    def write(self, data) -> int:
-        data = memoryview(data).cast("B")
-        self.crc32 = zlib.crc32(data, self.crc32)
-        self.size += len(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
-        if not self.file.closed:
-            self.file.flush()
-
-    def close(self) -> None:
-        """Flushes to the disk itself before closing: a result is complete only once it is there."""
-        if self.file.closed:
-            return
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-
-    def record(self) -> dict:
-        return {"bytes": self.size, "crc32": self.crc32}
+def record(data: bytes, checksum: bool) -> dict:
+    return {"bytes": len(data), "crc32": zlib.crc32(data)} if checksum else {"bytes": len(data)}
 
 
-def record_of(path: Path) -> dict:
-    """Size and checksum of a file already written (for files small enough to read back)."""
-    crc, size = 0, 0
-    with open(path, "rb") as f:
-        while block := f.read(READ_BLOCK):
-            crc, size = zlib.crc32(block, crc), size + len(block)
-    return {"bytes": size, "crc32": crc}
+def is_chunk(key: str) -> bool:
+    """A chunk of a variable (`z/c/0/3`, `s/c` for a 0-d one), as zarr's default v3 keys name
+    them; anything else is metadata or gradsvc's own small objects."""
+    parts = key.split("/")
+    return len(parts) >= 2 and parts[1] == "c"
 
 
 def recorded_bytes(records: dict[str, dict]) -> int:
@@ -62,51 +37,88 @@ def recorded_bytes(records: dict[str, dict]) -> int:
 
 
 def wants_checksums(records: dict[str, dict], verify: bool | None) -> bool:
-    """`verify` True or False decides; None checks checksums when they are cheap to check."""
+    """`verify` True or False decides; None checks the chunks when that is cheap."""
     if verify is None:
         return recorded_bytes(records) <= CHEAP_TO_VERIFY_BYTES
     return verify
 
 
-def find_damage(folder: Path, records: dict[str, dict], checksums: bool) -> str | None:
-    """The first thing wrong with the recorded files under `folder`, in words, or None.
+def expected_chunks(name: str, shape: list[int], chunks: list[int]) -> list[str]:
+    """The keys of every chunk of a variable (zarr v3's default encoding, `/`-separated)."""
+    counts = [math.ceil(n / c) for n, c in zip(shape, chunks)]
+    if not counts:
+        return [f"{name}/c"]
+    return [f"{name}/c/" + "/".join(map(str, index))
+            for index in itertools.product(*(range(n) for n in counts))]
 
-    Sizes first (cheap: a stat each), so a truncated file is named without hashing the others;
-    then, with `checksums`, contents (a file hard-linked under several names is read once).
-    """
-    for name, record in records.items():
-        if not _inside(name) or not _well_formed(record):
-            return f"summary.json's record of {name!r} is not a file record of this folder"
-        problem = _size_problem(folder, name, record["bytes"])
+
+def unrecorded(summary: dict) -> str | None:
+    """The first object the summary's own variables imply that `files` does not record: a record
+    removed together with its object is damage too."""
+    records = summary["files"]
+    named = ["zarr.json"]
+    for name, v in summary["variables"].items():
+        named.append(f"{name}/zarr.json")
+        named.extend(expected_chunks(name, v["shape"], v["chunks"]))
+    return next((key for key in named if key not in records), None)
+
+
+def find_damage(place, records: dict[str, dict]) -> str | None:
+    """The first thing wrong with the recorded objects of `place` (sizes, then the checksums of
+    the small ones), in words, or None."""
+    for name, rec in records.items():
+        if not _inside(name) or not _well_formed(rec):
+            return f"summary.json's record of {name!r} is not an object record of this result"
+    try:
+        sizes = place.sizes()
+    except OSError as error:
+        return f"{place} cannot be listed: {getattr(error, 'strerror', None) or error}"
+    for name, rec in records.items():
+        problem = _size_problem(sizes, name, rec["bytes"])
         if problem:
             return problem
-    if checksums:
-        seen: set[tuple[int, int]] = set()
-        for name, record in records.items():
-            problem = _checksum_problem(folder / name, name, record, seen)
+    for name, rec in records.items():
+        if "crc32" in rec:
+            problem = _checksum_problem(place, name, rec)
             if problem:
                 return problem
     return None
 
 
+def chunk_damage(place, variables: dict[str, dict]) -> str | None:
+    """Reads every chunk of every variable through zarr, which checks each one's crc32c; the
+    first that fails, in words, or None. One chunk in memory at a time."""
+    import zarr
+    group = zarr.open_group(place.opened, mode="r", zarr_format=3)
+    for name in variables:
+        array = group[name]
+        for index in itertools.product(*(range(n) for n in array.cdata_shape)):
+            try:
+                array.get_block_selection(index)
+            except Exception as error:  # a codec's refusal: crc32c, zstd, a wrong size
+                key = f"{name}/{array.metadata.encode_chunk_key(index)}"
+                why = ("does not match its checksum (crc32c): its contents changed after it "
+                       "was written") if "checksum" in str(error) else f"cannot be read ({error})"
+                return f"{key} {why}"
+    return None
+
+
 def _inside(name: str) -> bool:
-    """A relative path that stays in the folder (a summary is read from disk: trust nothing)."""
-    path = Path(name)
-    return bool(name) and "\x00" not in name and not path.is_absolute() and ".." not in path.parts
+    """A relative key that stays in the folder (a summary is read from disk: trust nothing)."""
+    path = PurePosixPath(name)
+    return (bool(name) and "\x00" not in name and "\\" not in name and not path.is_absolute()
+            and ".." not in path.parts)
 
 
-def _well_formed(record) -> bool:
-    return (isinstance(record, dict) and isinstance(record.get("bytes"), int)
-            and isinstance(record.get("crc32"), int))
+def _well_formed(rec) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("bytes"), int)
+            and isinstance(rec.get("crc32", 0), int))
 
 
-def _size_problem(folder: Path, name: str, expected: int) -> str | None:
-    try:
-        size = (folder / name).stat().st_size
-    except FileNotFoundError:
-        return f"{_missing_part(folder, name)} is missing"
-    except (OSError, ValueError) as error:  # ValueError: a name the OS cannot take
-        return f"{name} cannot be read: {getattr(error, 'strerror', None) or error}"
+def _size_problem(sizes: dict[str, int], name: str, expected: int) -> str | None:
+    size = sizes.get(name)
+    if size is None:
+        return f"{_missing_part(sizes, name)} is missing"
     if size < expected:
         return f"{name} is truncated: {size:,} bytes, expected {expected:,}"
     if size > expected:
@@ -114,25 +126,19 @@ def _size_problem(folder: Path, name: str, expected: int) -> str | None:
     return None
 
 
-def _missing_part(folder: Path, name: str) -> str:
-    """The outermost missing folder on the way to a missing file (`grads/` when it is gone)."""
-    parts = Path(name).parts
-    for depth in range(1, len(parts)):
-        if not (folder.joinpath(*parts[:depth])).is_dir():
-            return "/".join(parts[:depth]) + "/"
+def _missing_part(sizes: dict[str, int], name: str) -> str:
+    """A missing object's variable (`dz.da/`) when all of it is gone, else the object itself."""
+    top = name.split("/")[0] + "/"
+    if "/" in name and not any(key.startswith(top) for key in sizes):
+        return top
     return name
 
 
-def _checksum_problem(path: Path, name: str, record: dict, seen: set) -> str | None:
+def _checksum_problem(place, name: str, rec: dict) -> str | None:
     try:
-        stat = path.stat()
-        identity = (stat.st_dev, stat.st_ino, record["crc32"])
-        if identity in seen:  # the same file under another name (a hard link): checked
-            return None
-        actual = record_of(path)
-    except (OSError, ValueError) as error:
+        data = place.read(name)
+    except OSError as error:
         return f"{name} cannot be read: {getattr(error, 'strerror', None) or error}"
-    seen.add(identity)
-    if actual["crc32"] != record["crc32"]:
+    if zlib.crc32(data) != rec["crc32"]:
         return f"{name} does not match its checksum: its contents changed after it was written"
     return None

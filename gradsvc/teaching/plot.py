@@ -65,26 +65,29 @@ def from_job(job) -> Grids:
 
 
 def from_folder(folder: Path) -> Grids:
+    """What a plot needs from a finished result's store (read, not recomputed)."""
     from ..job.spec import job_from_dict
+    from ..storage.dataset import per_point, point_coordinate
     from ..storage.store import load_result
     if (folder / "batch.json").is_file():
         jobs = sorted(p.name for p in folder.iterdir() if (p / "summary.json").is_file())
         raise UsageError(f"{folder} holds a whole batch; plot one job's folder inside it",
                          hint=f"e.g. {folder / jobs[0]}" if jobs else "run `gradsvc batch` first")
-    r = load_result(folder)
-    s = r["summary"]
+    ds = load_result(folder)
+    s = ds.attrs
     inputs = s["grid"]["inputs"]
-    tensors = r.get("tensors", {})
-    # the graph only: tensor inputs need their shapes here, their values come from the folder
+    tensors = {n: ds[n].values for n in s.get("tensor_inputs", [])}
+    # the graph only: tensor inputs need their shapes here, their values come from the store
     placeholders = {n: {"tensor": {"uniform": [0.0, 1.0], "shape": list(t.shape), "seed": 0}}
                     for n, t in tensors.items()}
     job = job_from_dict({"name": s["name"], "inputs": {**{n: 0.0 for n in inputs}, **placeholders},
                          "graph": s["formulas"], "outputs": s["outputs"], "wrt": s["wrt"]})
-    values = {o: r["values"][o] for o in s["outputs"] if o in r["values"]}
-    values.update({n: r["coords"][n] for n in inputs if n in s["outputs"]})
-    nodes = {n: v for n, v in r["values"].items() if n in job.graph.named} if tensors else {}
-    return Grids(s["name"], s["grid"]["mode"], r["axes"], values, r["grads"], job.graph, nodes,
-                 {n: np.asarray(t) for n, t in tensors.items()})
+    values = {o: per_point(ds, o) for o in s["outputs"] if o in ds}
+    values.update({n: point_coordinate(ds, n) for n in inputs if n in s["outputs"]})
+    grads = {o: {w: per_point(ds, f"d{o}.d{w}") for w in s["wrt"]} for o in s["outputs"]}
+    nodes = {n: per_point(ds, n) for n in s["nodes"] if n in job.graph.named} if tensors else {}
+    axes = {n: np.atleast_1d(ds[n].values) for n in inputs}
+    return Grids(s["name"], s["grid"]["mode"], axes, values, grads, job.graph, nodes, tensors)
 
 
 @dataclass
@@ -131,8 +134,8 @@ def plot(grids: Grids, out: Path) -> Drawn:
     shape = f"a {grids.mode} grid over {len(varying)} varying inputs"
     raise UsageError(f"'{grids.name}' has {shape}; plot draws 1-D grids (one input varies) and "
                      "2-D product grids (two vary)",
-                     hint="use `gradsvc explain --point I` for single points, or load the "
-                     "arrays of a `gradsvc batch` result folder with numpy")
+                     hint="use `gradsvc explain --point I` for single points, or open a "
+                     "`gradsvc batch` result with gradsvc.load_result (an xarray Dataset)")
 
 
 # --- 1-D ---

@@ -41,8 +41,8 @@ def plot_tensors(grids: Grids, out) -> Drawn:
     if len(varying) > 1:
         raise UsageError(f"'{grids.name}' has a {grids.mode} grid over {len(varying)} varying "
                          "inputs; plot draws 1-D grids (one input varies) for jobs with tensors",
-                         hint="fix all but one input to a single value, or load the arrays of a "
-                         "`gradsvc batch` result folder with numpy")
+                         hint="fix all but one input to a single value, or open a `gradsvc "
+                         "batch` result with gradsvc.load_result (an xarray Dataset)")
     x_name = varying[0] if varying else None
     step = max(1, math.ceil(_points(grids) / MAX_LINE_POINTS))
     shown = line_points(grids.axes[x_name], step) if x_name else np.arange(_points(grids))
