@@ -1,0 +1,239 @@
+"""`gradsvc batch --executor dask`: a job's point ranges as tasks on a Dask cluster.
+
+A task is a plain function of small arguments that writes its own output (as in Dask's own
+examples): a run of the plan's blocks of one job. Each worker compiles the job's kernel once (its
+process keeps it; the persistent compile cache may be shared storage), writes its blocks straight
+into the result store and hands back only the rows of the points chosen for verification and how
+long it took. The client plans, prepares the store (which says which blocks an earlier,
+interrupted run already wrote: only the others become tasks), shows progress as tasks finish,
+verifies the gathered rows against the reference and finishes the store.
+
+A worker that dies mid-task: the scheduler runs its tasks elsewhere, and since a block's numbers
+depend only on the job, the rewritten chunks are identical. A client that dies: the next run finds
+the finished blocks in the store and resumes.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..api import Capture, Execution, points_in, twins_of, verify_capture
+from ..engine.jax_backend import JAX
+from ..engine.jaxrun import DTYPES
+from ..engine.plan import ExecutionPlan, KernelPlan, plan_run
+from ..errors import UsageError
+from ..job.spec import Job
+from ..storage.stats import PILOT_POINTS, StatsSink
+from ..verify import candidate_points
+
+TASKS_PER_WORKER = 8  # more tasks than workers: a slow or lost worker delays little
+CONNECT_TIMEOUT_S = 10  # a scheduler that has not answered by then is not there
+MAX_SPAN_POINTS = 1 << 26  # a statistics task's points, at most: a lost task costs little
+
+
+@dataclass
+class TaskDone:
+    """What a task hands back: small, whatever the size of its blocks."""
+    start: int  # its first point (tasks' statistics are merged in point order)
+    indices: np.ndarray  # the chosen points it computed, sorted
+    values: list
+    derivatives: list
+    points: int
+    run_s: float
+    compile_s: float
+    recomputed: int
+    device: str
+    stats: object = None  # keep: stats: the statistics of its points (storage.stats.Stats)
+    edges: tuple | None = None  # ...and the histogram edges they were binned with
+
+
+@dataclass(frozen=True)
+class Span:
+    """Points start .. stop - 1, run in chunks of the plan's size (a statistics task: a grid of
+    1e12 points has too many chunks to list)."""
+    start: int
+    stop: int
+
+    def chunks(self, size: int) -> list[tuple[int, int]]:
+        return [(a, min(a + size, self.stop)) for a in range(self.start, self.stop, size)]
+
+
+def run_blocks(job: Job, sink, ranges, indices: np.ndarray,
+               kind: KernelPlan | None = None) -> TaskDone:
+    """One task, on a worker: the blocks `ranges` (a list of (start, stop), or a `Span`) of
+    `job` into `sink` (a store opened by address, or a fresh statistics sink), capturing the
+    rows of `indices` (sorted) that lie in them, with a kernel compiled as `kind` says."""
+    plan = _plan(job, sink)
+    kernel, reused = JAX.kernel(plan, kind=kind)
+    capture = Capture(indices, plan.layout, DTYPES[job.settings.dtype])
+    if isinstance(ranges, Span):
+        ranges = ranges.chunks(plan.chunk_size)
+
+    def on_chunk(lo: int, hi: int, values: list, derivatives: list) -> None:
+        sink.write(lo, hi, values, derivatives)
+        capture.take(lo, hi, values, derivatives)
+
+    start = time.perf_counter()
+    recomputed = JAX.run(plan, kernel, on_chunk, ranges)
+    values, derivatives = capture.rows_of(np.arange(len(indices)))
+    stats = sink.partial() if hasattr(sink, "partial") else None
+    return TaskDone(ranges[0][0], indices, values, derivatives, points_in(ranges),
+                    time.perf_counter() - start, 0.0 if reused else kernel.compile_s, recomputed,
+                    str(kernel.device), stats, getattr(sink, "edges", None))
+
+
+def _plan(job: Job, sink) -> ExecutionPlan:
+    return plan_run(job, sink.layout, False, blocked=hasattr(sink, "prepare"))
+
+
+def split(ranges: list[tuple[int, int]], tasks: int) -> list[list[tuple[int, int]]]:
+    """`ranges` in order, cut into at most `tasks` runs of consecutive blocks of about equal
+    size."""
+    tasks = max(1, min(tasks, len(ranges)))
+    per = len(ranges) / tasks
+    return [ranges[round(i * per):round((i + 1) * per)] for i in range(tasks)
+            if ranges[round(i * per):round((i + 1) * per)]]
+
+
+class DaskExecutor:
+    """`execute(job, sink, progress)` with the contract of `gradsvc.api.execute`, its blocks run
+    by a Dask cluster: `workers=N` starts a LocalCluster of N single-threaded worker processes
+    for the executor's lifetime, `scheduler="tcp://host:8786"` uses a running cluster."""
+
+    def __init__(self, workers: int | None = None, scheduler: str | None = None,
+                 processes: bool = True):
+        from distributed import Client, LocalCluster
+        if (workers is None) == (scheduler is None):
+            raise UsageError("the dask executor needs --workers N or --scheduler ADDRESS, not both",
+                             hint="--workers 2 starts a local cluster; --scheduler tcp://host:8786 "
+                             "uses a running one (`dask scheduler`, `dask worker`)")
+        self.cluster = None
+        if scheduler is None:
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                        processes=processes, dashboard_address=":0")
+            self.client = Client(self.cluster)
+        else:
+            self.client = _connect(Client, scheduler)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def __call__(self, job: Job, sink, progress=None) -> Execution:
+        start = time.perf_counter()
+        plan = _plan(job, sink)
+        kernel, reused = JAX.kernel(plan)  # the client's own: the layout, the kernel's kind
+        s, grid = job.settings, job.grid
+        indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
+        capture = Capture(indices, plan.layout, DTYPES[s.dtype])
+        if hasattr(sink, "prepare"):  # a store: only the blocks it lacks
+            todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout))
+            capture.fill_from(sink, outside=todo)
+            tasks = split(todo, TASKS_PER_WORKER * self.workers)
+        else:
+            tasks = spans(grid.size, plan.chunk_size, TASKS_PER_WORKER * self.workers)
+        points = sum(_points(task) for task in tasks)
+        if progress is not None:
+            progress(grid.size - points)
+        run_start = time.perf_counter()
+        done = self._run(job, sink, tasks, capture, KernelPlan(kernel.fast, kernel.quick), progress)
+        run_s = time.perf_counter() - run_start
+        for task in done:
+            if len(task.indices):
+                capture.put(task.indices, task.values, task.derivatives)
+            if task.stats is not None:
+                sink.add(task.stats, task.edges)
+        verify_start = time.perf_counter()
+        report = verify_capture(plan, capture, indices, sampled,
+                                budget=s.verify_budget * (time.perf_counter() - start))
+        timings = {"compile_s": 0.0 if reused else kernel.compile_s,
+                   "compiled_from": "this process" if reused else kernel.source,
+                   "worker_compile_s": max((t.compile_s for t in done), default=0.0),
+                   "run_s": run_s, "verify_s": time.perf_counter() - verify_start,
+                   "total_s": time.perf_counter() - start,
+                   "points_per_s": points / run_s if run_s > 0 else float("inf"),
+                   "points_computed": points, "tasks": len(done), "workers": self.workers,
+                   "executor": "dask", "chunks_recomputed_exact": sum(t.recomputed for t in done),
+                   "fast_math": kernel.fast_ops, "quick_compile": kernel.quick}
+        device = done[0].device if done else str(kernel.device)
+        return Execution(report, timings, device, plan.kept)
+
+    def _run(self, job: Job, sink, tasks: list, capture: Capture, kind: KernelPlan,
+             progress) -> list[TaskDone]:
+        """Every task; their results in point order. Statistics tasks need the histogram edges
+        of the grid's first points: the task holding them runs first and the others get its
+        edges."""
+        from distributed import as_completed
+        if not tasks:
+            return []
+        job_future = self.client.scatter(job, broadcast=True)
+
+        def submit(ranges, task_sink):
+            mine = capture.sorted[capture.within(_ranges_of(ranges))]
+            return self.client.submit(run_blocks, job_future, task_sink, ranges, mine, kind,
+                                      pure=False)
+        done = []
+        first = []
+        if hasattr(sink, "partial"):  # keep: stats
+            first = [submit(tasks[0], StatsSink(job, sink.layout)).result()]
+            done += first
+            if progress is not None:
+                progress(first[0].points)
+            tasks = tasks[1:]
+        futures = [submit(ranges, StatsSink(job, sink.layout, first[0].edges) if first else sink)
+                   for ranges in tasks]
+        for future in as_completed(futures):
+            task = future.result()
+            done.append(task)
+            if progress is not None:
+                progress(task.points)
+        return sorted(done, key=lambda task: task.start)
+
+
+def spans(size: int, chunk: int, tasks: int) -> list[Span]:
+    """The grid cut into spans of whole chunks: first the statistics' pilot (the chunks holding
+    the grid's first PILOT_POINTS points: its task runs alone, so it is kept short), then the
+    rest in about `tasks` spans of at most MAX_SPAN_POINTS."""
+    chunks = -(-size // chunk)
+    pilot = min(chunks, -(-PILOT_POINTS // chunk))
+    rest = chunks - pilot
+    per = max(1, -(-rest // max(tasks, -(-rest * chunk // MAX_SPAN_POINTS), 1)))
+    starts = [0] + list(range(pilot, chunks, per))
+    stops = starts[1:] + [chunks]
+    return [Span(a * chunk, min(b * chunk, size)) for a, b in zip(starts, stops)]
+
+
+def _ranges_of(task) -> list[tuple[int, int]]:
+    return [(task.start, task.stop)] if isinstance(task, Span) else task
+
+
+def _points(task) -> int:
+    return points_in(_ranges_of(task))
+
+
+def _connect(client_class, address: str):
+    try:
+        return client_class(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError) as error:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {error}",
+                         hint="start one with `dask scheduler` (and workers with `dask worker "
+                         f"{address}`), or use --workers N for a local cluster") from None
+
+
+@contextmanager
+def dask_executor(workers: int | None = None, scheduler: str | None = None,
+                  processes: bool = True):
+    """A DaskExecutor for the duration of the block (its local cluster stopped afterwards)."""
+    executor = DaskExecutor(workers, scheduler, processes)
+    try:
+        yield executor
+    finally:
+        executor.close()
