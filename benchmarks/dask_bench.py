@@ -1,8 +1,9 @@
 """The Dask executor measured (`make bench`, or `python benchmarks/dask_bench.py` alone).
 
 - Scaling: the medium graph over 1e8 points with `keep: stats`, through `gradsvc batch` in a
-  child process each: in this process's engine, a LocalCluster of one single-threaded worker, and
-  of two. Every process runs XLA single-threaded, so one worker is one core.
+  child process each, pinned to cores with `taskset`: the in-process engine on one core, a
+  LocalCluster of one single-threaded worker on one core, and of two on two cores (client and
+  scheduler share them: they idle while the workers compute).
 - Overhead: the one-worker cluster's run time against the in-process engine's on the same core.
 - Monte Carlo: 1e9 counter-based random samples with `keep: stats` on two workers: points/s and
   the peak resident memory of each worker process.
@@ -47,16 +48,17 @@ def monte_carlo_job(points: int) -> dict:
             "settings": {"keep": "stats", "keep_values": "outputs"}}
 
 
-def _batch(job: dict, folder: Path, *executor: str) -> dict:
-    """`gradsvc batch` of one job in a child process (XLA single-threaded); its summary."""
+def _batch(job: dict, folder: Path, cores: str, *executor: str) -> dict:
+    """`gradsvc batch` of one job in a child process on `cores` (taskset); its summary."""
     import yaml
     path = folder / f"{job['name']}.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     out = folder / "out"
     env = dict(os.environ, XLA_FLAGS=SINGLE_THREAD)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gradsvc", "batch", str(path), "--out", str(out),
-                    "--force", *executor], cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(["taskset", "-c", cores, sys.executable, "-m", "gradsvc", "batch", str(path),
+                    "--out", str(out), "--force", *executor], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
     wall = time.perf_counter() - start
     summary = json.loads((out / job["name"] / "summary.json").read_text())
     return {"run_s": summary["timings"]["run_s"], "wall_s": wall,
@@ -67,9 +69,10 @@ def scaling(points: int) -> dict:
     job = medium_job(points)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, executor in {"in-process": (), "dask-1": ("--executor", "dask", "--workers", "1"),
-                                "dask-2": ("--executor", "dask", "--workers", "2")}.items():
-            rows[label] = _batch(job, Path(tmp), *executor)
+        runs = {"in-process": ("0",), "dask-1": ("0", "--executor", "dask", "--workers", "1"),
+                "dask-2": ("0,1", "--executor", "dask", "--workers", "2")}
+        for label, (cores, *executor) in runs.items():
+            rows[label] = _batch(job, Path(tmp), cores, *executor)
             print(f"medium {points:,} points, {label}: run {rows[label]['run_s']:.2f} s, "
                   f"{rows[label]['points_per_s']:,.0f} points/s", flush=True)
     rows["speedup_2_vs_1_worker"] = rows["dask-1"]["run_s"] / rows["dask-2"]["run_s"]
@@ -82,7 +85,8 @@ def scaling(points: int) -> dict:
 def monte_carlo(points: int, workers: int = 2) -> dict:
     """Through the API in this process (its workers are its children), so that each worker's
     peak RSS can be asked of the worker itself."""
-    os.environ["XLA_FLAGS"] = SINGLE_THREAD  # the workers this process spawns inherit it
+    os.environ["XLA_FLAGS"] = SINGLE_THREAD  # the workers this process spawns inherit it...
+    os.sched_setaffinity(0, set(range(workers)))  # ...and its cores
     import yaml
     from gradsvc.batch import run_batch
     from gradsvc.executor.dask_cluster import DaskExecutor

@@ -113,6 +113,7 @@ def test_a_worker_killed_mid_job_leaves_identical_results(tmp_path):
     runs its tasks on the other, and the store ends up as the in-process batch's."""
     job = write(tmp_path / "jobs", PRODUCT)
     run_batch([job], tmp_path / "here")
+    environ = dict(os.environ)
     executor = DaskExecutor(workers=2)
     try:
         pids = executor.client.run(os.getpid)
@@ -128,6 +129,7 @@ def test_a_worker_killed_mid_job_leaves_identical_results(tmp_path):
         outcomes = run_batch([job], tmp_path / "dask", execute=execute)
     finally:
         executor.close()
+    assert dict(os.environ) == environ  # the nannies' OMP_NUM_THREADS=1 and such are undone
     assert killed == [victim] and not _alive(victim)
     assert [o.status for o in outcomes] == ["ok"], outcomes[0].message
     assert_same_results(tmp_path / "here" / "product", tmp_path / "dask" / "product")

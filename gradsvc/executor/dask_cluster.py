@@ -14,10 +14,12 @@ the finished blocks in the store and resumes.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 
 from ..api import Capture, Execution, points_in, twins_of, verify_capture
@@ -29,6 +31,10 @@ from ..job.spec import Job
 from ..storage.stats import PILOT_POINTS, StatsSink
 from ..verify import candidate_points
 
+# Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap
+# threshold: every chunk's multi-megabyte arrays are then mapped and zeroed afresh, and a worker
+# ran at half the in-process engine's speed (benchmarks/README.md, "Dask executor")
+WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 TASKS_PER_WORKER = 8  # more tasks than workers: a slow or lost worker delays little
 CONNECT_TIMEOUT_S = 10  # a scheduler that has not answered by then is not there
 MAX_SPAN_POINTS = 1 << 26  # a statistics task's points, at most: a lost task costs little
@@ -111,9 +117,12 @@ class DaskExecutor:
                              hint="--workers 2 starts a local cluster; --scheduler tcp://host:8786 "
                              "uses a running one (`dask scheduler`, `dask worker`)")
         self.cluster = None
+        self.environ = dict(os.environ)
         if scheduler is None:
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                        processes=processes, dashboard_address=":0")
+            with dask.config.set(WORKER_ENVIRON):
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                            processes=processes, dashboard_address=":0")
+            _restore_environ(self.environ)
             self.client = Client(self.cluster)
         else:
             self.client = _connect(Client, scheduler)
@@ -122,6 +131,7 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+            _restore_environ(self.environ)
 
     @property
     def workers(self) -> int:
@@ -217,6 +227,14 @@ def _ranges_of(task) -> list[tuple[int, int]]:
 
 def _points(task) -> int:
     return points_in(_ranges_of(task))
+
+
+def _restore_environ(environ: dict) -> None:
+    """Dask's nannies set their workers' variables (OMP_NUM_THREADS, PYTHONHASHSEED, ...) in the
+    process that starts them, which is the caller's: put the caller's environment back."""
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    os.environ.update(environ)
 
 
 def _connect(client_class, address: str):
