@@ -1,7 +1,7 @@
 """gradsvc against its peers, in one process, on the same grid (`make bench`).
 
 For the seed graph z = (a+b)*(c*d) and the "medium" graph (sin, exp, log, tanh, then 8 layers of
-tanh/sqrt/cos), 4 inputs sampled uniformly in [0.5, 2] (a zip grid), gradients of the output with
+tanh/sqrt/cos), 4 inputs of evenly spaced values in [0.5, 2] (a zip grid), gradients of the output with
 respect to the 4 inputs, at 1e4, 1e6 and 1e7 points, float32 and float64:
 
   gradsvc            gradsvc's engine (compiled once; time of the run phase, results in host memory)
@@ -108,11 +108,18 @@ def interleaved_min_times(fns: dict, budget_s: float = 2.0, min_rounds: int = 5,
     return best
 
 
+def spread_inputs(names, n: int) -> dict:
+    """Each input n evenly spaced values in [0.5, 2], in its own order (a zip grid pairs them):
+    held axes, which the peers read as arrays too (random inputs would be drawn in gradsvc's
+    kernel, which is more work than the peers' reading)."""
+    ranges = [[0.5, 2.0], [2.0, 0.5], [0.6, 1.9], [1.9, 0.6]]
+    return {name: {"linspace": [*ranges[i % 4], n]} for i, name in enumerate(names)}
+
+
 def job_dict(graph: str, n: int, dtype: str, keep: str, fast: bool = True) -> dict:
     formula, output = GRAPHS[graph]
     return {"name": f"bench-{graph}", "grid": "zip",
-            "inputs": {name: {"uniform": [0.5, 2.0], "n": n, "seed": i}
-                       for i, name in enumerate("abcd")},
+            "inputs": spread_inputs("abcd", n),
             "graph": formula(), "outputs": [output], "wrt": "inputs",
             "settings": {"dtype": dtype, "keep_values": keep, "fast_math": fast,
                          "verify_points": 64, "fd_points": 4}}
@@ -465,9 +472,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e4,1e6,1e7")
     parser.add_argument("--big", type=float, default=1e8, help="points of the scale run (0: skip)")
     parser.add_argument("--quick", action="store_true", help="small sizes, no scale run")
-    parser.add_argument("--only", choices=["tensor"], help="run one section alone: tensor "
-                        "(benchmarks/tensor_bench.py, about a minute), written to "
-                        "results/tensor.json")
+    parser.add_argument("--only", choices=["tensor", "dask"], help="run one section alone: "
+                        "tensor (benchmarks/tensor_bench.py, about a minute), written to "
+                        "results/tensor.json; dask (benchmarks/dask_bench.py, about 4 minutes), "
+                        "to results/dask.json")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")] if not args.quick else [10_000, 100_000]
     os.chdir(ROOT)
@@ -483,6 +491,12 @@ def main() -> None:
         rows = tensor_bench.tensor_table()
         (RESULTS / "tensor.json").write_text(json.dumps({**report, "tensor": rows}, indent=2))
         print(f"wrote {RESULTS / 'tensor.json'}")
+        return
+    import dask_bench  # benchmarks/dask_bench.py: the Dask executor's scaling and Monte Carlo
+    if args.only == "dask":
+        (RESULTS / "dask.json").write_text(json.dumps({**report, **dask_bench.dask_report()},
+                                                      indent=2))
+        print(f"wrote {RESULTS / 'dask.json'}")
         return
     report["throughput"] = throughput_table(sizes, ["float32", "float64"])
     report["tensor"] = tensor_bench.tensor_table()
@@ -501,6 +515,7 @@ def main() -> None:
     if args.big and not args.quick:
         report["engine_scale"] = engine_scale(int(args.big))
         report["scale"] = big_batch(int(args.big))
+        report["dask"] = dask_bench.dask_report(int(args.big))
     (RESULTS / "bench.json").write_text(json.dumps(report, indent=2))
     plot(report["throughput"], RESULTS / "bench.png")
     print(f"wrote {RESULTS / 'bench.json'} and {RESULTS / 'bench.png'}")

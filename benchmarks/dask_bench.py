@@ -37,15 +37,12 @@ def medium_job(points: int) -> dict:
 
 
 def monte_carlo_job(points: int) -> dict:
-    """A European call's price and its sensitivities (delta, vega) by Monte Carlo: each point a
-    normal sample z, S = S0 exp((r - sigma^2/2) T + sigma sqrt(T) z), payoff max(S - K, 0)."""
-    return {"name": "monte-carlo", "grid": "zip",
-            "inputs": {"z": {"normal": [0.0, 1.0], "n": points, "seed": 1},
-                       "S0": 100.0, "sigma": 0.2, "K": 105.0, "r": 0.03, "T": 1.0},
-            "graph": {"S": "S0 * exp((r - sigma ** 2 / 2) * T + sigma * sqrt(T) * z)",
-                      "payoff": "exp(-r * T) * max(S - K, 0)"},
-            "outputs": ["payoff"], "wrt": ["S0", "sigma"],
-            "settings": {"keep": "stats", "keep_values": "outputs"}}
+    """jobs/option_price.yaml (a European call's price, delta and vega by Monte Carlo) with
+    `points` samples."""
+    import yaml
+    job = yaml.safe_load((ROOT / "jobs" / "option_price.yaml").read_text())
+    job["inputs"]["z"]["n"] = points
+    return job
 
 
 def _batch(job: dict, folder: Path, cores: str, *executor: str) -> dict:
@@ -85,12 +82,25 @@ def scaling(points: int) -> dict:
 def monte_carlo(points: int, workers: int = 2) -> dict:
     """Through the API in this process (its workers are its children), so that each worker's
     peak RSS can be asked of the worker itself."""
+    cores, flags = os.sched_getaffinity(0), os.environ.get("XLA_FLAGS")
     os.environ["XLA_FLAGS"] = SINGLE_THREAD  # the workers this process spawns inherit it...
     os.sched_setaffinity(0, set(range(workers)))  # ...and its cores
+    try:
+        return _monte_carlo(points, workers)
+    finally:
+        os.sched_setaffinity(0, cores)
+        if flags is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = flags
+
+
+def _monte_carlo(points: int, workers: int) -> dict:
     import yaml
     from gradsvc.batch import run_batch
     from gradsvc.executor.dask_cluster import DaskExecutor
     job = monte_carlo_job(points)
+    name = job["name"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mc.yaml"
         path.write_text(yaml.safe_dump(job, sort_keys=False))
@@ -102,7 +112,7 @@ def monte_carlo(points: int, workers: int = 2) -> dict:
             peaks = executor.client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         finally:
             executor.close()
-        stats = json.loads((Path(tmp) / "out" / "monte-carlo" / "summary.json").read_text())["stats"]
+        stats = json.loads((Path(tmp) / "out" / name / "summary.json").read_text())["stats"]
     price = stats["values"]["payoff"]["mean"]
     row = {"points": points, "workers": workers, "status": outcome.status, "wall_s": wall,
            "run_s": outcome.timings["run_s"], "points_per_s": outcome.timings["points_per_s"],
@@ -116,12 +126,16 @@ def monte_carlo(points: int, workers: int = 2) -> dict:
     return row
 
 
+def dask_report(points: int = 10**8, mc_points: int = 10**9) -> dict:
+    return {"scaling": scaling(points), "monte_carlo": monte_carlo(mc_points)}
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=float, default=1e8, help="points of the scaling runs")
     parser.add_argument("--mc-points", type=float, default=1e9, help="Monte Carlo samples")
     args = parser.parse_args()
-    report = {"scaling": scaling(int(args.points)), "monte_carlo": monte_carlo(int(args.mc_points))}
+    report = dask_report(int(args.points), int(args.mc_points))
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "dask.json").write_text(json.dumps(report, indent=2))

@@ -96,9 +96,9 @@ def random_graph(n_nodes: int, seed: int = 0) -> RandomGraph:
 
 
 def job_dict(graph: RandomGraph, fast: bool, points: int = POINTS, wrt="inputs") -> dict:
+    from bench import spread_inputs  # benchmarks/bench.py, beside this script
     return {"name": f"random-{len(graph.nodes)}", "grid": "zip",
-            "inputs": {name: {"uniform": [0.5, 2.0], "n": points, "seed": i}
-                       for i, name in enumerate(INPUTS)},
+            "inputs": spread_inputs(INPUTS, points),
             "graph": graph.formulas(), "outputs": [graph.output], "wrt": wrt,
             "settings": {"dtype": "float64", "keep_values": "none", "fast_math": fast}}
 
@@ -139,8 +139,9 @@ def _peak_rss_mb() -> float:
 def _hand_jax(graph: RandomGraph, points: int):
     import jax
     import jax.numpy as jnp
-    columns = [jnp.asarray(np.random.default_rng(i).uniform(0.5, 2.0, points))
-               for i in range(len(INPUTS))]
+    from bench import spread_inputs
+    columns = [jnp.asarray(np.linspace(*spec["linspace"]))
+               for spec in spread_inputs(INPUTS, points).values()]
     grad = jax.grad(lambda *x: graph.evaluate(jnp, *x), argnums=tuple(range(len(INPUTS))))
     start = time.perf_counter()
     compiled = jax.jit(jax.vmap(grad)).lower(*columns).compile()

@@ -57,7 +57,7 @@ def tiny_case(seed: int) -> tuple[dict, list[str], list[tuple]]:
             steps.append((name, "binary", op, x, y, k))
         known.append(name)
     points = rng.randint(1, 100)
-    inputs = {names[0]: {"uniform": [0.5, 2.0], "n": points, "seed": seed}}
+    inputs = {names[0]: {"linspace": [0.5, 2.0, points]}}
     inputs.update({n: round(rng.uniform(0.5, 2.0), 3) for n in names[1:]})
     job = {"name": f"tiny{seed}", "inputs": inputs, "graph": graph, "outputs": [steps[-1][0]],
            "wrt": "inputs"}
@@ -89,7 +89,7 @@ def plain_jax_job(job: dict, names: list[str], steps: list[tuple]) -> list[np.nd
     output with respect to the inputs, on the host."""
     import jax
     first = job["inputs"][names[0]]
-    x0 = np.random.default_rng(first["seed"]).uniform(0.5, 2.0, first["n"])
+    x0 = np.linspace(*first["linspace"])
     columns = [x0] + [np.full_like(x0, job["inputs"][n]) for n in names[1:]]
     f = plain_jax_function(names, steps)
     kernel = jax.jit(jax.vmap(jax.value_and_grad(f, argnums=tuple(range(len(names))),

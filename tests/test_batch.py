@@ -37,7 +37,7 @@ def test_one_store_per_job_with_arrays_summary_and_csv(batch_out):
     names = {"seed-chain", "seed-sum-product", "logistic-curve", "rosenbrock-grid",
              "damped-oscillator", "kinks-and-domains", "least-squares", "logistic-regression",
              "mlp-micrograd", "jacobian-forward", "jacobian-reverse",
-             "functional-trapz"}
+             "functional-trapz", "option-price"}
     assert {p.name for p in out.iterdir() if p.is_dir()} == names
     assert "batch summary" in result.stdout
     chain = out / "seed-chain"
@@ -53,6 +53,22 @@ def test_one_store_per_job_with_arrays_summary_and_csv(batch_out):
     assert set(summary["versions"]) == {"gradsvc", "jax", "jaxlib", "numpy", "zarr", "xarray",
                                         "python"}
     assert set(summary["timings"]) >= {"compile_s", "run_s", "verify_s", "points_per_s"}
+
+
+def test_a_stats_job_stores_its_statistics_and_no_arrays(batch_out):
+    """jobs/option_price.yaml keeps statistics only: equal to numpy's over the in-memory run's
+    arrays, the price and delta near Black-Scholes' (7.1281, 0.5024)."""
+    out, _ = batch_out
+    stored = load_result(out / "option-price")
+    assert not stored.data_vars
+    stats = stored.attrs["stats"]
+    run = gradsvc.run("jobs/option_price.yaml")
+    payoff, delta = run.values["payoff"], run.grads["payoff"]["S0"]
+    assert stats["values"]["payoff"]["count"] == payoff.size == 200_000
+    assert stats["values"]["payoff"]["mean"] == pytest.approx(payoff.mean(), rel=1e-12)
+    assert stats["grads"]["payoff"]["S0"]["std"] == pytest.approx(delta.std(), rel=1e-12)
+    assert stats["values"]["payoff"]["min"] == payoff.min() == 0.0
+    assert abs(payoff.mean() - 7.1281) < 0.1 and abs(delta.mean() - 0.5024) < 0.005
 
 
 def test_stored_arrays_equal_an_in_memory_run(batch_out):

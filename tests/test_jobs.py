@@ -15,7 +15,10 @@ def test_every_job_runs_and_verifies(path):
     assert result.exit_code == 0, result.stderr
     verify = doc["verify"]
     assert verify["ok"] and verify["mismatches"] == 0 and verify["fd"]["mismatches"] == 0
-    assert verify["checked_points"] == min(doc["points"], 2000)
+    if doc["points"] <= 2000:  # checked in full
+        assert verify["checked_points"] == doc["points"]
+    else:  # a seeded sample, within the verification budget (first and last point always)
+        assert 0 < verify["checked_points"] <= 2000 and verify["sampled"]
     assert verify["fd"]["checked"] > 0
     assert doc["timings"]["compile_s"] >= 0 and doc["timings"]["points_per_s"] > 0
 
