@@ -196,8 +196,8 @@ def _run_and_verify(plan: ExecutionPlan, backend: Backend, kernel, sink, progres
     (its time budget is a share of everything since `start`)."""
     job = plan.job
     s, grid = job.settings, job.grid
-    todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout)) \
-        if hasattr(sink, "prepare") else None
+    todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout),
+                        kernel=(kernel.fast, kernel.quick)) if hasattr(sink, "prepare") else None
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
     capture = Capture(indices, plan.layout, DTYPES[s.dtype])
     if todo is not None:

@@ -112,6 +112,12 @@ class DeviceError(GradsvcError):
     exit_code = EXIT_DEVICE
 
 
+class ClusterError(GradsvcError):
+    """The Dask cluster could not run a job: its workers kept dying, or the scheduler went away."""
+
+    exit_code = EXIT_DEVICE
+
+
 class ResultError(GradsvcError):
     """A result folder is not a finished, intact gradsvc result (a file missing, truncated or
     changed since it was written, or another result format)."""

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -221,6 +222,14 @@ def test_a_running_scheduler_and_worker_by_address(tmp_path):
     assert outcomes[0].status == "ok", outcomes[0].message
     run_batch([job], tmp_path / "here")
     assert_same_results(tmp_path / "here" / "product", tmp_path / "dask" / "product")
+
+
+def test_a_memory_store_is_refused_for_worker_processes(cluster):
+    """memory:// lives in the client's process: the workers' writes would be lost."""
+    job = write(Path(tempfile.mkdtemp()), PRODUCT)
+    outcomes = run_batch([job], "memory://dask-refused", execute=cluster)
+    assert outcomes[0].status == "invalid" and "memory:// lives in one process" in outcomes[0].message
+    assert outcomes[0].message.count("\n") == 1  # one line and its hint, no traceback
 
 
 def test_no_scheduler_there_is_one_clear_error(monkeypatch):

@@ -94,6 +94,13 @@ def test_batch_folder_points_to_a_job_folder(tmp_path):
     assert "seed-chain" in result.stderr
 
 
+def test_a_statistics_result_says_it_has_nothing_to_plot(tmp_path):
+    cli("batch", "jobs/option_price.yaml", "--out", tmp_path / "res")
+    result = cli("plot", tmp_path / "res" / "option-price", "--out", tmp_path / "p.png")
+    assert result.exit_code == 2 and "holds statistics only (keep: stats)" in result.stderr
+    assert "hint:" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unknown_plot_format(tmp_path):
     result = cli("plot", "jobs/logistic_curve.yaml", "--out", tmp_path / "p.gif")
     assert result.exit_code == 2 and "cannot write a plot as '.gif'" in result.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gradsvc
-from gradsvc.api import execute
+from gradsvc.api import MemorySink, execute
 from gradsvc.errors import ResultError
 from gradsvc.storage.dataset import per_point
 from gradsvc.storage.layout import result_names
@@ -181,6 +181,29 @@ def test_the_sink_resumes_only_missing_ranges_keeps_twins_once_and_travels_pickl
     again.write(*chunks[1][:2], chunks[1][2], [chunks[1][3][0].copy(), *chunks[1][3][1:]])
     again.rewind()
     assert ZarrSink(folder, job).prepare(block_shape, ranges, {}) == ranges
+
+
+def test_a_store_is_resumed_only_by_its_kind_of_kernel_and_finished_only_whole(tmp_path):
+    """Ranges written by a kernel with the fast sin/cos round otherwise than XLA's: a store of
+    another kind of kernel starts anew. Junk in the markers' folder is no marker. A store
+    missing a range (written where this process cannot see it) is never declared complete."""
+    job = gradsvc.job_from_text(SEED + "settings: {keep_values: outputs}\n")
+    block_shape, ranges = job.grid.blocks(4)
+    folder = tmp_path / "seed"
+    chunks = list(_chunks(job, block_shape, ranges))
+    sink = ZarrSink(folder, job)
+    sink.prepare(block_shape, ranges, {2: 1}, kernel=(True, False))
+    sink.write(*chunks[0][:2], chunks[0][2], chunks[0][3])
+    (folder / ".gradsvc" / "done" / "notes.txt~").write_text("an editor's backup")
+    (folder / ".gradsvc" / "done" / "4-8").write_text('{"objects": {')  # torn by a kill
+    assert ZarrSink(folder, job).prepare(block_shape, ranges, {2: 1},
+                                         kernel=(True, False)) == ranges[1:]
+    again = ZarrSink(folder, job)
+    assert again.prepare(block_shape, ranges, {2: 1}, kernel=(False, False)) == ranges
+    again.write(*chunks[0][:2], chunks[0][2], chunks[0][3])
+    with pytest.raises(ResultError, match="2 of 3 ranges of points are not in the store"):
+        again.finish(job, execute(job, MemorySink(job)))
+    assert not (folder / "summary.json").exists()
 
 
 def test_a_job_kept_as_statistics_stores_attributes_only(tmp_path):

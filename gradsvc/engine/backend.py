@@ -19,6 +19,7 @@ class Kernel(Protocol):
     source: str  # where it came from: "compiled", "executable cache", ...
     fresh: bool  # compiled past every cache: a mismatch is not a cache's fault
     device: object
+    fast: bool  # compiled with the fast sin/cos where the graph has them
     fast_ops: bool  # holds fast sin/cos (timings.fast_math)
     quick: bool  # compiled without optimisation (timings.quick_compile)
     layout: tuple[int, ...]  # for each result of plan.layout, which array it is (equal: one array)

@@ -21,9 +21,11 @@ JAX's cache settings are global configuration; gradsvc sets them for its own com
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import platform
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,9 +106,23 @@ def executable_key(graph: Graph, grid: Grid, dtype: str, dev, chunk_size: int,
     implementations = sorted({(n.op, repr(n.param), getattr(n.primitive, "jax", "tensor op"))
                               for n in graph.nodes if n.primitive is not None})
     identity = repr((graph.structure_key(), implementations, grid.mode, grid.kernel_shape,
-                     dtype, dev.platform, dev.client.platform_version, devices, chunk_size,
+                     dtype, dev.platform, dev.client.platform_version, _cpu_features(), devices,
+                     chunk_size,
                      kept, fast, quick, KERNEL_SOURCE, jax.__version__, jaxlib.__version__, __version__))
     return hashlib.sha256(identity.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_features() -> str:
+    """The host CPU's model and instruction-set flags: XLA compiles for the CPU it runs on, and a
+    cache on storage shared by a cluster's machines must not hand an AVX-512 kernel to a machine
+    without it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux: the platform's name is all there is
+        return platform.machine() + platform.processor()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return hashlib.sha256("\n".join(dict.fromkeys(wanted)).encode()).hexdigest()
 
 
 def executable_path(key: str) -> Path | None:

@@ -23,7 +23,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -149,10 +149,6 @@ class ExecutionPlan:
     block_shape: tuple[int, ...] | None = None
     ranges: list[tuple[int, int]] | None = None
     devices: int = 1  # local devices each chunk's points are sharded over
-
-    def chunks(self) -> list[tuple[int, int]] | Iterator[tuple[int, int]]:
-        """The (start, stop) point ranges the kernel is called on, in order."""
-        return self.ranges if self.ranges is not None else self.job.grid.chunks(self.chunk_size)
 
     @property
     def kept(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from ..api import Capture, Execution, points_in, twins_of, verify_capture
 from ..engine.jax_backend import JAX
 from ..engine.jaxrun import DTYPES
 from ..engine.plan import ExecutionPlan, KernelPlan, plan_run
-from ..errors import UsageError
+from ..errors import ClusterError, UsageError
 from ..job.spec import Job
 from ..storage.stats import PILOT_POINTS, StatsSink
 from ..verify import candidate_points
@@ -124,13 +124,21 @@ class DaskExecutor:
             raise UsageError("the dask executor needs --workers N or --scheduler ADDRESS, not both",
                              hint="--workers 2 starts a local cluster; --scheduler tcp://host:8786 "
                              "uses a running one (`dask scheduler`, `dask worker`)")
-        self.cluster = None
-        self.environ = dict(os.environ)
+        self.cluster, self.environ = None, {}
         if scheduler is None:
+            before = dict(os.environ)
             with dask.config.set(WORKER_ENVIRON):
+                # worker processes talk over loopback TCP only (threads: in-process queues)
+                where = {"host": "127.0.0.1"} if processes else {}
                 self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                            processes=processes, dashboard_address=":0")
-            _restore_environ(self.environ)
+                                            processes=processes, dashboard_address="127.0.0.1:0",
+                                            **where)
+            # the nannies set their workers' variables (OMP_NUM_THREADS, PYTHONHASHSEED, ...) in
+            # this process, the caller's: those are put back now and when the cluster closes
+            # (a nanny restarting a dead worker sets them again)
+            self.environ = {name: before.get(name) for name in set(before) | set(os.environ)
+                            if before.get(name) != os.environ.get(name)}
+            _put_back(self.environ)
             self.client = Client(self.cluster)
         else:
             self.client = _connect(Client, scheduler)
@@ -139,7 +147,7 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
-            _restore_environ(self.environ)
+            _put_back(self.environ)
 
     @property
     def workers(self) -> int:
@@ -147,13 +155,18 @@ class DaskExecutor:
 
     def __call__(self, job: Job, sink, progress=None) -> Execution:
         start = time.perf_counter()
+        if getattr(getattr(sink, "place", None), "in_memory", False):
+            raise UsageError("memory:// lives in one process: Dask workers cannot share it",
+                             hint="give --out a folder every worker can reach, or an object "
+                             "store (s3://, gs://); or run in this process")
         plan = _plan(job, sink)
         kernel, reused = JAX.kernel(plan)  # the client's own: the layout, the kernel's kind
         s, grid = job.settings, job.grid
         indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
         capture = Capture(indices, plan.layout, DTYPES[s.dtype])
         if hasattr(sink, "prepare"):  # a store: only the blocks it lacks
-            todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout))
+            todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout),
+                                kernel=(kernel.fast, kernel.quick))
             capture.fill_from(sink, outside=todo)
             tasks = split(todo, TASKS_PER_WORKER * self.workers)
         else:
@@ -162,10 +175,7 @@ class DaskExecutor:
         if progress is not None:
             progress(grid.size - points)
         kind = KernelPlan(kernel.fast, kernel.quick)
-        # every worker compiles (or loads) the kernel at once, before the tasks: compile time is
-        # reported apart from run time, as in this process
-        worker_compile = (self.client.run(compile_kernel, job, sink.layout, kind,
-                                          hasattr(sink, "prepare")) if tasks else {})
+        worker_compile = self._compile_everywhere(job, sink, kind) if tasks else {}
         run_start = time.perf_counter()
         done = self._run(job, sink, tasks, capture, kind, progress)
         run_s = time.perf_counter() - run_start
@@ -190,6 +200,17 @@ class DaskExecutor:
         device = done[0].device if done else str(kernel.device)
         return Execution(report, timings, device, plan.kept)
 
+    def _compile_everywhere(self, job: Job, sink, kind: KernelPlan) -> dict[str, float]:
+        """Every worker compiles (or loads) the kernel at once, before the tasks, so that compile
+        time is reported apart from run time, as in this process: one task pinned to each (a
+        task, not `client.run`, which would block a worker's event loop and its heartbeats)."""
+        workers = list(self.client.scheduler_info().get("workers", {}))
+        blocked = hasattr(sink, "prepare")
+        futures = [self.client.submit(compile_kernel, job, sink.layout, kind, blocked,
+                                      workers=[worker], allow_other_workers=False, pure=False)
+                   for worker in workers]
+        return {worker: _result(future) for worker, future in zip(workers, futures)}
+
     def _run(self, job: Job, sink, tasks: list, capture: Capture, kind: KernelPlan,
              progress) -> list[TaskDone]:
         """Every task; their results in point order. Statistics tasks need the histogram edges
@@ -207,7 +228,7 @@ class DaskExecutor:
         done = []
         first = []
         if hasattr(sink, "partial"):  # keep: stats
-            first = [submit(tasks[0], StatsSink(job, sink.layout)).result()]
+            first = [_result(submit(tasks[0], StatsSink(job, sink.layout)))]
             done += first
             if progress is not None:
                 progress(first[0].points)
@@ -215,7 +236,7 @@ class DaskExecutor:
         futures = [submit(ranges, StatsSink(job, sink.layout, first[0].edges) if first else sink)
                    for ranges in tasks]
         for future in as_completed(futures):
-            task = future.result()
+            task = _result(future)
             done.append(task)
             if progress is not None:
                 progress(task.points)
@@ -243,12 +264,28 @@ def _points(task) -> int:
     return points_in(_ranges_of(task))
 
 
-def _restore_environ(environ: dict) -> None:
-    """Dask's nannies set their workers' variables (OMP_NUM_THREADS, PYTHONHASHSEED, ...) in the
-    process that starts them, which is the caller's: put the caller's environment back."""
-    for name in set(os.environ) - set(environ):
-        del os.environ[name]
-    os.environ.update(environ)
+def _put_back(environ: dict) -> None:
+    """Each variable of `environ` as it was ({name: value, or None where it was not set})."""
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _result(future):
+    """A task's result; a cluster's failure as one clear error (a job's own error as it is)."""
+    from distributed import KilledWorker
+    try:
+        return future.result()
+    except KilledWorker as error:
+        raise ClusterError(f"the Dask workers running a task of this job died, again and again "
+                           f"({error})", hint="a worker's log says why (memory: give workers "
+                           "more, or the job smaller chunks with chunk_size)") from None
+    except (OSError, TimeoutError) as error:  # distributed's CommClosedError is an OSError
+        raise ClusterError(f"lost the Dask scheduler or a worker: {error}",
+                           hint="check that the cluster is running; rerun the same command to "
+                           "resume from the blocks already stored") from None
 
 
 def _connect(client_class, address: str):

@@ -38,6 +38,11 @@ class Place:
         return "file" in _protocols(self.fs)
 
     @property
+    def in_memory(self) -> bool:
+        """memory://: one process's, which no other process reaches."""
+        return "memory" in _protocols(self.fs)
+
+    @property
     def opened(self) -> str:
         """What zarr and xarray open: an absolute path (the same from any working folder: a
         Dask worker's too), or the URL."""

@@ -17,11 +17,13 @@ is in the attributes (`same_as`).
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from contextlib import contextmanager
 
 import numpy as np
 
+from ..errors import ResultError
 from ..job.spec import Job
 from . import integrity
 from .key import FORMAT_VERSION, result_key
@@ -31,6 +33,7 @@ from .place import Place
 from .summary import CSV_MAX_POINTS, build_summary, csv_text, description
 
 DONE = ".gradsvc/done"  # one marker per finished range (zarr ignores what is not its own)
+MARKER = re.compile(r"(\d+)-(\d+)")  # a marker's name: its range's first point and end
 WRITERS = 4  # arrays of a range written at once
 ZSTD_LEVEL = 1  # benchmarks/README.md: faster levels compress worse and run no faster
 
@@ -61,7 +64,11 @@ class ZarrSink:
 
     # --- the protocol ---
 
-    def prepare(self, block_shape, ranges, twins: dict[int, int]) -> list[tuple[int, int]]:
+    def prepare(self, block_shape, ranges, twins: dict[int, int],
+                kernel: tuple = ()) -> list[tuple[int, int]]:
+        """`kernel`: how the kernel was compiled (fast sin/cos, quick): ranges written by another
+        kind of kernel round differently, so a store of another kind is not resumed."""
+        self.kernel = list(kernel)
         self.block_shape = tuple(int(n) for n in block_shape)
         self.ranges = [(int(a), int(b)) for a, b in ranges]
         self.twins = {int(i): int(j) for i, j in twins.items()}
@@ -112,11 +119,20 @@ class ZarrSink:
             for i in range(len(self.names)):
                 name = self.names[self.twins.get(i, i)]
                 if name not in read:
-                    read[name] = np.asarray(opened[name][0][block]).reshape(
+                    read[name] = self._read_block(opened[name][0], block, name).reshape(
                         stop - start, *self.layout.shapes[i])
                 out[i][picked] = read[name][indices[picked] - start]
         n_values = len(self.layout.kept)
         return out[:n_values], out[n_values:]
+
+    def _read_block(self, array, block, name: str) -> np.ndarray:
+        try:
+            return np.asarray(array[block])
+        except ValueError as error:  # zarr's crc32c: the chunk changed since it was written
+            raise ResultError(f"a chunk of {name} in the unfinished result at {self.place} is "
+                              f"damaged ({error})",
+                              hint="rerun with --force: the result is computed from the "
+                              "start") from None
 
     def rewind(self) -> None:
         """Forget every range written: the job is being computed again (every range is rewritten
@@ -129,6 +145,7 @@ class ZarrSink:
         object synced and recorded, then summary.json: from here on the result is complete."""
         if self.fresh or stored_identity(self.place) is None:  # not prepared: no arrays
             self._create(self._identity())
+        self._check_every_range_written()
         variables, same_as = self._variables_record()
         summary = build_summary(job, execution, variables, same_as, extra)
         if self.keeps_arrays and job.grid.size <= CSV_MAX_POINTS:
@@ -143,12 +160,25 @@ class ZarrSink:
         self.place.write_json("summary.json", summary)
         return summary
 
+    def _check_every_range_written(self) -> None:
+        """A result is complete only with every range in it: workers that wrote their ranges
+        where this process cannot see them (a local --out on a cluster) must not leave a store
+        of fill values declared complete."""
+        missing = set(self.ranges) - self._done_ranges() if self.keeps_arrays else set()
+        if missing:
+            raise ResultError(
+                f"{len(missing):,} of {len(self.ranges):,} ranges of points are not in the store "
+                f"at {self.place}: whoever computed them wrote them elsewhere",
+                hint="on a cluster, --out must be storage every worker and this client share (a "
+                "shared file system, s3://, gs://); rerun to compute what is missing")
+
     # --- creating and opening the store ---
 
     def _identity(self) -> dict:
         """What a store must have been made for to be resumed by this run."""
         return _json({"format": FORMAT_VERSION, "key": result_key(self.job),
                       "block_shape": list(self.block_shape), "ranges": len(self.ranges),
+                      "kernel": getattr(self, "kernel", []),
                       "same_as": self._same_as()})
 
     def _same_as(self) -> dict[str, str]:
@@ -220,11 +250,16 @@ class ZarrSink:
         for key in sizes:
             if not key.startswith(DONE + "/"):
                 continue
-            marker = self.place.read_json(key)
+            named = MARKER.fullmatch(key.rsplit("/", 1)[1])
+            if named is None:  # not gradsvc's (an editor's backup, a .DS_Store)
+                continue
+            try:
+                marker = self.place.read_json(key)
+            except ValueError:  # torn by a kill: its range is written again
+                continue
             objects = marker.get("objects") if isinstance(marker, dict) else None
             if isinstance(objects, dict) and all(sizes.get(k) == n for k, n in objects.items()):
-                start, _, stop = key.rsplit("/", 1)[1].partition("-")
-                done.add((int(start), int(stop)))
+                done.add((int(named[1]), int(named[2])))
         return done
 
     # --- finishing ---

@@ -15,9 +15,10 @@ every point of the grid:
 A tensor-valued quantity gets count ... argmax elementwise, arrays of its shape (nested lists in
 JSON), and no histogram: one per element would be BINS numbers for each of its numbers.
 
-Parts combine exactly, whatever the chunks or workers: count, mean and M2 (the sum of squared
-deviations from the mean) by the parallel formula of Chan, Golub and LeVeque (1979), min and max by
-value then index, histograms by adding counts. Memory is O(quantities x BINS) whatever the number of
+Parts combine whatever the chunks or workers: count, mean and M2 (the sum of squared deviations
+from the mean) by the parallel formula of Chan, Golub and LeVeque (1979), min and max by value then
+index, histograms by adding counts. Counts, extremes and histograms are exact; mean and M2 are
+exact up to rounding, whose last bits depend on how the points were grouped. Memory is O(quantities x BINS) whatever the number of
 points; a chunk's update is vectorized numpy over its points.
 
 Histograms merge only if every part bins with the same edges, so the edges cannot come from the

@@ -109,6 +109,8 @@ def write_result(out, job: Job, execute, progress=None) -> Written:
     or format) loses its summary.json first and is cleared; one without (an interrupted run's)
     is resumed by the sink when it is this job's."""
     folder = job_folder(out, job)
+    if folder.exists("summary.json"):  # recomputed: its done ranges must not survive a kill
+        ZarrSink(folder, job).rewind()
     fresh = folder.remove("summary.json")
     if job.settings.keep == "stats":
         return _write_stats(folder, job, execute, progress)

@@ -75,6 +75,10 @@ def from_folder(folder: Path) -> Grids:
                          hint=f"e.g. {folder / jobs[0]}" if jobs else "run `gradsvc batch` first")
     ds = load_result(folder)
     s = ds.attrs
+    if "stats" in s:
+        raise UsageError(f"{folder} holds statistics only (keep: stats): no per-point arrays "
+                         "to plot", hint="its summary.json has them under \"stats\"; rerun the "
+                         "job with keep: arrays (a smaller grid) to plot it")
     inputs = s["grid"]["inputs"]
     tensors = {n: ds[n].values for n in s.get("tensor_inputs", [])}
     # the graph only: tensor inputs need their shapes here, their values come from the store
