@@ -33,7 +33,7 @@ from ..verify import candidate_points
 
 # Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap
 # threshold: every chunk's multi-megabyte arrays are then mapped and zeroed afresh, and a worker
-# ran at half the in-process engine's speed (benchmarks/README.md, "Dask executor")
+# ran at half the in-process engine's speed (benchmarks/README.md, "Past one process")
 WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 TASKS_PER_WORKER = 8  # more tasks than workers: a slow or lost worker delays little
 CONNECT_TIMEOUT_S = 10  # a scheduler that has not answered by then is not there
