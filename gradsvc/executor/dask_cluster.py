@@ -219,7 +219,7 @@ class DaskExecutor:
         from distributed import as_completed
         if not tasks:
             return []
-        job_future = self.client.scatter(job, broadcast=True)
+        job_future = self.client.scatter(job, broadcast=True, hash=False)  # once per worker
 
         def submit(ranges, task_sink):
             mine = capture.sorted[capture.within(_ranges_of(ranges))]
@@ -233,6 +233,8 @@ class DaskExecutor:
             if progress is not None:
                 progress(first[0].points)
             tasks = tasks[1:]
+        else:  # a store's sink holds the job too: it travels once per worker, as the job does
+            sink = self.client.scatter(sink, broadcast=True, hash=False)
         futures = [submit(ranges, StatsSink(job, sink.layout, first[0].edges) if first else sink)
                    for ranges in tasks]
         for future in as_completed(futures):
