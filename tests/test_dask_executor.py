@@ -238,3 +238,39 @@ def test_no_scheduler_there_is_one_clear_error(monkeypatch):
     port = _free_port()
     with pytest.raises(UsageError, match="cannot reach the Dask scheduler"):
         DaskExecutor(scheduler=f"tcp://127.0.0.1:{port}")
+
+
+def test_a_killed_statistics_run_resumes_from_its_saved_spans(tmp_path):
+    """keep: stats through the cluster: each span's statistics are kept in the result's folder
+    as it finishes; a client killed mid-run (its process group, SIGKILL) is resumed computing
+    only the other spans, and the statistics are the uninterrupted run's, bit for bit."""
+    job = write(tmp_path / "jobs", HEAVY.replace("name: heavy", "name: heavy-stats").replace(
+        "keep_values: outputs}", "keep_values: outputs, keep: stats}"))
+    out = tmp_path / "dask"
+    process = subprocess.Popen([sys.executable, "-m", "gradsvc", "batch", str(job), "--out",
+                                str(out), "--executor", "dask", "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    saved = out / "heavy-stats" / ".gradsvc" / "stats"
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(saved.glob("*.npz"))) < 3 and process.poll() is None:
+            assert time.monotonic() < deadline, "no span was saved in 120 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (out / "heavy-stats" / "summary.json").exists(), "it finished: make it bigger"
+    executor = DaskExecutor(workers=2)
+    try:
+        resumed = run_batch([job], out, execute=executor)[0]
+        whole = run_batch([job], tmp_path / "whole", execute=executor)[0]
+    finally:
+        executor.close()
+    total = load_job(job).grid.size
+    assert resumed.status == whole.status == "ok", resumed.message
+    assert 0 < resumed.timings["points_computed"] < total == whole.timings["points_computed"]
+    stats = [gradsvc.load_result(folder / "heavy-stats").attrs["stats"]
+             for folder in (out, tmp_path / "whole")]
+    assert stats[0] == stats[1]
+    assert not saved.exists()  # the finished result keeps only its summary

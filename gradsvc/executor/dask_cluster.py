@@ -14,6 +14,7 @@ the finished blocks in the store and resumes.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from ..engine.jaxrun import DTYPES
 from ..engine.plan import ExecutionPlan, KernelPlan, plan_run
 from ..errors import ClusterError, UsageError
 from ..job.spec import Job
-from ..storage.stats import PILOT_POINTS, StatsSink
+from ..storage.stats import PILOT_POINTS, Checkpoints, StatsSink
 from ..verify import candidate_points
 
 # Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap
@@ -38,6 +39,8 @@ WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 
 TASKS_PER_WORKER = 8  # more tasks than workers: a slow or lost worker delays little
 CONNECT_TIMEOUT_S = 10  # a scheduler that has not answered by then is not there
 MAX_SPAN_POINTS = 1 << 26  # a statistics task's points, at most: a lost task costs little
+STATS_TASKS = 64  # statistics tasks of a grid (more for a huge one), whatever the workers: a
+# killed run's saved spans are the rerun's
 
 
 @dataclass
@@ -67,11 +70,12 @@ class Span:
         return [(a, min(a + size, self.stop)) for a in range(self.start, self.stop, size)]
 
 
-def run_blocks(job: Job, sink, ranges, indices: np.ndarray,
-               kind: KernelPlan | None = None) -> TaskDone:
+def run_blocks(job: Job, sink, ranges, indices: np.ndarray, kind: KernelPlan | None = None,
+               checkpoints: Checkpoints | None = None) -> TaskDone:
     """One task, on a worker: the blocks `ranges` (a list of (start, stop), or a `Span`) of
     `job` into `sink` (a store opened by address, or a fresh statistics sink), capturing the
-    rows of `indices` (sorted) that lie in them, with a kernel compiled as `kind` says."""
+    rows of `indices` (sorted) that lie in them, with a kernel compiled as `kind` says; a
+    statistics task keeps its statistics in `checkpoints` before it returns."""
     plan = _plan(job, sink)
     kernel, reused = JAX.kernel(plan, kind=kind)
     capture = Capture(indices, plan.layout, DTYPES[job.settings.dtype])
@@ -86,6 +90,8 @@ def run_blocks(job: Job, sink, ranges, indices: np.ndarray,
     recomputed = JAX.run(plan, kernel, on_chunk, ranges)
     values, derivatives = capture.rows_of(np.arange(len(indices)))
     stats = sink.partial() if hasattr(sink, "partial") else None
+    if checkpoints is not None:
+        checkpoints.save(ranges[0][0], ranges[-1][1], stats)
     return TaskDone(ranges[0][0], indices, values, derivatives, points_in(ranges),
                     time.perf_counter() - start, 0.0 if reused else kernel.compile_s, recomputed,
                     str(kernel.device), stats, getattr(sink, "edges", None))
@@ -169,21 +175,28 @@ class DaskExecutor:
                                 kernel=(kernel.fast, kernel.quick))
             capture.fill_from(sink, outside=todo)
             tasks = split(todo, TASKS_PER_WORKER * self.workers)
-        else:
-            tasks = spans(grid.size, plan.chunk_size, TASKS_PER_WORKER * self.workers)
+        else:  # keep: stats: spans of the grid, whatever the number of workers
+            tasks = spans(grid.size, plan.chunk_size, STATS_TASKS)
+            checkpoints = _checkpoints(job, sink, plan, tasks)
+            saved = checkpoints.load() if checkpoints is not None else {}
+            tasks = [t for t in tasks if (t.start, t.stop) not in saved]
+            if saved:  # statistics keep no rows: only the points computed now are verified
+                indices = indices[capture_within(indices, [(t.start, t.stop) for t in tasks])]
+                sampled, capture = True, Capture(indices, plan.layout, DTYPES[s.dtype])
         points = sum(_points(task) for task in tasks)
         if progress is not None:
             progress(grid.size - points)
         kind = KernelPlan(kernel.fast, kernel.quick)
         worker_compile = self._compile_everywhere(job, sink, kind) if tasks else {}
         run_start = time.perf_counter()
-        done = self._run(job, sink, tasks, capture, kind, progress)
+        if hasattr(sink, "prepare"):
+            done = self._run(job, sink, tasks, capture, kind, progress)
+        else:
+            done = self._run_stats(job, sink, tasks, capture, kind, progress, checkpoints, saved)
         run_s = time.perf_counter() - run_start
         for task in done:
             if len(task.indices):
                 capture.put(task.indices, task.values, task.derivatives)
-            if task.stats is not None:
-                sink.add(task.stats, task.edges)
         verify_start = time.perf_counter()
         report = verify_capture(plan, capture, indices, sampled,
                                 budget=s.verify_budget * (time.perf_counter() - start))
@@ -213,36 +226,74 @@ class DaskExecutor:
 
     def _run(self, job: Job, sink, tasks: list, capture: Capture, kind: KernelPlan,
              progress) -> list[TaskDone]:
-        """Every task; their results in point order. Statistics tasks need the histogram edges
-        of the grid's first points: the task holding them runs first and the others get its
-        edges."""
-        from distributed import as_completed
+        """Every task of a store's blocks; their results in point order."""
         if not tasks:
             return []
-        job_future = self.client.scatter(job, broadcast=True, hash=False)  # once per worker
+        # the sink holds the job too: each travels once per worker, not with every task
+        job_future = self.client.scatter(job, broadcast=True, hash=False)
+        sink_future = self.client.scatter(sink, broadcast=True, hash=False)
+        return self._gather([self._submit(job_future, sink_future, ranges, capture, kind)
+                             for ranges in tasks], progress)
 
-        def submit(ranges, task_sink):
-            mine = capture.sorted[capture.within(_ranges_of(ranges))]
-            return self.client.submit(run_blocks, job_future, task_sink, ranges, mine, kind,
-                                      pure=False)
+    def _run_stats(self, job: Job, sink, tasks: list, capture: Capture, kind: KernelPlan,
+                   progress, checkpoints, saved: dict) -> list[TaskDone]:
+        """Every statistics task, each with a sink of its own, their statistics merged into
+        `sink` in point order with those an earlier run saved. Histograms need the edges of
+        the grid's first points: the task holding them runs first (or its saved statistics
+        give them), and the others get its edges."""
+        job_future = self.client.scatter(job, broadcast=True, hash=False) if tasks else None
+
+        def submit(span, edges=None):
+            return self._submit(job_future, StatsSink(job, sink.layout, edges), span, capture,
+                                kind, checkpoints)
         done = []
-        first = []
-        if hasattr(sink, "partial"):  # keep: stats
-            first = [_result(submit(tasks[0], StatsSink(job, sink.layout)))]
-            done += first
-            if progress is not None:
-                progress(first[0].points)
+        if tasks and tasks[0].start == 0:  # the pilot
+            done = self._gather([submit(tasks[0])], progress)
             tasks = tasks[1:]
-        else:  # a store's sink holds the job too: it travels once per worker, as the job does
-            sink = self.client.scatter(sink, broadcast=True, hash=False)
-        futures = [submit(ranges, StatsSink(job, sink.layout, first[0].edges) if first else sink)
-                   for ranges in tasks]
+        # the pilot's edges: from its task, or from what an earlier run saved of it
+        edges = done[0].edges if done else tuple(c.edges for c in saved[min(saved)].columns)
+        done += self._gather([submit(span, edges) for span in tasks], progress)
+        parts = [(t.start, t.stats) for t in done] + [(a, part) for (a, _), part in saved.items()]
+        for _, part in sorted(parts, key=lambda pair: pair[0]):
+            sink.add(part, edges)
+        return done
+
+    def _submit(self, job_future, task_sink, ranges, capture: Capture, kind: KernelPlan,
+                checkpoints=None):
+        mine = capture.sorted[capture.within(_ranges_of(ranges))]
+        return self.client.submit(run_blocks, job_future, task_sink, ranges, mine, kind,
+                                  checkpoints, pure=False)
+
+    def _gather(self, futures: list, progress) -> list[TaskDone]:
+        """The tasks' results as they finish (progress shown), in point order."""
+        from distributed import as_completed
+        done = []
         for future in as_completed(futures):
             task = _result(future)
             done.append(task)
             if progress is not None:
                 progress(task.points)
         return sorted(done, key=lambda task: task.start)
+
+
+def capture_within(indices: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Which of `indices` lie in `ranges` (a mask, in their order)."""
+    inside = np.zeros(len(indices), bool)
+    for lo, hi in ranges:
+        inside |= (indices >= lo) & (indices < hi)
+    return inside
+
+
+def _checkpoints(job: Job, sink, plan: ExecutionPlan, tasks: list) -> Checkpoints | None:
+    """Where a statistics run keeps each span's statistics: the result's folder, when the sink
+    names one; for this job, this chunk size and these spans only."""
+    if getattr(sink, "checkpoints", None) is None:
+        return None
+    from ..storage.key import result_key
+    identity = {"key": result_key(job), "chunk_size": plan.chunk_size,
+                "spans": [[t.start, t.stop] for t in tasks]}
+    return Checkpoints(sink.checkpoints, json.loads(json.dumps(identity, default=str)),
+                       len(sink.layout.shapes))
 
 
 def spans(size: int, chunk: int, tasks: int) -> list[Span]:

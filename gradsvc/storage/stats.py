@@ -36,6 +36,9 @@ once and hands its edges to every task).
 """
 from __future__ import annotations
 
+import io
+import re
+import zipfile
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -226,6 +229,30 @@ class Stats:
         return Stats(tuple(a.merge(b) for a, b in zip(self.columns, other.columns)))
 
 
+COLUMN_FIELDS = ("count", "mean", "m2", "min", "argmin", "max", "argmax", "nan", "posinf", "neginf",
+                 "edges", "histogram")
+
+
+def stats_bytes(stats: Stats) -> bytes:
+    """`stats` as an .npz file's bytes (numbers only: read back without unpickling anything)."""
+    arrays = {f"{i}.{name}": getattr(column, name) for i, column in enumerate(stats.columns)
+              for name in COLUMN_FIELDS if getattr(column, name) is not None}
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def stats_from_bytes(data: bytes, n_columns: int) -> Stats:
+    """What `stats_bytes` wrote (ValueError if it is not that: a torn or foreign file)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return Stats(tuple(Column(**{name: arrays[f"{i}.{name}"] if f"{i}.{name}" in arrays
+                                         else None for name in COLUMN_FIELDS})
+                               for i in range(n_columns)))
+    except (OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"not statistics gradsvc wrote: {error}") from None
+
+
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a is b or (a is not None and b is not None and np.array_equal(a, b))
 
@@ -243,7 +270,12 @@ class StatsSink:
 
     whole = False  # only statistics are kept: chunks of bounded size
 
-    def __init__(self, job, layout=None, edges: Sequence[np.ndarray | None] | None = None):
+    def __init__(self, job, layout=None, edges: Sequence[np.ndarray | None] | None = None,
+                 checkpoints=None):
+        """`checkpoints`: the result's folder (a storage Place), where the Dask executor keeps
+        each task's statistics so that a killed client's rerun resumes (in this process a run
+        is not resumed: it starts over)."""
+        self.checkpoints = checkpoints
         from ..engine.plan import result_layout  # loads JAX: not needed to merge or read Stats
         self.layout = layout or result_layout(job)
         self.pilot_stop = min(PILOT_POINTS, job.grid.size)
@@ -394,3 +426,42 @@ def _column_json(column: Column, coords: Callable[[int], dict]) -> dict:
         data["histogram"] = {"edges": column.edges.tolist(), "counts": counts[1:-1],
                              "below": counts[0], "above": counts[-1]}
     return data
+
+
+CHECKPOINTS = ".gradsvc/stats"  # in a result's folder: one .npz per finished span of points
+CHECKPOINT_NAME = re.compile(r"(\d+)-(\d+)\.npz")
+
+
+class Checkpoints:
+    """The statistics of each finished span of a `keep: stats` run, kept in the result's folder
+    (a storage `Place`) so that a rerun of a killed run computes only the other spans. They are
+    kept only for the run they were made for (`identity`: the job's result key and the spans)."""
+
+    def __init__(self, place, identity: dict, n_columns: int):
+        self.place, self.identity, self.n_columns = place, identity, n_columns
+
+    def load(self) -> dict[tuple[int, int], Stats]:
+        """The spans finished by an earlier run of the same job; any others are removed."""
+        try:
+            same = self.place.read_json(f"{CHECKPOINTS}/identity.json") == self.identity
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            if self.place.exists(CHECKPOINTS):
+                self.place.fs.rm(self.place.path(CHECKPOINTS), recursive=True)
+            self.place.write_json(f"{CHECKPOINTS}/identity.json", self.identity)
+            return {}
+        found = {}
+        for key in self.place.sizes(CHECKPOINTS):
+            named = CHECKPOINT_NAME.fullmatch(key.rsplit("/", 1)[1])
+            if named is None:
+                continue
+            try:
+                found[int(named[1]), int(named[2])] = stats_from_bytes(self.place.read(key),
+                                                                      self.n_columns)
+            except ValueError:  # torn by a kill: that span runs again
+                continue
+        return found
+
+    def save(self, start: int, stop: int, stats: Stats) -> None:
+        self.place.write(f"{CHECKPOINTS}/{start}-{stop}.npz", stats_bytes(stats))

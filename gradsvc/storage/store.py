@@ -120,11 +120,11 @@ def write_result(out, job: Job, execute, progress=None) -> Written:
 
 
 def _write_stats(folder: Place, job: Job, execute, progress) -> Written:
-    """`keep: stats`: the statistics stream through a `StatsSink` (computed whole: partial
-    statistics are not stored, so there is nothing to resume); the store holds the group's
-    attributes only, and summary.json the statistics."""
+    """`keep: stats`: the statistics stream through a `StatsSink` (the Dask executor keeps each
+    task's in the folder, and resumes from them; in this process a run starts over); the store
+    then holds the group's attributes only, and summary.json the statistics."""
     from .stats import StatsSink, stats_json
-    sink = StatsSink(job)
+    sink = StatsSink(job, checkpoints=folder)
     done = execute(job, sink, progress)
     extra = {"stats": stats_json(job, sink.partial())}
     return Written(folder, ZarrSink(folder, job, fresh=True).finish(job, done, extra))
