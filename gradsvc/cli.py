@@ -219,6 +219,36 @@ def executor_for(kind: Executor, workers: int | None, scheduler: str | None):
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on (loopback only, for now)")] =
+    "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
+) -> None:
+    """Serve gradsvc over HTTP: POST a job to /v1/run, get `gradsvc run --format json`'s object
+    (OpenAPI at /docs)."""
+    if not _loopback(host):
+        fail(UsageError(f"--host {host} would serve anyone who can reach this machine, and "
+                        "gradsvc serve has no tokens yet",
+                        hint="serve on 127.0.0.1 (behind a proxy that authenticates, if others "
+                        "must reach it)"))
+    with start_up():
+        import uvicorn
+
+        from .service.app import create_app
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve anywhere
+        return False
+
+
+@app.command()
 def validate(jobs: JobFiles,
              config: Annotated[Optional[Path], typer.Option(help="settings file")] = None) -> None:
     """Check job files without running them; report every problem as file:line:col."""

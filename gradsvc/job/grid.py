@@ -294,13 +294,13 @@ def build_grid(inputs: dict, mode: str, where: Callable[[tuple], Location],
     each checked against the limits (in exact integers, before allocating; `max_points` is the
     deployment's grid-size limit, its config file's `max_grid_points`). Every input's problem is
     reported (`JobProblems`), not only the first. Data files are looked for in `folder` (the
-    job file's; default: the working folder)."""
+    job file's; None: the job may read none, as one sent to the service)."""
     axis_inputs = {name: spec for name, spec in inputs.items() if not is_tensor(spec)}
     tensor_inputs = {name: spec for name, spec in inputs.items() if is_tensor(spec)}
     problems: list[GradsvcError] = []
     axes, size = _gathered(problems, lambda: _axes(axis_inputs, mode, where, max_points)) or \
         ((), 0)
-    tensors = _gathered(problems, lambda: load_tensors(tensor_inputs, where, folder or Path.cwd()))
+    tensors = _gathered(problems, lambda: load_tensors(tensor_inputs, where, folder))
     if problems:
         raise JobProblems.of(problems)
     return Grid(axes, mode, size, tensors.arrays, tensors.files)

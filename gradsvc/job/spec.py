@@ -432,9 +432,15 @@ def _hessian_notes(graph: Graph, doc: Document) -> list[str]:
                f"{', '.join(tensors)} are tensors (their Jacobians are computed)")]
 
 
-def data_folder(file: str) -> Path:
+SENT = "<request>"  # the file name of a job sent to the service: it may read no data files
+
+
+def data_folder(file: str) -> Path | None:
     """Where a job's data files are: beside its file; for a job that has no file of its own
-    ("<dict>", "<stdin>", "<job>"), the working folder."""
+    ("<dict>", "<stdin>", "<job>"), the working folder; for a job sent to the service (SENT),
+    none: the server's files are not the sender's to read."""
+    if file == SENT:
+        return None
     if file.startswith("<") and file.endswith(">"):
         return Path.cwd()
     return Path(os.path.abspath(file)).parent

@@ -121,9 +121,9 @@ def is_tensor(spec) -> bool:
     return hasattr(spec, "tensor") or hasattr(spec, "file")
 
 
-def load_tensors(specs: dict, where: Where, folder: Path) -> Tensors:
+def load_tensors(specs: dict, where: Where, folder: Path | None) -> Tensors:
     """Every tensor input's array; every input's problem raised at once (`JobProblems`).
-    Data files are looked for in `folder` (the job file's)."""
+    Data files are looked for in `folder` (the job file's; None: none may be read)."""
     if not specs:  # a scalar job: nothing to look up
         return Tensors({}, ())
     loader = _Loader(folder, where)
@@ -153,8 +153,8 @@ class _Loader:
     """Builds one job's tensors, keeping the limits over all of them: the elements allocated
     (MAX_TENSOR_ELEMENTS) and the bytes of data files read (MAX_DATA_FILE_BYTES), each file once."""
 
-    def __init__(self, folder: Path, where: Where):
-        self.folder = Path(os.path.abspath(folder))
+    def __init__(self, folder: Path | None, where: Where):
+        self.folder = None if folder is None else Path(os.path.abspath(folder))
         self.where = where
         self.elements = 0
         self.bytes_read = 0
@@ -350,6 +350,10 @@ class _Loader:
         def refused(why: str) -> JobFileError:
             return JobFileError(f"input '{name}': the data file '{written}' {why}", where=place,
                                 hint=DATA_HINT)
+        if self.folder is None:  # a job sent to the service
+            raise JobFileError(f"input '{name}': a job sent to the service reads no data files "
+                               f"('{written}')", where=place,
+                               hint="give the numbers inline: {tensor: [[...]]}")
         if not written or "\0" in written:
             raise refused("is not a file name")
         if PurePosixPath(written).is_absolute() or PureWindowsPath(written).anchor:
