@@ -18,7 +18,7 @@ from .engine.backend import Backend
 from .engine.jacobians import derivative_keys, uses_jacobians
 from .engine.jax_backend import JAX
 from .engine.jaxrun import DTYPES
-from .engine.plan import ExecutionPlan, ResultLayout, plan_run, result_layout
+from .engine.plan import ExecutionPlan, ResultLayout, in_ranges, plan_run, points_in, result_layout
 from .errors import LimitError
 from .job.spec import Job, as_job
 from .verify import VerifyReport, candidate_points, checks_in_full, verify
@@ -151,7 +151,8 @@ def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
         compile_s += kernel.compile_s
         source = RECOMPILED
         attempt = _run_and_verify(plan, backend, kernel, sink, None, start)  # progress was shown
-    timings = {"compile_s": compile_s, "compiled_from": source, **_run_timings(attempt, start),
+    timings = {"compile_s": compile_s, "compiled_from": source,
+               **run_timings(attempt.run_s, attempt.verify_s, attempt.points, start),
                "chunks": (len(plan.ranges) if plan.ranges is not None
                           else -(-job.grid.size // plan.chunk_size)),
                "chunks_recomputed_exact": attempt.recomputed,
@@ -160,12 +161,18 @@ def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
     return Execution(attempt.report, timings, str(kernel.device), plan.kept)
 
 
-def _run_timings(attempt: "_Attempt", start: float) -> dict:
-    run_s = attempt.run_s
-    return {"run_s": run_s, "verify_s": attempt.verify_s,
-            "total_s": time.perf_counter() - start,
-            "points_per_s": attempt.points / run_s if run_s > 0 else float("inf"),
-            "points_computed": attempt.points}
+def run_timings(run_s: float, verify_s: float, points: int, start: float) -> dict:
+    """The timings every executor reports of a run that began at `start` and computed
+    `points`."""
+    return {"run_s": run_s, "verify_s": verify_s, "total_s": time.perf_counter() - start,
+            "points_per_s": points / run_s if run_s > 0 else float("inf"),
+            "points_computed": points}
+
+
+def prepare_store(sink, plan: ExecutionPlan, kernel) -> list[tuple[int, int]]:
+    """A block store made ready for this plan and kernel: the blocks it still lacks."""
+    return sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout),
+                        kernel=(kernel.fast, kernel.quick))
 
 
 def twins_of(layout: tuple[int, ...]) -> dict[int, int]:
@@ -196,8 +203,7 @@ def _run_and_verify(plan: ExecutionPlan, backend: Backend, kernel, sink, progres
     (its time budget is a share of everything since `start`)."""
     job = plan.job
     s, grid = job.settings, job.grid
-    todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout),
-                        kernel=(kernel.fast, kernel.quick)) if hasattr(sink, "prepare") else None
+    todo = prepare_store(sink, plan, kernel) if hasattr(sink, "prepare") else None
     indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
     capture = Capture(indices, plan.layout, DTYPES[s.dtype])
     if todo is not None:
@@ -219,10 +225,6 @@ def _run_and_verify(plan: ExecutionPlan, backend: Backend, kernel, sink, progres
                             budget=s.verify_budget * (time.perf_counter() - start))
     points = grid.size if todo is None else points_in(todo)
     return _Attempt(report, run_s, time.perf_counter() - verify_start, recomputed, points)
-
-
-def points_in(ranges) -> int:
-    return sum(stop - start for start, stop in ranges)
 
 
 def verify_capture(plan: ExecutionPlan, capture: "Capture", indices: np.ndarray, sampled: bool,
@@ -264,11 +266,7 @@ class Capture:
 
     def within(self, ranges) -> np.ndarray:
         """Which of the chosen points (positions in sorted order) lie in `ranges`."""
-        inside = np.zeros(len(self.sorted), bool)
-        for lo, hi in ranges:
-            a, b = np.searchsorted(self.sorted, [lo, hi])
-            inside[a:b] = True
-        return inside
+        return in_ranges(self.sorted, ranges)
 
     def fill_from(self, sink, outside) -> None:
         """The chosen points outside the ranges `outside`, read back from the sink's store."""

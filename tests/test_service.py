@@ -2,13 +2,11 @@
 its pid. Every route of this first part, its errors and its limits."""
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -140,6 +138,6 @@ def test_openapi_describes_the_routes(server):
 
 
 def test_serving_beyond_loopback_is_refused_without_tokens():
-    result = cli("serve", "--host", "0.0.0.0", "--port", "9")
+    result = cli("serve", "--host", "192.0.2.10", "--port", "9")  # refused before binding
     assert result.exit_code == 2 and "no tokens yet" in result.stderr
     assert "Traceback" not in result.stderr

@@ -56,8 +56,8 @@ class JaxBackend:
         ranges = plan.ranges if ranges is None else ranges
         recomputed = jaxrun.run_chunks(kernel, plan.job.grid, on_chunk, _exact_twin(plan, kernel),
                                        ranges)
-        points = plan.job.grid.size if ranges is None else sum(b - a for a, b in ranges)
-        plans.record_run(plan.shape, points)
+        plans.record_run(plan.shape, plan.job.grid.size if ranges is None
+                         else plans.points_in(ranges))
         return recomputed
 
     def forget(self, plan: ExecutionPlan, kernel: Compiled) -> None:

@@ -185,6 +185,21 @@ def plan_run(job: Job, layout: ResultLayout, whole: bool, blocked: bool = False)
     return ExecutionPlan(job, layout, chunk_size, shape, block_shape, ranges, devices)
 
 
+def points_in(ranges) -> int:
+    """How many points the (start, stop) ranges hold."""
+    return sum(stop - start for start, stop in ranges)
+
+
+def in_ranges(indices: np.ndarray, ranges) -> np.ndarray:
+    """Which of `indices` lie in the (start, stop) ranges (which do not overlap): a mask, in
+    their order."""
+    bounds = np.array(sorted(ranges), dtype=np.int64).reshape(-1, 2)
+    if not len(bounds):
+        return np.zeros(len(indices), bool)
+    which = np.searchsorted(bounds[:, 0], indices, side="right") - 1  # the last start <= index
+    return (which >= 0) & (indices < bounds[np.maximum(which, 0), 1])
+
+
 def record_run(shape: tuple, points: int) -> None:
     with _POINTS_LOCK:
         _POINTS_RUN[shape] = _POINTS_RUN.pop(shape, 0) + points

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from ..api import Capture, Execution, points_in, twins_of, verify_capture
+from ..api import Capture, Execution, prepare_store, run_timings, verify_capture
 from ..engine.jax_backend import JAX
 from ..engine.jaxrun import DTYPES
-from ..engine.plan import ExecutionPlan, KernelPlan, plan_run
+from ..engine.plan import ExecutionPlan, KernelPlan, in_ranges, plan_run, points_in
 from ..errors import ClusterError, UsageError
 from ..job.spec import Job
 from ..storage.stats import PILOT_POINTS, Checkpoints, StatsSink
@@ -171,8 +171,7 @@ class DaskExecutor:
         indices, sampled = candidate_points(grid.size, s.verify_points, s.verify_seed)
         capture = Capture(indices, plan.layout, DTYPES[s.dtype])
         if hasattr(sink, "prepare"):  # a store: only the blocks it lacks
-            todo = sink.prepare(plan.block_shape, plan.ranges, twins_of(kernel.layout),
-                                kernel=(kernel.fast, kernel.quick))
+            todo = prepare_store(sink, plan, kernel)
             capture.fill_from(sink, outside=todo)
             tasks = split(todo, TASKS_PER_WORKER * self.workers)
         else:  # keep: stats: spans of the grid, whatever the number of workers
@@ -181,7 +180,7 @@ class DaskExecutor:
             saved = checkpoints.load() if checkpoints is not None else {}
             tasks = [t for t in tasks if (t.start, t.stop) not in saved]
             if saved:  # statistics keep no rows: only the points computed now are verified
-                indices = indices[capture_within(indices, [(t.start, t.stop) for t in tasks])]
+                indices = indices[in_ranges(indices, [(t.start, t.stop) for t in tasks])]
                 sampled, capture = True, Capture(indices, plan.layout, DTYPES[s.dtype])
         points = sum(_points(task) for task in tasks)
         if progress is not None:
@@ -204,10 +203,8 @@ class DaskExecutor:
                    "compiled_from": "this process" if reused else kernel.source,
                    "worker_compile_s": max([*worker_compile.values(),
                                             *(t.compile_s for t in done)], default=0.0),
-                   "run_s": run_s, "verify_s": time.perf_counter() - verify_start,
-                   "total_s": time.perf_counter() - start,
-                   "points_per_s": points / run_s if run_s > 0 else float("inf"),
-                   "points_computed": points, "tasks": len(done), "workers": self.workers,
+                   **run_timings(run_s, time.perf_counter() - verify_start, points, start),
+                   "tasks": len(done), "workers": self.workers,
                    "executor": "dask", "chunks_recomputed_exact": sum(t.recomputed for t in done),
                    "fast_math": kernel.fast_ops, "quick_compile": kernel.quick}
         device = done[0].device if done else str(kernel.device)
@@ -274,14 +271,6 @@ class DaskExecutor:
             if progress is not None:
                 progress(task.points)
         return sorted(done, key=lambda task: task.start)
-
-
-def capture_within(indices: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
-    """Which of `indices` lie in `ranges` (a mask, in their order)."""
-    inside = np.zeros(len(indices), bool)
-    for lo, hi in ranges:
-        inside |= (indices >= lo) & (indices < hi)
-    return inside
 
 
 def _checkpoints(job: Job, sink, plan: ExecutionPlan, tasks: list) -> Checkpoints | None:

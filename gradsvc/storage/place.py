@@ -115,6 +115,11 @@ class Place:
             sync_folder(Path(self.path(key)).parent)
         return True
 
+    def remove_folder(self, key: str) -> None:
+        """Removes the folder `key` inside this one and everything in it, if it is there."""
+        if self.exists(key):
+            self.fs.rm(self.path(key), recursive=True)
+
     def clear(self) -> None:
         """Removes the folder and everything in it."""
         if self.fs.exists(self.root):

@@ -137,8 +137,7 @@ class ZarrSink:
     def rewind(self) -> None:
         """Forget every range written: the job is being computed again (every range is rewritten
         before the store is finished)."""
-        if self.place.exists(DONE):
-            self.place.fs.rm(self.place.path(DONE), recursive=True)
+        self.place.remove_folder(DONE)
 
     def finish(self, job: Job, execution, extra: dict | None = None) -> dict:
         """results.csv (small grids), the summary in the attributes, consolidated metadata, every

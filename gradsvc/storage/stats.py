@@ -447,8 +447,7 @@ class Checkpoints:
         except (OSError, ValueError):
             same = False
         if not same:
-            if self.place.exists(CHECKPOINTS):
-                self.place.fs.rm(self.place.path(CHECKPOINTS), recursive=True)
+            self.place.remove_folder(CHECKPOINTS)
             self.place.write_json(f"{CHECKPOINTS}/identity.json", self.identity)
             return {}
         found = {}
