@@ -57,9 +57,9 @@ def create_app() -> FastAPI:
                              f"{SYNC_MAX_POINTS:,} while the client waits",
                              hint="run it with `gradsvc batch`, which streams its results to a "
                              "store (a queue of such jobs behind this service is to come)")
-        result = await run_in_threadpool(run_job, job)
-        return Response(json.dumps(to_json(result), allow_nan=False),
-                        media_type="application/json")
+        def answer() -> str:  # the JSON of a big grid takes seconds too: off the event loop
+            return json.dumps(to_json(run_job(job)), allow_nan=False)
+        return Response(await run_in_threadpool(answer), media_type="application/json")
 
     @app.post("/v1/validate")
     async def validate(request: Request) -> dict:
