@@ -220,22 +220,44 @@ def executor_for(kind: Executor, workers: int | None, scheduler: str | None):
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="address to listen on (loopback only, for now)")] =
-    "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to listen on; beyond loopback only with "
+                                      "--token-file")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
+    data: Annotated[Optional[Path], typer.Option(help="folder of the durable job queue and the "
+                                                 "queued jobs' results (default: a temporary "
+                                                 "folder, lost at exit)")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help="bearer tokens (YAML: name -> "
+                                                       "token); without it /v1 is open")] = None,
+    executor: Annotated[Executor, typer.Option(help="where queued jobs run: this process, or a "
+                                               "Dask cluster (--workers or --scheduler)")] =
+    Executor.local,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="--executor dask: start a local "
+                                                   "cluster of N single-threaded workers")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="--executor dask: the address of a "
+                                                     "running scheduler (tcp://host:8786)")] = None,
+    batch_window_ms: Annotated[float, typer.Option(min=0, max=1000, help="how long concurrent "
+                                                   "/v1/run requests of one kernel wait to "
+                                                   "share a call")] = 2.0,
 ) -> None:
-    """Serve gradsvc over HTTP: POST a job to /v1/run, get `gradsvc run --format json`'s object
-    (OpenAPI at /docs)."""
-    if not _loopback(host):
-        fail(UsageError(f"--host {host} would serve anyone who can reach this machine, and "
-                        "gradsvc serve has no tokens yet",
-                        hint="serve on 127.0.0.1 (behind a proxy that authenticates, if others "
-                        "must reach it)"))
+    """Serve gradsvc over HTTP: POST a job to /v1/run for its JSON, or to /v1/jobs to queue it;
+    the page at / (OpenAPI at /docs)."""
+    if not _loopback(host) and token_file is None:
+        fail(UsageError(f"--host {host} would serve anyone who can reach this machine, without "
+                        "tokens",
+                        hint="give --token-file (YAML: name -> token), or serve on 127.0.0.1"))
     with start_up():
         import uvicorn
 
         from .service.app import create_app
-    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+        from .service.config import ServiceConfig
+    config = ServiceConfig(host=host, port=port, data=data, token_file=token_file,
+                           executor=executor.value, workers=workers, scheduler=scheduler,
+                           batch_window_s=batch_window_ms / 1000)
+    try:
+        app = create_app(config)
+    except GradsvcError as error:
+        fail(error)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def _loopback(host: str) -> bool:

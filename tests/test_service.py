@@ -139,5 +139,5 @@ def test_openapi_describes_the_routes(server):
 
 def test_serving_beyond_loopback_is_refused_without_tokens():
     result = cli("serve", "--host", "192.0.2.10", "--port", "9")  # refused before binding
-    assert result.exit_code == 2 and "no tokens yet" in result.stderr
+    assert result.exit_code == 2 and "without tokens" in result.stderr
     assert "Traceback" not in result.stderr

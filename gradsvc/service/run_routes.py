@@ -1,0 +1,44 @@
+"""POST /v1/run and POST /v1/validate: a job answered while the client waits."""
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import LimitError
+from .body import read_job
+
+SYNC_MAX_POINTS = 1_000_000  # /v1/run answers while the client waits: bigger jobs are queued
+
+router = APIRouter()
+
+
+@router.post("/v1/run")
+async def run(request: Request) -> Response:
+    """Run a job: every node's value and every output's gradient at every grid point,
+    verified against the reference, as `gradsvc run --format json` prints it."""
+    from ..api import run as run_job
+    from ..teaching.report import to_json
+    job, _ = await read_job(request)
+    if job.grid.size > SYNC_MAX_POINTS:
+        raise LimitError(f"the job has {job.grid.size:,} points; /v1/run runs at most "
+                         f"{SYNC_MAX_POINTS:,} while the client waits",
+                         hint="queue it: POST it to /v1/jobs (or `gradsvc submit`), or run "
+                         "it with `gradsvc batch`")
+
+    def answer() -> str:  # the JSON of a big grid takes seconds too: off the event loop
+        return json.dumps(to_json(run_job(job)), allow_nan=False)
+    return Response(await run_in_threadpool(answer), media_type="application/json")
+
+
+@router.post("/v1/validate")
+async def validate(request: Request) -> dict:
+    """Check a job without running it: its size, names and every node's shape."""
+    job, _ = await read_job(request)
+    graph = job.graph
+    return {"ok": True, "name": job.name, "points": job.grid.size,
+            "inputs": list(graph.inputs), "nodes": list(graph.named),
+            "outputs": list(graph.outputs), "wrt": list(graph.wrt),
+            "shapes": {n: list(graph.shape_of(n)) for n in graph.visible}}
