@@ -144,7 +144,7 @@ def execute(job: Job, sink, progress=None, backend: Backend = JAX) -> Execution:
     compile_s = 0.0 if reused else kernel.compile_s
     source = "this process" if reused else kernel.source
     attempt = _run_and_verify(plan, backend, kernel, sink, progress, start)
-    if _mismatched(attempt.report) and not kernel.fresh:
+    if mismatched(attempt.report) and not kernel.fresh:
         backend.forget(plan, kernel)
         sink.rewind()
         kernel, _ = backend.kernel(plan, fresh=True)
@@ -182,7 +182,7 @@ def twins_of(layout: tuple[int, ...]) -> dict[int, int]:
     return {i: first[a] for i, a in enumerate(layout) if first.setdefault(a, i) != i}
 
 
-def _mismatched(report: VerifyReport) -> bool:
+def mismatched(report: VerifyReport) -> bool:
     """Did the kernel's own numbers disagree with the reference (values, gradients, Hessians)?
     A finite-difference mismatch is the reference's: another kernel cannot mend it."""
     return bool(report.mismatches or report.hessians.get("mismatches"))
@@ -310,7 +310,12 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
     overrides = {"dtype": dtype, "device": device, **settings}
     job = as_job(job, overrides, config)
     sink = MemorySink(job)
-    done = execute(job, sink)
+    return assemble(job, execute(job, sink), sink.values, sink.grads)
+
+
+def assemble(job: Job, done: Execution, values: list, derivatives: list) -> Result:
+    """The `Result` of a run of `job`: its kept values and derivatives, one array each over the
+    points in the kernel's order, named; the inputs' values made from the grid."""
     graph, grid = job.graph, job.grid
     coords = grid.coords(np.arange(grid.size)).astype(DTYPES[job.settings.dtype])
     value_arrays = {name: coords[:, j] for j, name in enumerate(grid.names)}
@@ -318,8 +323,8 @@ def run(job, *, dtype: str | None = None, device: str | None = None, config=None
         value_arrays[name] = np.broadcast_to(tensor.astype(DTYPES[job.settings.dtype]),
                                              (grid.size, *tensor.shape))
     value_arrays = {name: value_arrays[name] for name in graph.inputs}  # in the file's order
-    value_arrays.update(dict(zip(done.kept, sink.values)))
-    arrays = dict(zip(derivative_keys(graph), sink.grads))
+    value_arrays.update(dict(zip(done.kept, values)))
+    arrays = dict(zip(derivative_keys(graph), derivatives))
     grads = {out: {w: arrays["grads", out, w] for w in graph.wrt} for out in graph.outputs}
     hessians = {out: {a: {b: arrays["hessians", out, a, b] for b in graph.wrt} for a in graph.wrt}
                 for out in graph.hessian_outputs}

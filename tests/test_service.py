@@ -22,22 +22,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(process: subprocess.Popen, url: str, seconds: float = 60) -> None:
+    """Until the server at `url` answers /healthz (its stderr, if it exits first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, f"the server did not answer in {seconds:.0f} s"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "gradsvc", "serve", "--port", str(port)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the server did not answer in 60 s"
-        time.sleep(0.1)
+    wait_until_up(process, url)
     with httpx.Client(base_url=url, timeout=60) as client:
         yield client
     process.send_signal(signal.SIGTERM)

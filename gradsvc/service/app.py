@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI
 from .. import __version__
 from ..errors import GradsvcError
 from . import auth, run_routes
+from .batcher import Batcher
 from .body import error_response
 from .config import ServiceConfig
 
@@ -46,4 +47,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.include_router(run_routes.router, dependencies=needs_owner)
+    app.state.batcher = Batcher(config.batch_window_s, config.max_batch_points,
+                                config.batch_request_max_points,
+                                metrics=getattr(app.state, "metrics", None))
     return app

@@ -19,7 +19,6 @@ router = APIRouter()
 async def run(request: Request) -> Response:
     """Run a job: every node's value and every output's gradient at every grid point,
     verified against the reference, as `gradsvc run --format json` prints it."""
-    from ..api import run as run_job
     from ..teaching.report import to_json
     job, _ = await read_job(request)
     if job.grid.size > SYNC_MAX_POINTS:
@@ -28,9 +27,10 @@ async def run(request: Request) -> Response:
                          hint="queue it: POST it to /v1/jobs (or `gradsvc submit`), or run "
                          "it with `gradsvc batch`")
 
-    def answer() -> str:  # the JSON of a big grid takes seconds too: off the event loop
-        return json.dumps(to_json(run_job(job)), allow_nan=False)
-    return Response(await run_in_threadpool(answer), media_type="application/json")
+    result = await request.app.state.batcher.run(job)
+    # the JSON of a big grid takes seconds too: off the event loop
+    text = await run_in_threadpool(lambda: json.dumps(to_json(result), allow_nan=False))
+    return Response(text, media_type="application/json")
 
 
 @router.post("/v1/validate")

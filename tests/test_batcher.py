@@ -1,0 +1,127 @@
+"""Dynamic batching of /v1/run (gradsvc/service/batcher.py): requests that share a kernel run as
+one call, and each gets exactly the numbers and the verification of its own single run."""
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+import gradsvc
+from conftest import ROOT
+from gradsvc.job.spec import SENT, job_from_text
+from gradsvc.service.batcher import Batcher, batch_key, run_together
+from gradsvc.teaching.report import to_json
+from test_service import _free_port, _numbers, wait_until_up
+
+GRAPH = "graph: {c: a * b, e: c * d, f: sin(e) + exp(a) / b - log(d * d + 1)}\noutputs: [e, f]\n"
+
+
+def _job_text(a: float, b: float, d, dtype: str = "float64") -> str:
+    return f"inputs: {{a: {a!r}, b: {b!r}, d: {d}}}\n{GRAPH}settings: {{dtype: {dtype}}}\n"
+
+
+def _random_texts(count: int, seed: int, dtype: str = "float64") -> list[str]:
+    rng = random.Random(seed)
+    return [_job_text(rng.uniform(-3, 3), rng.uniform(0.5, 3), rng.uniform(-40, 40), dtype)
+            for _ in range(count)]
+
+
+def _same_numbers(batched, alone) -> None:
+    """Bit for bit: every value and gradient of every point, and the same verification."""
+    for name, array in alone.values.items():
+        np.testing.assert_array_equal(batched.values[name], array, strict=True)
+    for out, grads in alone.grads.items():
+        for name, array in grads.items():
+            np.testing.assert_array_equal(batched.grads[out][name], array, strict=True)
+    assert batched.ok and alone.ok
+    assert batched.verify.checked_points == alone.verify.checked_points
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_shared_call_gives_each_job_its_single_runs_numbers(dtype):
+    """Jobs of one graph with different inputs (one of them a 3 x 2 product grid) in one call."""
+    texts = _random_texts(20, seed=7, dtype=dtype)
+    texts.insert(5, _job_text(1.5, 2.0, "{linspace: [-2, 2, 3]}", dtype).replace(
+        "b: 2.0", "b: {linspace: [1, 2, 2]}"))
+    jobs = [job_from_text(text, SENT) for text in texts]
+    assert len({batch_key(job, 256) for job in jobs}) == 1
+    results = run_together(jobs, [0.0] * len(jobs))
+    assert results[0].timings["batched"] == {"requests": 21, "points": 32}  # 26 points, padded
+    for job, batched in zip(jobs, results):
+        _same_numbers(batched, gradsvc.run(job))
+    assert results[5].values["d"].tolist() == [-2.0, 0.0, 2.0] * 2
+    assert results[5].shape == (1, 2, 3)
+
+
+def test_jobs_that_cannot_share_a_call_run_alone():
+    """Tensor inputs, random inputs made in the kernel, a chunk size of their own: no key."""
+    tensor = job_from_text("inputs: {w: {tensor: [1.0, 2.0]}}\ngraph: {y: sum(w * w)}\n"
+                           "outputs: [y]\n", SENT)
+    random_zip = job_from_text("inputs: {x: {uniform: [0, 1], n: 4, seed: 1}}\n"
+                               "graph: {y: x * x}\noutputs: [y]\ngrid: zip\n", SENT)
+    chunked = job_from_text(_job_text(1.0, 2.0, 3.0).replace("settings: {",
+                                                             "settings: {chunk_size: 4, "), SENT)
+    assert [batch_key(job, 256) for job in (tensor, random_zip, chunked)] == [None] * 3
+    big = job_from_text(_job_text(1.0, 2.0, "{linspace: [0, 1, 300]}"), SENT)
+    assert batch_key(big, 256) is None and batch_key(big, 512) is not None
+
+
+def test_concurrent_runs_gather_into_calls_of_the_window():
+    """In one event loop: 40 concurrent runs of one graph share calls; a second graph's runs go
+    in calls of their own; each result is its job's."""
+    batcher = Batcher(window_s=0.05, max_points=16, request_max_points=8)
+    first = [job_from_text(text, SENT) for text in _random_texts(40, seed=3)]
+    other = [job_from_text(f"inputs: {{x: {x}.0}}\ngraph: {{y: x * x}}\noutputs: [y]\n", SENT)
+             for x in range(5)]
+
+    async def all_of_them():
+        return await asyncio.gather(*(batcher.run(job) for job in first + other))
+    results = asyncio.run(all_of_them())
+    sizes = [r.timings["batched"]["requests"] for r in results[:40]]
+    assert max(sizes) == 16 and sum(1 for s in sizes if s == 16) >= 32  # calls of 16 points
+    assert [r.timings["batched"]["requests"] for r in results[40:]] == [5] * 5
+    assert [float(r.grads["y"]["x"][0]) for r in results[40:]] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    for job, result in zip(first[:3], results[:3]):
+        _same_numbers(result, gradsvc.run(job))
+
+
+@pytest.fixture(scope="module")
+def batching_server():
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "gradsvc", "serve", "--port", str(port),
+                                "--batch-window-ms", "100"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(process, url)
+    yield url
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def test_concurrent_http_requests_share_calls_and_answer_as_single_runs(batching_server):
+    """24 clients at once over HTTP: their requests share calls, and every answer is the JSON of
+    its job's own run (timings aside)."""
+    texts = _random_texts(24, seed=11)
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=batching_server, timeout=60) as client:
+            await client.post("/v1/run", content=texts[0])  # compiled before the burst
+            return await asyncio.gather(*(
+                client.post("/v1/run", content=text.encode(),
+                            headers={"content-type": "application/yaml"}) for text in texts))
+    answers = asyncio.run(send_all())
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    shared = [a.json()["timings"]["batched"]["requests"] for a in answers]
+    assert max(shared) > 1
+    for text, answer in zip(texts, answers):
+        expected = to_json(gradsvc.run(job_from_text(text, SENT)))
+        got = answer.json()
+        assert _numbers(got) == _numbers(expected)
+        a, b, d = (expected["values"][n] for n in "abd")
+        assert got["values"]["e"] == a * b * d and got["grads"]["e"]["a"] == b * d
