@@ -95,12 +95,14 @@ def load_yaml(text: str, file: str) -> Document:
     if len(text.encode("utf-8", "surrogatepass")) > limits.MAX_JOB_FILE_BYTES:
         raise _too_big(Location(file))
     try:
-        root = yaml.compose(text, Loader=_CountingLoader)
+        root = yaml.compose(text, Loader=_loader_for(text))
     except _TooManyNodes as exc:
         raise _too_many(_loc(file, exc.mark)) from None
     except RecursionError:
         raise _too_deep(text, file) from None
     except yaml.MarkedYAMLError as exc:
+        if "nesting depth" in str(exc.problem):  # libyaml's own limit (PyYAML recurses out)
+            raise _too_deep(text, file) from None
         mark = exc.problem_mark or exc.context_mark
         where = _loc(file, mark) if mark else Location(file)
         raise JobFileError(f"invalid YAML: {exc.problem or exc.context}", where=where,
@@ -117,6 +119,23 @@ def load_yaml(text: str, file: str) -> Document:
     except RecursionError:
         raise _too_deep(text, file) from None
     return doc
+
+
+# Up to this size a text is composed by libyaml (C): it cannot hold more nodes than MAX_YAML_NODES
+# before aliases expand, which the walk below counts. libyaml composes a small job several times
+# faster than PyYAML's Python parser: the service parses one per request.
+C_COMPOSE_MAX_BYTES = 64_000
+
+
+def _loader_for(text: str):
+    if yaml.__with_libyaml__ and len(text) <= C_COMPOSE_MAX_BYTES:
+        return yaml.CSafeLoader
+    return _CountingLoader
+
+
+def _style(node) -> str | None:
+    """A scalar's quoting style; None for plain (libyaml says '')."""
+    return node.style or None
 
 
 class _TooManyNodes(Exception):
@@ -198,7 +217,7 @@ class _Walker:
             return self.mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(child, path + (i,)) for i, child in enumerate(node.value)]
-        self.doc.style_at[path] = node.style
+        self.doc.style_at[path] = _style(node)
         return self.scalar(node)
 
     def scalar(self, node):
@@ -206,7 +225,7 @@ class _Walker:
             value = self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
             raise self.error(f"cannot read this value: {exc}", node) from None
-        if isinstance(value, str) and node.style is None and _FLOAT_12.match(value):
+        if isinstance(value, str) and _style(node) is None and _FLOAT_12.match(value):
             return float(value)
         if not isinstance(value, (str, int, float, bool, type(None))):
             # timestamps, binary: SafeLoader would build date/bytes objects we never want

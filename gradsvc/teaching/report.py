@@ -34,8 +34,8 @@ def _json_array(a: np.ndarray):
 
 def json_safe(obj):
     """Dataclasses, dicts, lists and floats -> plain JSON-able data with non-finite numbers as strings."""
-    if dataclasses.is_dataclass(obj):
-        return json_safe(dataclasses.asdict(obj))
+    if dataclasses.is_dataclass(obj):  # field by field: asdict would deep-copy every value first
+        return {f.name: json_safe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
