@@ -71,7 +71,10 @@ class Batcher:
         from ..api import run as run_alone
         key = batch_key(job, self.request_max_points)
         if key is None:
-            return await run_in_threadpool(run_alone, job)
+            result = await run_in_threadpool(run_alone, job)
+            if self.metrics is not None:
+                self.metrics.observe_points(result.points, result.timings["run_s"])
+            return result
         group = self._groups.setdefault(key, _Group())
         waiting = _Waiting(job, time.perf_counter(), asyncio.get_running_loop().create_future())
         group.waiting.append(waiting)
@@ -101,12 +104,21 @@ class Batcher:
                         waiting.answer.set_exception(result)
                     else:
                         waiting.answer.set_result(result)
-                if self.metrics is not None:
-                    self.metrics.observe_batch(len(taken), sum(w.job.grid.size for w in taken))
+                self._observe(taken, results)
         finally:
             group.draining = False
             if not group.waiting:
                 self._groups.pop(key, None)
+
+    def _observe(self, taken: list[_Waiting], results: list) -> None:
+        if self.metrics is None:
+            return
+        points = sum(w.job.grid.size for w in taken)
+        self.metrics.observe_batch(len(taken), points)
+        run_s = next((r.timings["run_s"] for r in results if not isinstance(r, BaseException)),
+                     None)
+        if run_s is not None:  # the call's time, which every answer of it reports
+            self.metrics.observe_points(points, run_s)
 
     def _take(self, group: _Group) -> list[_Waiting]:
         """The longest run of waiting requests, oldest first, within max_points."""
