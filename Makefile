@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench fuzz clean
+.PHONY: install run test browser page-screenshot bench fuzz clean
 
 install: $(STAMP)
 
@@ -18,8 +18,33 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/gradsvc run jobs/*.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(VENV)/.browser-tried
 	$(BIN)/python -m pytest
+
+# Set-up tries the browser once per .venv (the page's test skips, saying why, where it failed).
+$(VENV)/.browser-tried: $(STAMP)
+	-@$(MAKE) --no-print-directory browser
+	@touch $@
+
+# The web page's test (tests/test_service_page.py) drives Debian's chromium through chromedriver,
+# and is skipped, saying why, without them. As root, this installs both with apt-get (reading the
+# package lists first if apt-get cannot find them); as anyone else it says what to run and fails.
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "browser: /usr/bin/chromium and /usr/bin/chromedriver are installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y $(BROWSER_PACKAGES) || \
+			{ apt-get update && apt-get install -y $(BROWSER_PACKAGES); }; \
+	else \
+		echo "browser: run as root (sudo make browser) to apt-get install $(BROWSER_PACKAGES)" >&2; \
+		exit 1; \
+	fi
+
+# The README's picture of the page: the browser test's screenshot, kept.
+page-screenshot: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_service_page.py --keep-page-screenshot
 
 # Peers for the benchmark (torch CPU build) are an extra, not needed to run or test.
 $(VENV)/.bench: $(STAMP)

@@ -17,17 +17,17 @@ import importlib
 import importlib.util
 
 from .errors import (BusyError, DeviceError, FormulaError, GradsvcError, GraphError, JobFileError,
-                     LimitError, Location, OutputError, ResultError, UsageError)
+                     LimitError, Location, OutputError, ResultError, ServiceError, UsageError)
 
 __version__ = "0.1.0"
 
 _LAZY = {"run": "api", "Result": "api", "Job": "job.spec", "load_job": "job.spec",
          "job_from_text": "job.spec", "job_from_dict": "job.spec", "job_schema": "job.spec",
-         "explain": "teaching.explain", "load_result": "storage.store"}
+         "explain": "teaching.explain", "load_result": "storage.store", "Client": "client"}
 
 __all__ = [*_LAZY, "GradsvcError", "JobFileError", "FormulaError", "GraphError", "LimitError",
-           "UsageError", "DeviceError", "OutputError", "ResultError", "BusyError", "Location",
-           "__version__"]
+           "UsageError", "DeviceError", "OutputError", "ResultError", "BusyError", "ServiceError",
+           "Location", "__version__"]
 
 
 def __getattr__(name: str):

@@ -218,6 +218,9 @@ def executor_for(kind: Executor, workers: int | None, scheduler: str | None):
         yield execute
 
 
+GRACEFUL_SHUTDOWN_S = 5
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on; beyond loopback only with "
@@ -238,6 +241,9 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(min=0, max=1000, help="how long concurrent "
                                                    "/v1/run requests of one kernel wait to "
                                                    "share a call")] = 2.0,
+    body_timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="seconds a request's "
+                                                "body may take to arrive; a slower one gets a "
+                                                "408")] = 30.0,
 ) -> None:
     """Serve gradsvc over HTTP: POST a job to /v1/run for its JSON, or to /v1/jobs to queue it;
     the page at / (OpenAPI at /docs)."""
@@ -252,12 +258,15 @@ def serve(
         from .service.config import ServiceConfig
     config = ServiceConfig(host=host, port=port, data=data, token_file=token_file,
                            executor=executor.value, workers=workers, scheduler=scheduler,
-                           batch_window_s=batch_window_ms / 1000)
+                           batch_window_s=batch_window_ms / 1000, body_timeout_s=body_timeout)
     try:
         app = create_app(config)
     except GradsvcError as error:
         fail(error)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # SIGTERM: open answers (an /events stream) get this long, then the lifespan's shutdown
+    # stops the running job at its next chunk; uvicorn would otherwise wait for them to end
+    uvicorn.run(app, host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 def _loopback(host: str) -> bool:
@@ -268,6 +277,107 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a name other than localhost: it may resolve anywhere
         return False
+
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+Server = Annotated[str, typer.Option("--server", envvar="GRADSVC_SERVER",
+                                     help="the gradsvc service's address")]
+Token = Annotated[Optional[str], typer.Option(envvar="GRADSVC_TOKEN", show_default=False,
+                                              help="bearer token (better in GRADSVC_TOKEN, "
+                                              "which other users' ps does not show)")]
+
+
+@contextmanager
+def _service(server: str, token: str | None):
+    """A client of the service for one command; its errors end the command as the others'."""
+    from .client import Client
+    try:
+        with Client(server, token) as client:
+            yield client
+    except GradsvcError as error:
+        fail(error)
+
+
+@app.command()
+def submit(
+    jobs: JobFiles,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for each job (progress on stderr); "
+                                       "exit 1 if one mismatched, 2 failed, 130 cancelled")] =
+    False,
+) -> None:
+    """Queue jobs on a gradsvc service (`gradsvc serve`); prints each job's id."""
+    with _service(server, token) as client:
+        ids = []
+        for path in jobs:
+            ids.append(client.submit(_stdin_job() if str(path) == "-" else path))
+            out.print(ids[-1], markup=False)
+        worst = EXIT_OK
+        for job_id in ids if wait else ():
+            final = client.wait(job_id)
+            err.print(_status_text(final), markup=False)
+            worst = max(worst, _finished_exit(final))
+    raise typer.Exit(code=worst)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="the id `gradsvc submit` printed",
+                                          show_default=False)],
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table or json")] = Format.table,
+) -> None:
+    """A queued job's status and progress on a gradsvc service."""
+    with _service(server, token) as client:
+        state = client.status(job_id)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(state) + "\n")
+    else:
+        out.print(_status_text(state), markup=False)
+
+
+@app.command()
+def fetch(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="the id `gradsvc submit` printed",
+                                          show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder to write ID/... under")] =
+    Path("results"),
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Download a queued job's result store (summary.json, results.csv, the arrays) to OUT/ID/."""
+    with _service(server, token) as client:
+        written = client.download(job_id, out_dir)
+    out.print(f"wrote {len(written)} files to {out_dir / job_id}/", markup=False)
+
+
+def _stdin_job() -> str:
+    with start_up():
+        from .job.source import read_stdin_text
+    return read_stdin_text() + "\n"  # a line break: the client sends it as text, not a path
+
+
+def _status_text(state: dict) -> str:
+    """`ID name: status, done/total points`, and a failed job's error under it."""
+    points = state.get("progress") or {}
+    done, total = points.get("points_done") or 0, points.get("points_total") or 0
+    share = f" ({100 * done // total}%)" if total else ""
+    text = (f"{state.get('id')} {state.get('name')}: {state.get('status')}, "
+            f"{done:,}/{total:,} points{share}")
+    error = state.get("error") or {}
+    if error:
+        text += f"\n  error: {error.get('message')}\n  hint: {error.get('hint')}"
+    return text
+
+
+def _finished_exit(state: dict) -> int:
+    if state.get("status") == "cancelled":
+        return EXIT_INTERRUPTED
+    if state.get("status") != "done":
+        return EXIT_INVALID
+    return EXIT_MISMATCH if (state.get("summary") or {}).get("status") == "mismatch" else EXIT_OK
 
 
 @app.command()

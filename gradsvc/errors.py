@@ -129,6 +129,29 @@ class BusyError(GradsvcError):
     exit_code = EXIT_BUSY
 
 
+class ServiceError(GradsvcError):
+    """A gradsvc service refused a request (`status`: its HTTP status) or could not be reached
+    (`status` None). `retry_after`: the seconds a 429 asks to wait; `problems`: each problem of
+    a job that has several, shown one by one as `JobProblems` shows them."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None, problems: tuple | list = (), **place):
+        super().__init__(message, **place)
+        self.status = status
+        self.retry_after = retry_after
+        self.problems = list(problems)
+        # a 4xx is the request's fault; 429 asks to wait and ask again; no answer, or a 5xx,
+        # is the service's side, as an unreachable cluster is
+        self.exit_code = (EXIT_BUSY if status == 429 else EXIT_INVALID
+                          if status is not None and status < 500 else EXIT_DEVICE)
+
+    def __str__(self) -> str:
+        if len(self.problems) < 2:
+            return super().__str__()
+        where = f" in {self.where.file}" if self.where else ""
+        return "\n".join([*map(str, self.problems), f"{len(self.problems)} problems{where}"])
+
+
 def internal_error(error: Exception, file: str | None = None) -> str:
     """The message for a bug in gradsvc (not the user's doing): what was raised, and a plea."""
     where = f"{file}: " if file else ""

@@ -9,6 +9,12 @@ from typer.testing import CliRunner
 
 from gradsvc.cli import app
 
+
+def pytest_addoption(parser):
+    parser.addoption("--keep-page-screenshot", action="store_true",
+                     help="keep the page test's screenshot as docs/page.png (the README's)")
+
+
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 

@@ -9,7 +9,7 @@ Evicted kernels come back from the on-disk executable cache (those on one device
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Callable
 
 from .. import limits
@@ -20,6 +20,9 @@ from .plan import ExecutionPlan, KernelPlan
 
 _COMPILED: OrderedDict[tuple, Compiled] = OrderedDict()
 _COMPILED_LOCK = threading.Lock()  # threads of one process (a service) share the kernels
+# kernels this process made, by `Compiled.source` (compiled, or loaded from the executable
+# cache): the service's /metrics reads it
+KERNELS_MADE: Counter[str] = Counter()
 
 
 class JaxBackend:
@@ -73,8 +76,17 @@ class JaxBackend:
 def _compile(plan: ExecutionPlan, kernel: KernelPlan, fresh: bool) -> Compiled:
     s, job = plan.job.settings, plan.job
     use_compile_cache(s.compile_cache)
-    return jaxrun.compile_graph(job.graph, job.grid, s.dtype, s.device, plan.chunk_size, plan.kept,
-                                kernel.fast, fresh=fresh, quick=kernel.quick, devices=plan.devices)
+    compiled = jaxrun.compile_graph(job.graph, job.grid, s.dtype, s.device, plan.chunk_size,
+                                    plan.kept, kernel.fast, fresh=fresh, quick=kernel.quick,
+                                    devices=plan.devices)
+    with _COMPILED_LOCK:
+        KERNELS_MADE[compiled.source] += 1
+    return compiled
+
+
+def kernels_kept() -> int:
+    """Compiled kernels this process holds now."""
+    return len(_COMPILED)
 
 
 def _on_disk(plan: ExecutionPlan, kernel: KernelPlan) -> bool:

@@ -22,6 +22,7 @@ class ServiceConfig:
     batch_window_s: float = 0.002
     max_batch_points: int = 4096  # points in one batched call, at most
     batch_request_max_points: int = 256  # a request with more points runs on its own
+    body_timeout_s: float = 30.0  # a request's whole body must arrive within this (else 408)
     # per owner (a token, or everyone when there are none); a token file may set its own
     max_queued_jobs: int = 100  # jobs queued or running at once
     max_job_points: int = 10**10  # points of one queued job
