@@ -18,7 +18,9 @@ torch; `--only tensor` runs that section alone, in about a minute), the cold wal
 `gradsvc run jobs/seed_chain.yaml` against a minimal JAX script, the compile time of a second
 process (persistent caches), the accuracy and speed of fast_math, a 1e8-point batch run's peak RSS
 and throughput, and compile time, run time and peak RSS against graph size
-(benchmarks/graph_size.py). Writes benchmarks/results/bench.json and bench.png, and prints the
+(benchmarks/graph_size.py), and `gradsvc serve` under 64 concurrent clients against a minimal
+FastAPI server (benchmarks/service_bench.py; `--only service` runs that section alone, in about
+two minutes). Writes benchmarks/results/bench.json and bench.png, and prints the
 tables benchmarks/README.md shows.
 """
 from __future__ import annotations
@@ -472,10 +474,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e4,1e6,1e7")
     parser.add_argument("--big", type=float, default=1e8, help="points of the scale run (0: skip)")
     parser.add_argument("--quick", action="store_true", help="small sizes, no scale run")
-    parser.add_argument("--only", choices=["tensor", "dask"], help="run one section alone: "
-                        "tensor (benchmarks/tensor_bench.py, about a minute), written to "
+    parser.add_argument("--only", choices=["tensor", "dask", "service"], help="run one section "
+                        "alone: tensor (benchmarks/tensor_bench.py, about a minute), written to "
                         "results/tensor.json; dask (benchmarks/dask_bench.py, about 4 minutes), "
-                        "to results/dask.json")
+                        "to results/dask.json; service (benchmarks/service_bench.py, gradsvc "
+                        "serve against a minimal server), to results/service.json")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")] if not args.quick else [10_000, 100_000]
     os.chdir(ROOT)
@@ -498,6 +501,14 @@ def main() -> None:
                                                       indent=2))
         print(f"wrote {RESULTS / 'dask.json'}")
         return
+    import service_bench  # benchmarks/service_bench.py: gradsvc serve against a minimal server
+    if args.quick:  # GRADSVC_SERVICE_REQUESTS and _CLIENTS set the load's counts
+        os.environ.setdefault("GRADSVC_SERVICE_REQUESTS", "2000")
+    if args.only == "service":
+        (RESULTS / "service.json").write_text(json.dumps(
+            {**report, "service": service_bench.service_report()}, indent=2))
+        print(f"wrote {RESULTS / 'service.json'}")
+        return
     report["throughput"] = throughput_table(sizes, ["float32", "float64"])
     report["tensor"] = tensor_bench.tensor_table()
     report["fast_math"] = fast_math_table()
@@ -512,6 +523,7 @@ def main() -> None:
         os.environ.setdefault("GRADSVC_SMALL_JOBS", "50")
         os.environ.setdefault("GRADSVC_VERIFY_SIZES", "100,300")
     report["small_jobs"] = small_jobs.run_all()
+    report["service"] = service_bench.service_report()
     if args.big and not args.quick:
         report["engine_scale"] = engine_scale(int(args.big))
         report["scale"] = big_batch(int(args.big))
