@@ -73,22 +73,30 @@ def test_jobs_that_cannot_share_a_call_run_alone():
 
 
 def test_concurrent_runs_gather_into_calls_of_the_window():
-    """In one event loop: 40 concurrent runs of one graph share calls; a second graph's runs go
-    in calls of their own; each result is its job's."""
-    batcher = Batcher(window_s=0.05, max_points=16, request_max_points=8)
-    first = [job_from_text(text, SENT) for text in _random_texts(40, seed=3)]
-    other = [job_from_text(f"inputs: {{x: {x}.0}}\ngraph: {{y: x * x}}\noutputs: [y]\n", SENT)
-             for x in range(5)]
+    """In one event loop: 40 concurrent requests of one graph share calls of at most 16 points;
+    a second graph's requests share a call of their own; a wrong job and a job that must run
+    alone get their own answers; each answer is its job's."""
+    batcher = Batcher(window_s=0.05, max_points=16, request_max_points=8,
+                      read=lambda text: job_from_text(text, SENT), finish=lambda result: result)
+    first = _random_texts(40, seed=3)
+    other = [f"inputs: {{x: {x}.0}}\ngraph: {{y: x * x}}\noutputs: [y]\n" for x in range(5)]
+    wrong = "inputs: {x: 1.0}\ngraph: {y: x +* 2}\noutputs: [y]\n"
+    alone = "inputs: {w: {tensor: [1.0, 2.0]}}\ngraph: {y: sum(w * w)}\noutputs: [y]\n"
 
     async def all_of_them():
-        return await asyncio.gather(*(batcher.run(job) for job in first + other))
+        return await asyncio.gather(*(batcher.answer(text)
+                                      for text in first + other + [wrong, alone]),
+                                    return_exceptions=True)
     results = asyncio.run(all_of_them())
     sizes = [r.timings["batched"]["requests"] for r in results[:40]]
     assert max(sizes) == 16 and sum(1 for s in sizes if s == 16) >= 32  # calls of 16 points
-    assert [r.timings["batched"]["requests"] for r in results[40:]] == [5] * 5
-    assert [float(r.grads["y"]["x"][0]) for r in results[40:]] == [0.0, 2.0, 4.0, 6.0, 8.0]
-    for job, result in zip(first[:3], results[:3]):
-        _same_numbers(result, gradsvc.run(job))
+    assert [r.timings["batched"]["requests"] for r in results[40:45]] == [5] * 5
+    assert [float(r.grads["y"]["x"][0]) for r in results[40:45]] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert isinstance(results[45], gradsvc.FormulaError) and results[45].where.line == 2
+    assert "batched" not in results[46].timings and results[46].grads["y"]["w"][0].tolist() == [
+        2.0, 4.0]
+    for text, result in zip(first[:3], results[:3]):
+        _same_numbers(result, gradsvc.run(job_from_text(text, SENT)))
 
 
 @pytest.fixture(scope="module")

@@ -706,8 +706,12 @@ def default_config_path() -> Path | None:
     env = os.environ.get("GRADSVC_CONFIG")
     if env:
         return Path(env)
-    shipped = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-    return shipped if shipped.is_file() else None
+    return _SHIPPED_CONFIG if _SHIPPED_CONFIG.is_file() else None
+
+
+# resolved once: resolving it (a system call per folder of the path) on every job was a large
+# share of a service's parse of a small job
+_SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 _CONFIGS: dict[str, tuple[tuple, dict]] = {}  # path -> (the file's stat stamp, its settings)

@@ -80,6 +80,6 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.include_router(page.router)
     app.include_router(metrics.router)
     app.state.batcher = Batcher(config.batch_window_s, config.max_batch_points,
-                                config.batch_request_max_points,
-                                metrics=getattr(app.state, "metrics", None))
+                                config.batch_request_max_points, read=run_routes.read_to_run,
+                                finish=run_routes.run_json, metrics=app.state.metrics)
     return app

@@ -1,10 +1,12 @@
 """Dynamic batching of /v1/run: concurrent requests whose jobs share a kernel run as one call.
 
-Requests are grouped by `batch_key` (the graph's structure and everything else that shapes its
-kernel; input values aside). The first request of an idle group waits `window_s` for others;
-while a group's call runs, later requests gather and go in the next call at once, so the busier
-the service, the bigger its calls (as Triton's dynamic batcher does). One call takes at most
-`max_points` points.
+Requests wait in one line. The first request to an idle batcher waits `window_s` for others;
+while a call runs, later requests gather and are taken at once after it, so the busier the
+service, the bigger its calls (as Triton's dynamic batcher does). The requests taken are read
+(their job texts parsed), grouped by `batch_key` (the graph's structure and everything else that
+shapes its kernel; input values aside), each group computed in calls of at most `max_points`
+points, and each answer made (its JSON), all in one worker thread: a request costs no thread hop
+of its own, and the event loop only hands texts in and answers out.
 
 A call's grid is every request's points one after another (a zip grid of their coordinates),
 padded to a power of two, so a graph compiles for a few sizes only. Each request then gets its
@@ -14,14 +16,16 @@ disagrees with the reference). A batched request gets the kernel kind (optimised
 sin/cos or XLA's) that it would get on its own: its numbers are those of its single run.
 
 Jobs with tensor inputs, random inputs made in the kernel, a chunk size of their own, or more
-than `request_max_points` points run on their own.
+than `request_max_points` points run on their own, each in a worker thread of its own.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +34,7 @@ from ..job.grid import Axis, Grid
 from ..job.spec import Job
 
 SMALLEST_CALL = 8  # points: a call's grid is padded to a power of two, at least this
+MAX_TAKEN = 1024  # requests read in one go (their points are not known before they are read)
 
 
 def batch_key(job: Job, request_max_points: int) -> tuple | None:
@@ -44,91 +49,129 @@ def batch_key(job: Job, request_max_points: int) -> tuple | None:
 
 @dataclass
 class _Waiting:
-    job: Job
+    text: str
     arrived: float
     answer: asyncio.Future
 
 
 @dataclass
-class _Group:
-    waiting: list[_Waiting] = field(default_factory=list)
-    points: int = 0
-    draining: bool = False
+class _Alone:
+    """A request whose job runs on its own (see the module)."""
+    job: Job
 
 
 class Batcher:
-    """Gathers `run(job)` calls of one event loop into shared calls (see the module)."""
+    """Gathers `answer(text)` calls of one event loop into shared calls (see the module).
 
-    def __init__(self, window_s: float, max_points: int, request_max_points: int, metrics=None):
+    `read(text)` makes a request's `Job` (raising its errors); `finish(result)` makes its answer
+    from its `api.Result`. Both run in worker threads."""
+
+    def __init__(self, window_s: float, max_points: int, request_max_points: int,
+                 read: Callable[[str], Job], finish: Callable[[Any], Any], metrics=None):
         self.window_s = window_s
         self.max_points = max_points
         self.request_max_points = min(request_max_points, max_points)
-        self.metrics = metrics
-        self._groups: dict[tuple, _Group] = {}
+        self.read, self.finish, self.metrics = read, finish, metrics
+        self._waiting: list[_Waiting] = []
+        self._draining = False
 
-    async def run(self, job: Job):
-        """The job's `api.Result`, computed in a call shared with concurrent requests."""
-        from ..api import run as run_alone
-        key = batch_key(job, self.request_max_points)
-        if key is None:
-            result = await run_in_threadpool(run_alone, job)
-            if self.metrics is not None:
-                self.metrics.observe_points(result.points, result.timings["run_s"])
-            return result
-        group = self._groups.setdefault(key, _Group())
-        waiting = _Waiting(job, time.perf_counter(), asyncio.get_running_loop().create_future())
-        group.waiting.append(waiting)
-        group.points += job.grid.size
-        if not group.draining:
-            group.draining = True
-            asyncio.get_running_loop().create_task(self._drain(key, group))
-        return await waiting.answer
+    async def answer(self, text: str):
+        """The answer to the job `text`, computed in a call shared with concurrent requests."""
+        waiting = _Waiting(text, time.perf_counter(), asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        outcome = await waiting.answer
+        if isinstance(outcome, _Alone):
+            return await run_in_threadpool(self._run_alone, outcome.job)
+        return outcome
 
-    async def _drain(self, key: tuple, group: _Group) -> None:
-        """Run the group's calls until nobody waits: the first after the window (unless a full
-        call is waiting already), each next one at once with whoever came meanwhile."""
+    async def _drain(self) -> None:
+        """Serve the line until nobody waits: the first requests after the window, each next
+        ones at once with whoever came meanwhile."""
         try:
-            if group.points < self.max_points:
-                await asyncio.sleep(self.window_s)
-            while group.waiting:
-                taken = self._take(group)
+            await asyncio.sleep(self.window_s)
+            while self._waiting:
+                taken, self._waiting = self._waiting[:MAX_TAKEN], self._waiting[MAX_TAKEN:]
                 try:
-                    results = await run_in_threadpool(run_together, [w.job for w in taken],
-                                                      [w.arrived for w in taken])
-                except Exception as error:  # one call's failure is each of its requests'
-                    results = [error] * len(taken)
-                for waiting, result in zip(taken, results):
+                    outcomes = await run_in_threadpool(self._serve, taken)
+                except Exception as error:  # a failure of the whole call is each request's
+                    outcomes = [error] * len(taken)
+                for waiting, outcome in zip(taken, outcomes):
                     if waiting.answer.done():  # its client went away
                         continue
-                    if isinstance(result, BaseException):
-                        waiting.answer.set_exception(result)
+                    if isinstance(outcome, BaseException):
+                        waiting.answer.set_exception(outcome)
                     else:
-                        waiting.answer.set_result(result)
-                self._observe(taken, results)
+                        waiting.answer.set_result(outcome)
         finally:
-            group.draining = False
-            if not group.waiting:
-                self._groups.pop(key, None)
+            self._draining = False
 
-    def _observe(self, taken: list[_Waiting], results: list) -> None:
+    def _serve(self, taken: list[_Waiting]) -> list:
+        """(In a worker thread.) Each request's answer, error or `_Alone`: read, grouped,
+        computed in shared calls, answered."""
+        outcomes: list = [None] * len(taken)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        jobs: list[Job | None] = [None] * len(taken)
+        for i, waiting in enumerate(taken):
+            try:
+                jobs[i] = self.read(waiting.text)
+            except Exception as error:  # this request's alone
+                outcomes[i] = error
+                continue
+            key = batch_key(jobs[i], self.request_max_points)
+            if key is None:
+                outcomes[i] = _Alone(jobs[i])
+            else:
+                groups[key].append(i)
+        for members in groups.values():
+            for call in self._calls(members, jobs):
+                try:
+                    results = run_together([jobs[i] for i in call],
+                                           [taken[i].arrived for i in call])
+                except Exception as error:  # the call's, so each of its requests'
+                    results = [error] * len(call)
+                self._observe([jobs[i] for i in call], results)
+                for i, result in zip(call, results):
+                    outcomes[i] = self._finished(result)
+        return outcomes
+
+    def _calls(self, members: list[int], jobs: list[Job]) -> list[list[int]]:
+        """A group's requests cut into calls of at most max_points points, in their order."""
+        calls, points = [[]], 0
+        for i in members:
+            if calls[-1] and points + jobs[i].grid.size > self.max_points:
+                calls.append([])
+                points = 0
+            calls[-1].append(i)
+            points += jobs[i].grid.size
+        return calls
+
+    def _finished(self, result):
+        if isinstance(result, BaseException):
+            return result
+        try:
+            return self.finish(result)
+        except Exception as error:
+            return error
+
+    def _run_alone(self, job: Job):
+        from ..api import run as run_alone
+        result = run_alone(job)
+        if self.metrics is not None:
+            self.metrics.observe_points(result.points, result.timings["run_s"])
+        return self.finish(result)
+
+    def _observe(self, jobs: list[Job], results: list) -> None:
         if self.metrics is None:
             return
-        points = sum(w.job.grid.size for w in taken)
-        self.metrics.observe_batch(len(taken), points)
+        points = sum(job.grid.size for job in jobs)
+        self.metrics.observe_batch(len(jobs), points)
         run_s = next((r.timings["run_s"] for r in results if not isinstance(r, BaseException)),
                      None)
         if run_s is not None:  # the call's time, which every answer of it reports
             self.metrics.observe_points(points, run_s)
-
-    def _take(self, group: _Group) -> list[_Waiting]:
-        """The longest run of waiting requests, oldest first, within max_points."""
-        taken, points = [], 0
-        while group.waiting and points + group.waiting[0].job.grid.size <= self.max_points:
-            waiting = group.waiting.pop(0)
-            taken.append(waiting)
-            points += waiting.job.grid.size
-        group.points -= points
-        return taken
 
 
 def run_together(jobs: list[Job], arrived: list[float]) -> list:

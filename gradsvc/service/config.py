@@ -18,8 +18,10 @@ class ServiceConfig:
     executor: str = "local"  # where queued jobs run: "local" (this process) or "dask"
     workers: int | None = None  # --executor dask: a LocalCluster of this many workers
     scheduler: str | None = None  # --executor dask: a running scheduler's address
-    # dynamic batching of /v1/run: requests sharing a kernel wait up to this long to share a call
-    batch_window_s: float = 0.002
+    # dynamic batching of /v1/run: how long the first request to an idle batcher waits for others;
+    # under load requests gather while a call runs, so waiting more only adds latency (measured:
+    # benchmarks/README.md, "The service")
+    batch_window_s: float = 0.0
     max_batch_points: int = 4096  # points in one batched call, at most
     batch_request_max_points: int = 256  # a request with more points runs on its own
     body_timeout_s: float = 30.0  # a request's whole body must arrive within this (else 408)

@@ -5,10 +5,9 @@ import json
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from ..errors import LimitError
-from .body import read_job
+from .body import job_text, read_body, read_job
 
 SYNC_MAX_POINTS = 1_000_000  # /v1/run answers while the client waits: bigger jobs are queued
 
@@ -19,18 +18,27 @@ router = APIRouter()
 async def run(request: Request) -> Response:
     """Run a job: every node's value and every output's gradient at every grid point,
     verified against the reference, as `gradsvc run --format json` prints it."""
-    from ..teaching.report import to_json
-    job, _ = await read_job(request)
+    text = job_text(await read_body(request), request.headers.get("content-type", ""))
+    # read, run (with concurrent requests of its kernel) and answered in a worker thread
+    return Response(await request.app.state.batcher.answer(text), media_type="application/json")
+
+
+def read_to_run(text: str):
+    """The job a /v1/run request sends, refused where it is too big to wait for."""
+    from ..job.spec import SENT, job_from_text
+    job = job_from_text(text, SENT)
     if job.grid.size > SYNC_MAX_POINTS:
         raise LimitError(f"the job has {job.grid.size:,} points; /v1/run runs at most "
                          f"{SYNC_MAX_POINTS:,} while the client waits",
                          hint="queue it: POST it to /v1/jobs (or `gradsvc submit`), or run "
                          "it with `gradsvc batch`")
+    return job
 
-    result = await request.app.state.batcher.run(job)
-    # the JSON of a big grid takes seconds too: off the event loop
-    text = await run_in_threadpool(lambda: json.dumps(to_json(result), allow_nan=False))
-    return Response(text, media_type="application/json")
+
+def run_json(result) -> str:
+    """The answer: what `gradsvc run --format json` prints."""
+    from ..teaching.report import to_json
+    return json.dumps(to_json(result), allow_nan=False)
 
 
 @router.post("/v1/validate")
