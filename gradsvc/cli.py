@@ -72,6 +72,13 @@ def _device_count(text: str) -> int | str:
 Devices = Annotated[Optional[str], typer.Option(
     parser=_device_count, metavar="N|all",
     help="shard each chunk's points over N local devices of the --device kind (all: every one)")]
+ExecutorOption = Annotated[Executor, typer.Option(
+    help="where the points of a batch, or of the queued jobs of serve, run: this process, or a "
+    "Dask cluster (--workers or --scheduler)")]
+WorkersOption = Annotated[Optional[int], typer.Option(
+    min=1, help="--executor dask: start a local cluster of N single-threaded workers")]
+SchedulerOption = Annotated[Optional[str], typer.Option(
+    help="--executor dask: the address of a running scheduler (tcp://host:8786)")]
 
 
 @contextmanager
@@ -157,13 +164,9 @@ def batch(
     dtype: Annotated[Optional[DType], typer.Option(help="override every job's dtype")] = None,
     device: Annotated[Optional[Device], typer.Option(help="override every job's device")] = None,
     devices: Devices = None,
-    executor: Annotated[Executor, typer.Option(help="where the points run: this process, or a "
-                                               "Dask cluster (--workers or --scheduler)")] =
-    Executor.local,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="--executor dask: start a local "
-                                                   "cluster of N single-threaded workers")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="--executor dask: the address of a "
-                                                     "running scheduler (tcp://host:8786)")] = None,
+    executor: ExecutorOption = Executor.local,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
     config: Annotated[Optional[Path], typer.Option(help="settings file instead of "
                                                    "configs/default.yaml")] = None,
     compile_cache: Annotated[Optional[str], typer.Option(help="compiled-kernel cache folder, or "
@@ -231,16 +234,13 @@ def serve(
                                                  "folder, lost at exit)")] = None,
     token_file: Annotated[Optional[Path], typer.Option(help="bearer tokens (YAML: name -> "
                                                        "token); without it /v1 is open")] = None,
-    executor: Annotated[Executor, typer.Option(help="where queued jobs run: this process, or a "
-                                               "Dask cluster (--workers or --scheduler)")] =
-    Executor.local,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="--executor dask: start a local "
-                                                   "cluster of N single-threaded workers")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="--executor dask: the address of a "
-                                                     "running scheduler (tcp://host:8786)")] = None,
-    batch_window_ms: Annotated[float, typer.Option(min=0, max=1000, help="how long concurrent "
-                                                   "/v1/run requests of one kernel wait to "
-                                                   "share a call")] = 2.0,
+    executor: ExecutorOption = Executor.local,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
+    batch_window_ms: Annotated[float, typer.Option(min=0, max=1000, help="how long the first "
+                                                   "/v1/run request to an idle service waits "
+                                                   "for others to share its call (under load, "
+                                                   "requests share calls anyway)")] = 0.0,
     body_timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="seconds a request's "
                                                 "body may take to arrive; a slower one gets a "
                                                 "408")] = 30.0,
@@ -423,29 +423,12 @@ AtOption = Annotated[Optional[str], typer.Option(
 def _point_index(job, point: int | None, at: str | None) -> int:
     """The grid point chosen by --point (an index) or --at (coordinates); 0 by default."""
     from .errors import UsageError
+    from .job.grid import parse_at
     if at is None:
         return point or 0
     if point is not None:
         raise UsageError("give --point or --at, not both")
-    return job.grid.index_at(_parse_at(at), job.settings.dtype)
-
-
-def _parse_at(text: str) -> dict[str, float]:
-    """`v=20,theta=0.8` -> {"v": 20.0, "theta": 0.8}; names NFKC-normalized as in job files."""
-    import unicodedata
-    from .errors import UsageError
-    coords: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            number = float(value) if sep and name.strip() else None
-        except ValueError:
-            number = None
-        if number is None:
-            raise UsageError(f"--at {text!r}: '{part}' is not NAME=NUMBER",
-                             hint="write it like --at v=20,theta=0.8")
-        coords[unicodedata.normalize("NFKC", name.strip())] = number
-    return coords
+    return job.grid.index_at(parse_at(at), job.settings.dtype)
 
 
 @app.command()

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
-import subprocess
-import sys
 
 import httpx
 import numpy as np
 import pytest
 
 import gradsvc
-from conftest import ROOT
 from gradsvc.job.spec import SENT, job_from_text
 from gradsvc.service.batcher import Batcher, batch_key, run_together
 from gradsvc.teaching.report import to_json
-from test_service import _free_port, _numbers, wait_until_up
+from servers import running_server
+from test_service import _numbers
 
 GRAPH = "graph: {c: a * b, e: c * d, f: sin(e) + exp(a) / b - log(d * d + 1)}\noutputs: [e, f]\n"
 
@@ -101,15 +98,8 @@ def test_concurrent_runs_gather_into_calls_of_the_window():
 
 @pytest.fixture(scope="module")
 def batching_server():
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "gradsvc", "serve", "--port", str(port),
-                                "--batch-window-ms", "100"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(process, url)
-    yield url
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    with running_server("--batch-window-ms", "100") as url:
+        yield url
 
 
 def test_concurrent_http_requests_share_calls_and_answer_as_single_runs(batching_server):

@@ -3,12 +3,6 @@ process on a free loopback port (stopped by its pid), over real HTTP."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -17,6 +11,7 @@ import gradsvc
 from conftest import ROOT, cli
 from gradsvc.client import confined, sse_events
 from gradsvc.errors import EXIT_BUSY, EXIT_DEVICE, ServiceError
+from servers import free_port, running_server
 
 SEED = ROOT / "jobs" / "seed_chain.yaml"
 # about 2 million points: runs for a while on a shared 2-core machine, so it can be cancelled
@@ -25,40 +20,9 @@ LONG = ("name: long\ninputs: {x: {linspace: [0, 1, 1500]}, y: {linspace: [0, 1, 
         "settings: {chunk_size: 2000}\n")  # 1,125 chunks: seconds, even with a kernel at hand
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(*options: str):
-    """The address of a `gradsvc serve` process started with these options, until the end."""
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "gradsvc", "serve", "--port", str(port),
-                                *options], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    address = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if httpx.get(f"{address}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the server did not answer in 60 s"
-            time.sleep(0.1)
-        yield address
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def url():
-    with serving() as address:
+    with running_server() as address:
         yield address
 
 
@@ -103,7 +67,7 @@ def test_several_problems_are_each_shown(client):
 
 
 def test_an_unreachable_service_is_one_clear_error():
-    address = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with gradsvc.Client(address) as nobody, pytest.raises(ServiceError) as raised:
         nobody.run(SEED)
     error = raised.value
@@ -140,7 +104,7 @@ def test_the_token_goes_as_a_bearer_and_a_429_keeps_its_retry_after(tmp_path):
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("alice: {token: 3f9c0a1e6b2d47c8a5e1, requests_per_second: 0.05, "
                       "request_burst: 2}\n")
-    with serving("--token-file", str(tokens)) as address:
+    with running_server("--token-file", str(tokens)) as address:
         with gradsvc.Client(address) as stranger, pytest.raises(ServiceError) as refused:
             stranger.jobs()
         assert refused.value.status == 401 and refused.value.hint

@@ -6,6 +6,7 @@ import pytest
 
 from gradsvc import limits
 from gradsvc.errors import JobFileError, JobProblems, LimitError, UsageError
+from gradsvc.job.grid import parse_at
 from gradsvc.job.spec import job_from_text
 
 
@@ -116,6 +117,15 @@ def test_index_at_compares_in_the_jobs_dtype():
     """A float32 job's results show coordinates rounded to float32: those pick the point too."""
     grid = grid_of("{a: {linspace: [0, 1, 11]}}")
     assert grid.index_at({"a": float(np.float32(0.3))}, "float32") == 3
+
+
+def test_coordinates_are_read_as_written_and_a_wrong_part_is_shown_the_users_way():
+    assert parse_at("v=20, 𝐚 = -0.5,") == {"v": 20.0, "a": -0.5}  # NFKC, as names in job files
+    for written in ("--at ", "at="):  # the CLI's option, the service's query parameter
+        with pytest.raises(UsageError) as info:
+            parse_at("v=20,theta", written)
+        assert info.value.message == f"{written}'v=20,theta': 'theta' is not NAME=NUMBER"
+        assert info.value.hint == f"write it like {written}v=20,theta=0.8"
 
 
 # --- the grid-size limit: a setting of the deployment (its config file), not of a job ---

@@ -2,51 +2,19 @@
 its pid. Every route of this first part, its errors and its limits."""
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
 from conftest import ROOT, cli, cli_json
+from servers import running_server
 
 SEED = (ROOT / "jobs" / "seed_chain.yaml").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(process: subprocess.Popen, url: str, seconds: float = 60) -> None:
-    """Until the server at `url` answers /healthz (its stderr, if it exits first)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, f"the server did not answer in {seconds:.0f} s"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "gradsvc", "serve", "--port", str(port)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(process, url)
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with running_server() as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
 
 
 def yaml_post(client, route: str, text: str, **headers):

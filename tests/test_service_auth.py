@@ -3,20 +3,15 @@ jobs its own (404 for another's), each token's limits (429 with Retry-After), ba
 refused at start, CORS closed. Real servers on free loopback ports, stopped by their pid."""
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import ROOT, cli
 from gradsvc.service.auth import TokenBucket
+from servers import running_server
 
 SEED = (ROOT / "jobs" / "seed_chain.yaml").read_text()
 ALICE, BOB, CAROL = "alice-token-0123456789", "bob-token-0123456789ab", "carol-token-0123456789"
@@ -30,46 +25,6 @@ carol:
   token: {CAROL}
   max_job_points: 100
 """
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(*options: str, host: str = "127.0.0.1", log: Path | None = None):
-    """`gradsvc serve OPTIONS` in a subprocess, once it answers /healthz: yields its base URL;
-    stopped by SIGTERM to its pid. Its stderr goes to the file `log` (a file, not a pipe: a
-    pipe nobody reads would stop the server once full)."""
-    port = free_port(host)
-    with tempfile.TemporaryDirectory() as folder:
-        log = log or Path(folder) / "server.log"
-        with open(log, "wb") as stderr:
-            process = subprocess.Popen([sys.executable, "-m", "gradsvc", "serve", "--host",
-                                        host, "--port", str(port), *options],
-                                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
-            try:
-                url = f"http://{host}:{port}"
-                _until_healthy(url, process, log)
-                yield url
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
-
-
-def _until_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the server did not answer in 60 s"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

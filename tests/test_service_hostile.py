@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from test_service_auth import SEED, running_server
+from servers import running_server
+from test_service_auth import SEED
 
 BODY_TIMEOUT_S = 3  # the server's --body-timeout here: short, to keep the slow client's test short
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, cli_json
+from servers import SERVE, free_port, start_server, stop_server
 from test_service import _numbers
 
 SEED = (ROOT / "jobs" / "seed_chain.yaml").read_text()
@@ -32,7 +31,6 @@ outputs: [z]
 settings:
   chunk_size: 10000
 """
-SERVE = [sys.executable, "-m", "gradsvc", "serve"]
 LIMITED_SERVE = [sys.executable, "-c", "import sys, uvicorn; from pathlib import Path; "
                  "from gradsvc.service.app import create_app; "
                  "from gradsvc.service.config import ServiceConfig; "
@@ -41,35 +39,9 @@ LIMITED_SERVE = [sys.executable, "-c", "import sys, uvicorn; from pathlib import
                  "log_level='warning')"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data: Path, command: list[str] = SERVE) -> tuple[subprocess.Popen, str]:
-    """A server on `data`, answering /healthz; its stderr goes to data/../serve-<port>.log."""
-    port = free_port()
-    log = data.parent / f"serve-{port}.log"
-    with open(log, "wb") as err:
-        process = subprocess.Popen([*command, "--port", str(port), "--data", str(data)],
-                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the server did not answer in 60 s"
-        time.sleep(0.1)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+def start_on(data: Path, command=SERVE) -> tuple[subprocess.Popen, str]:
+    """A server on `data`; its stderr goes to data/../serve.log (a restart's after the first's)."""
+    return start_server("--data", str(data), command=command, log=data.parent / "serve.log")
 
 
 def submit(client: httpx.Client, text: str) -> str:
@@ -109,7 +81,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(data):
-    process, url = start_server(data)
+    process, url = start_on(data)
     with httpx.Client(base_url=url, timeout=60) as client:
         yield client
     stop_server(process)
@@ -246,7 +218,7 @@ def test_a_result_too_big_for_json_points_to_its_files(server):
 
 
 def test_an_owners_queue_and_job_size_are_limited(tmp_path):
-    process, url = start_server(tmp_path / "data", LIMITED_SERVE)
+    process, url = start_on(tmp_path / "data", LIMITED_SERVE)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             first = submit(client, LONG)

@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gradsvc.service.metrics import RATE_WINDOW_S, ServiceMetrics
-from test_service_auth import SEED, running_server
+from servers import running_server
+from test_service_auth import SEED
 
 
 @pytest.fixture(scope="module")

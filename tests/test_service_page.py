@@ -28,7 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 import test_service  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from test_service import SEED, yaml_post  # noqa: E402
-from test_service_auth import running_server  # noqa: E402
+from servers import running_server  # noqa: E402
 
 server = test_service.server  # one real server for this module too
 SCREENSHOT_FOR_README = ROOT / "docs" / "page.png"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from test_service_jobs import LONG, SEED, finished, midway, start_server, stop_server, submit, \
-    wait_for
+from servers import stop_server
+from test_service_jobs import LONG, SEED, finished, midway, start_on, submit, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def assert_resumed_identical(client: httpx.Client, data, job_id: str, reference)
 
 def test_kill_9_then_restart_loses_nothing(tmp_path, uninterrupted):
     data = tmp_path / "data"
-    process, url = start_server(data)
+    process, url = start_on(data)
     with httpx.Client(base_url=url, timeout=60) as client:
         first = submit(client, SEED)
         long = submit(client, LONG)
@@ -50,7 +50,7 @@ def test_kill_9_then_restart_loses_nothing(tmp_path, uninterrupted):
         wait_for(client, long, midway)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    process, url = start_server(data)
+    process, url = start_on(data)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             assert_resumed_identical(client, data, long, uninterrupted)
@@ -68,7 +68,7 @@ def test_sigterm_puts_the_running_job_back_and_a_restart_finishes_it(tmp_path, u
     """Also: a client that left an event stream holds nothing up (uvicorn's shutdown waits for
     open answers: a stream still running would wait for its job, and the jobs would be done)."""
     data = tmp_path / "data"
-    process, url = start_server(data)
+    process, url = start_on(data)
     with httpx.Client(base_url=url, timeout=60) as client:
         long = submit(client, LONG)
         queued = submit(client, SEED)
@@ -81,7 +81,7 @@ def test_sigterm_puts_the_running_job_back_and_a_restart_finishes_it(tmp_path, u
         points_done = db.execute("SELECT points_done FROM jobs WHERE id = ?", (long,)).fetchone()[0]
     assert rows == {long: "queued", queued: "queued"}
     assert 0 < points_done < 3_000_000
-    process, url = start_server(data)
+    process, url = start_on(data)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             assert_resumed_identical(client, data, long, uninterrupted)

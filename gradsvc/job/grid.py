@@ -13,6 +13,7 @@ same at every point, kept in `Grid.tensors`.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -171,6 +172,24 @@ class Grid:
         """(start, stop) index ranges of at most `chunk_size` points covering the grid in order."""
         for start in range(0, self.size, chunk_size):
             yield start, min(start + chunk_size, self.size)
+
+
+def parse_at(text: str, written: str = "--at ") -> dict[str, float]:
+    """`v=20,theta=0.8` -> {"v": 20.0, "theta": 0.8}, what `Grid.index_at` takes; names
+    NFKC-normalized as in job files. `written` is how the user gave the text (the CLI's `--at `,
+    the service's `at=`), so that a wrong part is shown, and the hint written, their way."""
+    coords: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            number = float(value) if sep and name.strip() else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise UsageError(f"{written}{text!r}: '{part}' is not NAME=NUMBER",
+                             hint=f"write it like {written}v=20,theta=0.8")
+        coords[unicodedata.normalize("NFKC", name.strip())] = number
+    return coords
 
 
 def _check_named(at: dict, axes, varying) -> None:

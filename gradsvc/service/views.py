@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import unicodedata
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
@@ -21,6 +20,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import LimitError
+from ..job.grid import parse_at
 from .body import RequestError, read_job
 from .run_routes import SYNC_MAX_POINTS
 
@@ -100,7 +100,7 @@ def point_index(job, point: str | None, at: str | None) -> int:
         raise RequestError(422, "give point or at, not both",
                            hint="point picks by index, at by coordinates (at=v=20,theta=0.8)")
     if at is not None:
-        return job.grid.index_at(coordinates(at), job.settings.dtype)
+        return job.grid.index_at(parse_at(at, written="at="), job.settings.dtype)
     if point is None:
         return 0
     if not point.isdigit():
@@ -109,19 +109,3 @@ def point_index(job, point: str | None, at: str | None) -> int:
     index = int(point)
     check_point(job, index)
     return index
-
-
-def coordinates(text: str) -> dict[str, float]:
-    """`v=20,theta=0.8` -> {"v": 20.0, "theta": 0.8}; names NFKC-normalized as in job files."""
-    coords: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            number = float(value) if sep and name.strip() else None
-        except ValueError:
-            number = None
-        if number is None:
-            raise RequestError(422, f"at={text!r}: '{part}' is not NAME=NUMBER",
-                               hint="write it like at=v=20,theta=0.8")
-        coords[unicodedata.normalize("NFKC", name.strip())] = number
-    return coords
