@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import httpx
 import numpy as np
@@ -123,3 +124,46 @@ def test_concurrent_http_requests_share_calls_and_answer_as_single_runs(batching
         assert _numbers(got) == _numbers(expected)
         a, b, d = (expected["values"][n] for n in "abd")
         assert got["values"]["e"] == a * b * d and got["grads"]["e"]["a"] == b * d
+
+
+def test_a_new_graphs_compile_holds_up_only_its_own_requests():
+    """Requests of a kernel at hand are answered while another graph compiles (groups run side
+    by side); a request whose answer cannot be made gets its own error, the others theirs."""
+    batcher = Batcher(window_s=0.0, max_points=64, request_max_points=8,
+                      read=lambda text: job_from_text(text, "<test>"), finish=_finish_or_fail)
+    terms = " + ".join(f"sin(x * {k}.5) * cos(x + {k})" for k in range(1, 40))
+    new_graph = (f"inputs: {{x: 0.25}}\ngraph: {{y: {terms}}}\noutputs: [y]\n"
+                 "settings: {compile_cache: off}\n")  # compiled here, never taken from disk
+    seeds = _random_texts(6, seed=5)
+    asyncio.run(_answers(batcher, seeds[:1]))  # the seed graph's kernel is at hand
+    finished: dict[str, float] = {}
+
+    async def timed(name: str, text: str):
+        try:
+            return await batcher.answer(text)
+        finally:
+            finished[name] = time.perf_counter()
+
+    async def both():
+        slow = asyncio.ensure_future(timed("new graph", new_graph))
+        await asyncio.sleep(0.02)  # its compile has begun
+        quick = [timed(f"seed {k}", text) for k, text in enumerate(seeds[1:])]
+        return await asyncio.gather(slow, *quick, timed("unanswerable", FAILS_TO_FINISH),
+                                    return_exceptions=True)
+    results = asyncio.run(both())
+    assert results[0].ok and all(r.ok for r in results[1:-1])
+    assert isinstance(results[-1], ValueError) and "cannot answer" in str(results[-1])
+    assert max(finished[f"seed {k}"] for k in range(5)) < finished["new graph"]
+
+
+FAILS_TO_FINISH = _job_text(1.0, 2.0, 3.0).replace("inputs:", "name: unanswerable\ninputs:")
+
+
+def _finish_or_fail(result):
+    if result.job.name == "unanswerable":
+        raise ValueError("cannot answer this one")
+    return result
+
+
+async def _answers(batcher: Batcher, texts: list[str]) -> list:
+    return await asyncio.gather(*(batcher.answer(text) for text in texts))

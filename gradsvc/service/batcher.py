@@ -1,12 +1,14 @@
 """Dynamic batching of /v1/run: concurrent requests whose jobs share a kernel run as one call.
 
-Requests wait in one line. The first request to an idle batcher waits `window_s` for others;
-while a call runs, later requests gather and are taken at once after it, so the busier the
-service, the bigger its calls (as Triton's dynamic batcher does). The requests taken are read
-(their job texts parsed), grouped by `batch_key` (the graph's structure and everything else that
-shapes its kernel; input values aside), each group computed in calls of at most `max_points`
-points, and each answer made (its JSON), all in one worker thread: a request costs no thread hop
-of its own, and the event loop only hands texts in and answers out.
+A request's job text joins the reading line; the first text to an idle line waits `window_s`
+for others, and the texts waiting are then read (parsed) together in one worker thread. Each job
+read joins the group of its `batch_key` (the graph's structure and everything else that shapes
+its kernel; input values aside). A group computes its calls one after another, each in one
+worker thread that also makes each request's answer (its JSON): the requests that came while a
+call ran go together in the next one, at most `max_points` points, so the busier the service,
+the bigger its calls (as Triton's dynamic batcher does). Groups run side by side: a new graph's
+compile holds up only its own group. A text longer than INLINE_MAX_CHARS is read on its own
+(its reading would hold up the line), and so is the JSON check of such a body (run_routes).
 
 A call's grid is every request's points one after another (a zip grid of their coordinates),
 padded to a power of two, so a graph compiles for a few sizes only. Each request then gets its
@@ -16,17 +18,18 @@ disagrees with the reference). A batched request gets the kernel kind (optimised
 sin/cos or XLA's) that it would get on its own: its numbers are those of its single run.
 
 Jobs with tensor inputs, random inputs made in the kernel, a chunk size of their own, or more
-than `request_max_points` points run on their own, each in a worker thread of its own.
+than `request_max_points` points run on their own, at most ALONE_AT_ONCE at a time, so that they
+never take every worker thread from the rest of the service.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import anyio
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
@@ -34,7 +37,9 @@ from ..job.grid import Axis, Grid
 from ..job.spec import Job
 
 SMALLEST_CALL = 8  # points: a call's grid is padded to a power of two, at least this
-MAX_TAKEN = 1024  # requests read in one go (their points are not known before they are read)
+MAX_READ_AT_ONCE = 1024  # texts read in one go
+INLINE_MAX_CHARS = 64_000  # a longer text is read (and its JSON checked) on its own
+ALONE_AT_ONCE = 4  # jobs that cannot share a call, run at once
 
 
 def batch_key(job: Job, request_max_points: int) -> tuple | None:
@@ -52,6 +57,7 @@ class _Waiting:
     text: str
     arrived: float
     answer: asyncio.Future
+    job: Job | None = None  # once read
 
 
 @dataclass
@@ -72,81 +78,118 @@ class Batcher:
         self.max_points = max_points
         self.request_max_points = min(request_max_points, max_points)
         self.read, self.finish, self.metrics = read, finish, metrics
-        self._waiting: list[_Waiting] = []
-        self._draining = False
+        self._unread: list[_Waiting] = []
+        self._reading = False
+        self._groups: dict[tuple, list[_Waiting]] = {}
+        self._running: set[tuple] = set()  # groups whose calls run
+        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self._alone = anyio.CapacityLimiter(ALONE_AT_ONCE)
 
     async def answer(self, text: str):
         """The answer to the job `text`, computed in a call shared with concurrent requests."""
         waiting = _Waiting(text, time.perf_counter(), asyncio.get_running_loop().create_future())
-        self._waiting.append(waiting)
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+        if len(text) > INLINE_MAX_CHARS:
+            waiting.job = await run_in_threadpool(self.read, text)
+            self._sort(waiting)
+        else:
+            self._unread.append(waiting)
+            if not self._reading:
+                self._reading = True
+                self._start(self._read_line())
         outcome = await waiting.answer
         if isinstance(outcome, _Alone):
-            return await run_in_threadpool(self._run_alone, outcome.job)
+            return await anyio.to_thread.run_sync(self._run_alone, outcome.job,
+                                                  limiter=self._alone)
         return outcome
 
-    async def _drain(self) -> None:
-        """Serve the line until nobody waits: the first requests after the window, each next
-        ones at once with whoever came meanwhile."""
+    def _start(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_line(self) -> None:
+        """Read the waiting texts, the first after the window, the next at once, until none
+        wait; each job read joins its group."""
+        taken: list[_Waiting] = []
         try:
             await asyncio.sleep(self.window_s)
-            while self._waiting:
-                taken, self._waiting = self._waiting[:MAX_TAKEN], self._waiting[MAX_TAKEN:]
-                try:
-                    outcomes = await run_in_threadpool(self._serve, taken)
-                except Exception as error:  # a failure of the whole call is each request's
-                    outcomes = [error] * len(taken)
-                for waiting, outcome in zip(taken, outcomes):
-                    if waiting.answer.done():  # its client went away
-                        continue
-                    if isinstance(outcome, BaseException):
-                        waiting.answer.set_exception(outcome)
+            while self._unread:
+                taken = self._unread[:MAX_READ_AT_ONCE]
+                del self._unread[:len(taken)]
+                for waiting, job in zip(taken, await run_in_threadpool(self._read_all, taken)):
+                    if isinstance(job, Exception):
+                        _settle(waiting, job)
                     else:
-                        waiting.answer.set_result(outcome)
+                        waiting.job = job
+                        self._sort(waiting)
+                taken = []
         finally:
-            self._draining = False
+            self._reading = False
+            _fail_unsettled(taken)
+            if self._unread:  # came while this one failed: a new line serves them
+                self._reading = True
+                self._start(self._read_line())
 
-    def _serve(self, taken: list[_Waiting]) -> list:
-        """(In a worker thread.) Each request's answer, error or `_Alone`: read, grouped,
-        computed in shared calls, answered."""
-        outcomes: list = [None] * len(taken)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        jobs: list[Job | None] = [None] * len(taken)
-        for i, waiting in enumerate(taken):
+    def _read_all(self, taken: list[_Waiting]) -> list:
+        """(In a worker thread.) Each text's job, or the error reading it raised."""
+        jobs: list = []
+        for waiting in taken:
             try:
-                jobs[i] = self.read(waiting.text)
+                jobs.append(self.read(waiting.text))
             except Exception as error:  # this request's alone
-                outcomes[i] = error
-                continue
-            key = batch_key(jobs[i], self.request_max_points)
-            if key is None:
-                outcomes[i] = _Alone(jobs[i])
-            else:
-                groups[key].append(i)
-        for members in groups.values():
-            for call in self._calls(members, jobs):
-                try:
-                    results = run_together([jobs[i] for i in call],
-                                           [taken[i].arrived for i in call])
-                except Exception as error:  # the call's, so each of its requests'
-                    results = [error] * len(call)
-                self._observe([jobs[i] for i in call], results)
-                for i, result in zip(call, results):
-                    outcomes[i] = self._finished(result)
-        return outcomes
+                jobs.append(error)
+        return jobs
 
-    def _calls(self, members: list[int], jobs: list[Job]) -> list[list[int]]:
-        """A group's requests cut into calls of at most max_points points, in their order."""
-        calls, points = [[]], 0
-        for i in members:
-            if calls[-1] and points + jobs[i].grid.size > self.max_points:
-                calls.append([])
-                points = 0
-            calls[-1].append(i)
-            points += jobs[i].grid.size
-        return calls
+    def _sort(self, waiting: _Waiting) -> None:
+        """A job read joins its group (whose calls start if none runs), or runs alone."""
+        key = batch_key(waiting.job, self.request_max_points)
+        if key is None:
+            _settle(waiting, _Alone(waiting.job))
+            return
+        group = self._groups.setdefault(key, [])
+        group.append(waiting)
+        if len(group) == 1 and key not in self._running:
+            self._running.add(key)
+            self._start(self._run_group(key))
+
+    async def _run_group(self, key: tuple) -> None:
+        """The group's calls, one after another, until nobody waits in it."""
+        taken: list[_Waiting] = []
+        try:
+            while self._groups.get(key):
+                taken = self._take(self._groups[key])
+                for waiting, outcome in zip(taken, await run_in_threadpool(self._call, taken)):
+                    _settle(waiting, outcome)
+                taken = []
+        finally:
+            self._running.discard(key)
+            _fail_unsettled(taken)
+            if self._groups.get(key):  # came while this one failed: new calls serve them
+                self._running.add(key)
+                self._start(self._run_group(key))
+            else:
+                self._groups.pop(key, None)
+
+    def _take(self, group: list[_Waiting]) -> list[_Waiting]:
+        """The oldest requests of a group, within max_points (the first whatever its size)."""
+        count, points = 0, 0
+        for waiting in group:
+            if count and points + waiting.job.grid.size > self.max_points:
+                break
+            count, points = count + 1, points + waiting.job.grid.size
+        taken = group[:count]
+        del group[:count]
+        return taken
+
+    def _call(self, taken: list[_Waiting]) -> list:
+        """(In a worker thread.) One call's answers (or errors)."""
+        jobs = [waiting.job for waiting in taken]
+        try:
+            results = run_together(jobs, [waiting.arrived for waiting in taken])
+        except Exception as error:  # the call's, so each of its requests'
+            results = [error] * len(taken)
+        self._observe(jobs, results)
+        return [self._finished(result) for result in results]
 
     def _finished(self, result):
         if isinstance(result, BaseException):
@@ -172,6 +215,24 @@ class Batcher:
                      None)
         if run_s is not None:  # the call's time, which every answer of it reports
             self.metrics.observe_points(points, run_s)
+
+
+def _settle(waiting: _Waiting, outcome) -> None:
+    """Hand a request its outcome, unless its client went away (its future is cancelled)."""
+    if waiting.answer.done():
+        return
+    if isinstance(outcome, Exception):
+        waiting.answer.set_exception(outcome)
+    elif isinstance(outcome, BaseException):  # never hand a waiter a KeyboardInterrupt
+        waiting.answer.set_exception(RuntimeError(f"the batcher was stopped: {outcome!r}"))
+    else:
+        waiting.answer.set_result(outcome)
+
+
+def _fail_unsettled(taken: list[_Waiting]) -> None:
+    """Requests taken by a line or a group that stopped before answering them."""
+    for waiting in taken:
+        _settle(waiting, RuntimeError("the batcher stopped before answering this request"))
 
 
 def run_together(jobs: list[Job], arrived: list[float]) -> list:

@@ -5,8 +5,10 @@ import json
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import LimitError
+from .batcher import INLINE_MAX_CHARS
 from .body import job_text, read_body, read_job
 
 SYNC_MAX_POINTS = 1_000_000  # /v1/run answers while the client waits: bigger jobs are queued
@@ -18,8 +20,11 @@ router = APIRouter()
 async def run(request: Request) -> Response:
     """Run a job: every node's value and every output's gradient at every grid point,
     verified against the reference, as `gradsvc run --format json` prints it."""
-    text = job_text(await read_body(request), request.headers.get("content-type", ""))
-    # read, run (with concurrent requests of its kernel) and answered in a worker thread
+    body, media = await read_body(request), request.headers.get("content-type", "")
+    # a long body's JSON check is work too: off the event loop
+    text = (job_text(body, media) if len(body) <= INLINE_MAX_CHARS
+            else await run_in_threadpool(job_text, body, media))
+    # read, run (with concurrent requests of its kernel) and answered in worker threads
     return Response(await request.app.state.batcher.answer(text), media_type="application/json")
 
 
