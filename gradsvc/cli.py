@@ -64,7 +64,7 @@ def _device_count(text: str) -> int | str:
     """--devices: a whole number of at least 1, or all (the setting takes either)."""
     if text == "all":
         return text
-    if text.isdigit() and int(text) >= 1:
+    if text.isascii() and text.isdigit() and int(text) >= 1:
         return int(text)
     raise typer.BadParameter(f"expected a count of at least 1, or all; got {text!r}")
 

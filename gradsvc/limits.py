@@ -21,4 +21,9 @@ MAX_TENSOR_DIMS = 8  # dimensions of one tensor input
 MAX_REFERENCE_NODES = 100_000  # scalar nodes of a tensor job's scalar view the reference checks
 MAX_COMPILED_KERNELS = 256  # compiled kernels one process keeps (each holds memory mappings)
 
-ALL = {name: value for name, value in globals().items() if name.startswith("MAX_")}
+# what a job sent to the service may ask of verification, which runs while its client waits
+SENT_MAX_VERIFY_POINTS = 10_000  # settings.verify_points
+SENT_MAX_FD_POINTS = 1_000  # settings.fd_points
+SENT_MAX_VERIFY_BUDGET = 1.0  # settings.verify_budget (a fraction of compile + run time)
+
+ALL = {name: value for name, value in globals().items() if name.startswith(("MAX_", "SENT_MAX_"))}

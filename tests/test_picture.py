@@ -104,3 +104,21 @@ def test_a_named_constant_is_a_box_with_its_gradient():
     job = job_from_text("inputs: {a: 2}\ngraph: {k: 3, z: a * k}\noutputs: [z]")
     picture = build_picture(job)
     assert picture.elements["k"].kind == "node" and picture.elements["k"].label == "k = 3\ndz/dk = 2"
+
+
+def test_a_job_name_with_dollars_is_drawn_as_it_is(tmp_path):
+    """A name in $...$ (a sender's, over HTTP) is the title as written, not math text that fails
+    to parse; the figure is closed after."""
+    import matplotlib.pyplot as plt
+    name = r"$\frac{$"
+    job = job_from_text(f"name: '{name}'\ninputs: {{a: 2.0}}\ngraph: {{z: a * a}}\n"
+                        "outputs: [z]\n")
+    write_picture(build_picture(job), tmp_path / "g.png")
+    assert tmp_path.joinpath("g.png").stat().st_size > 5000 and plt.get_fignums() == []
+
+
+def test_a_picture_that_fails_to_save_leaves_no_figure_open(tmp_path):
+    import matplotlib.pyplot as plt
+    with pytest.raises(OSError):
+        write_picture(build_picture(load_job("jobs/seed_chain.yaml")), tmp_path / "gone" / "g.svg")
+    assert plt.get_fignums() == []

@@ -115,3 +115,30 @@ def test_random_samples_are_drawn_in_order_of_the_input(tmp_path):
     assert sorted(shown) == list(range(200)) and (np.diff(x[shown]) >= 0).all()
     assert (np.diff(x[line_points(x, 7)]) >= 0).all() and len(line_points(x, 7)) == 29
     assert plot(from_job(job), tmp_path / "u.png").points == 200
+
+
+MATH_NAME = r"$\frac{$"  # matplotlib's math text would refuse it: names are drawn as plain text
+
+
+@pytest.mark.parametrize("grid", ["x: {linspace: [0, 1, 5]}",
+                                  "x: {linspace: [0, 1, 5]}\n  y: {linspace: [0, 1, 4]}",
+                                  "x: {linspace: [0, 1, 5]}\n  v: {tensor: [1.0, 2.0]}"],
+                         ids=["1-D", "2-D", "tensor"])
+def test_a_job_name_with_dollars_is_drawn_as_it_is(tmp_path, grid):
+    """A name in $...$ (a sender's, over HTTP) is a title, not math text that fails to parse."""
+    import matplotlib.pyplot as plt
+    formula = "sum(v) * x" if "tensor" in grid else "x * x"
+    job = job_from_text(f"name: '{MATH_NAME}'\ninputs:\n  {grid}\ngraph:\n  z: {formula}\n"
+                        "outputs: [z]\n")
+    plot(from_job(job), tmp_path / "m.svg")
+    assert MATH_NAME in (tmp_path / "m.svg").read_text(encoding="utf-8")  # the title's comment
+    assert plt.get_fignums() == []
+
+
+def test_a_plot_that_fails_to_save_leaves_no_figure_open(tmp_path):
+    """A drawing that fails (here: its folder is gone) closes its figure: a service drawing
+    for many requests would otherwise keep every failed one in pyplot."""
+    import matplotlib.pyplot as plt
+    with pytest.raises(OSError):
+        plot(from_job(load_job("jobs/logistic_curve.yaml")), tmp_path / "gone" / "p.png")
+    assert plt.get_fignums() == []

@@ -6,6 +6,7 @@ traversal in /files and unknown job ids (the queue's tests)."""
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -127,7 +128,7 @@ def test_a_body_that_is_not_utf8_is_a_422(server):
 
 def test_a_declared_huge_body_is_refused_before_it_is_sent(server):
     """Content-Length of a terabyte, no body sent: 413 at once, not a wait for the body."""
-    answer, _ = server.raw(b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+    answer, _ = server.raw(b"POST /v1/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
                            b"Content-Length: 1000000000000\r\nConnection: close\r\n\r\n")
     assert "MAX_JOB_FILE_BYTES" in raw_error(answer, 413)["message"]
 
@@ -135,7 +136,7 @@ def test_a_declared_huge_body_is_refused_before_it_is_sent(server):
 def test_a_slow_body_is_cut_off_with_a_408(server):
     """Headers, then a body of 200 bytes trickled a byte every 0.5 s: 408 at the server's
     --body-timeout, and the connection closed (the request is not held open for 100 s)."""
-    head = (b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\n"
+    head = (b"POST /v1/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/yaml\r\n"
             b"Content-Length: 200\r\n\r\n")
     answer, seconds = server.raw(head, *[b"#"] * 12, pause_s=0.5)
     error = raw_error(answer, 408)
@@ -146,11 +147,28 @@ def test_a_slow_body_is_cut_off_with_a_408(server):
 def test_clients_that_leave_mid_body_leave_the_server_serving(server):
     """Ten clients each send half a body and hang up: nothing logged, every later request
     answered."""
-    head = (b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\n"
+    head = (b"POST /v1/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/yaml\r\n"
             b"Content-Length: %d\r\n\r\n" % len(SEED))
+    left = answered(server, "POST", "/v1/run", "400")
     for _ in range(10):
         server.raw(head, SEED[: len(SEED) // 2].encode(), read=False)
-    time.sleep(0.5)  # the server has seen them all go
+    # the server has seen them all go once it has answered each (a 400 nobody reads): then
+    # anything their leaving logged is in the log the fixture reads
+    deadline = time.monotonic() + 10
+    while answered(server, "POST", "/v1/run", "400") < left + 10:
+        assert time.monotonic() < deadline, "the server did not see ten clients leave in 10 s"
+        time.sleep(0.05)
+
+
+def answered(server, method: str, route: str, status: str) -> float:
+    """How many answers of this status to `method route` the server's /metrics counts."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(server.http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "gradsvc_requests_total" and sample.labels == {
+                    "method": method, "route": route, "status": status}:
+                return sample.value
+    return 0.0
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/v1/nothing"), ("POST", "/v2/run"),
@@ -175,12 +193,13 @@ def test_a_method_a_route_does_not_take_is_a_405_error(server, method, path, all
 def test_a_huge_header_is_refused(server):
     """One header of a megabyte: 400 from uvicorn's HTTP parser (h11 holds at most 16 kB of an
     unfinished request), before any of gradsvc runs, so in its plain text, not the JSON."""
-    answer, _ = server.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000
+    answer, _ = server.raw(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 1_000_000
                            + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Invalid HTTP request" in answer
 
 
 @pytest.mark.parametrize("query,words", [("/v1/jobs?limit=-1", "?limit=-1 is not a count"),
+                                         ("/v1/jobs?limit=%C2%B2", "?limit=² is not a count"),
                                          ("/v1/jobs?limit=%FF%00", "is not a count"),
                                          ("/v1/jobs?status=%00../", "no job status"),
                                          ("/v1/jobs?limit=1&limit=99999999999999999999",
@@ -195,3 +214,116 @@ def test_nonsense_in_an_explain_query_is_a_422(server):
     assert "unknown language" in error_of(server.post("/v1/explain?lang=%00zz", SEED.encode()),
                                           422)["message"]
     error_of(server.post("/v1/explain?point=999999999999", SEED.encode()), 422)
+    # ² is a digit to str.isdigit() and int() refuses it: a 422, not a 500
+    error = error_of(server.post("/v1/explain?point=%C2%B2", SEED.encode()), 422)
+    assert error["message"] == "point='²' is not a grid point index"
+
+
+def test_a_file_name_too_long_for_the_disk_is_a_404(server):
+    """/files/<300 characters> of one's own job: the file system refuses the name (too long);
+    no such file, not a 500."""
+    job_id = server.post("/v1/jobs", SEED.encode()).json()["id"]
+    error = error_of(server.http.get(f"/v1/jobs/{job_id}/files/{'a' * 300}"), 404)
+    assert "has no file" in error["message"]
+
+
+MATH_JOB = SEED.replace("name: seed-chain", "name: '$\\frac{$'")
+LINE_JOB = ("name: '$\\frac{$'\ninputs: {x: {linspace: [0, 1, 5]}}\ngraph: {z: x * x}\n"
+            "outputs: [z]\n")
+
+
+@pytest.mark.parametrize("route,body,media", [("/v1/graph", MATH_JOB, "image/svg+xml"),
+                                              ("/v1/plot", LINE_JOB, "image/png")])
+def test_a_job_name_of_math_text_is_drawn(server, route, body, media):
+    """A name matplotlib would read as math text ($...$, here not valid): drawn as it is."""
+    assert "$\\frac{$" in body
+    response = server.post(route, body.encode())
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(media) and len(response.content) > 5000
+
+
+def at_setting(text: str, setting: str) -> tuple[int, int]:
+    """The line and column of `setting`'s value in `text`."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith(f"{setting}:"):
+            return number, line.index(":") + 3
+    raise AssertionError(setting)
+
+
+@pytest.mark.parametrize("setting,value,words", [
+    ("compile_cache", "/tmp/elsewhere", "may not set compile_cache"),
+    ("compile_cache", "off", "may not set compile_cache"),
+    ("verify_points", "10001", "SENT_MAX_VERIFY_POINTS"),
+    ("fd_points", "1001", "SENT_MAX_FD_POINTS"),
+    ("verify_budget", "1.5", "SENT_MAX_VERIFY_BUDGET")])
+@pytest.mark.parametrize("route", ["/v1/run", "/v1/jobs", "/v1/validate", "/v1/explain"])
+def test_a_sent_job_may_not_choose_a_cache_folder_or_unbounded_checks(server, route, setting,
+                                                                    value, words):
+    """A job over HTTP may not point the server at a folder to write (and load compiled code)
+    from, nor ask verification past the SENT_MAX_ limits: 422 at the setting, with a hint."""
+    body = f"{SEED}settings:\n  {setting}: {value}\n"
+    error = error_of(server.post(route, body.encode()), 422)
+    assert words in error["message"]
+    assert (error["line"], error["col"]) == at_setting(body, setting)
+    assert ("kernel cache" if setting == "compile_cache" else "or less") in error["hint"]
+
+
+def test_a_sent_job_at_the_verification_limits_runs(server):
+    """verify_points, fd_points and verify_budget at their limits: the seed job runs."""
+    body = f"{SEED}settings:\n  verify_points: 10000\n  fd_points: 1000\n  verify_budget: 1.0\n"
+    response = server.post("/v1/run", body.encode())
+    assert response.status_code == 200, response.text
+    run = response.json()
+    assert run["values"]["e"] == 24.0 and run["grads"]["e"]["a"] == 12.0 and run["verify"]["ok"]
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://localhost:1"])
+def test_a_request_from_another_origins_page_is_a_403(server, origin):
+    """Without tokens, a browser page of another origin may not POST a job here (a text/plain
+    POST needs no preflight): 403 before the job is read."""
+    response = server.http.post("/v1/jobs", content=SEED.encode(),
+                                headers={"content-type": "text/plain", "origin": origin})
+    error = error_of(response, 403)
+    assert origin in error["message"] and "--token-file" in error["hint"]
+
+
+def test_a_request_for_another_host_is_a_400(server):
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 asks with
+    `Host: evil.example`: 400, so it reads nothing."""
+    for path in ("/v1/jobs", "/healthz", "/"):
+        error = error_of(server.http.get(path, headers={"host": "evil.example"}), 400)
+        assert "evil.example" in error["message"]
+
+
+def test_a_request_from_this_servers_own_page_is_served(server):
+    """The page at / POSTs with its own origin (scheme://Host): served; so is a request by
+    `localhost`."""
+    response = server.http.post("/v1/validate", content=SEED.encode(),
+                                headers={"content-type": "text/plain", "origin": server.url})
+    assert response.status_code == 200 and response.json()["outputs"] == ["e"]
+    port = urlsplit(server.url).port
+    response = server.http.get("/healthz", headers={"host": f"localhost:{port}",
+                                                     "origin": f"http://localhost:{port}"})
+    assert response.json() == {"status": "ok"}
+
+
+# a real server whose app has one more route, a bug on purpose: what the last resort answers
+BUGGY_SERVE = [sys.executable, "-c", "import sys, uvicorn; "
+               "from gradsvc.service.app import create_app; "
+               "app = create_app(); "
+               "app.get('/v1/bug')(lambda: {}['/srv/secret/path']); "
+               "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')"]
+
+
+def test_a_bug_is_a_500_in_the_error_json_and_logged(tmp_path):
+    """An exception no handler takes: 500 with the error JSON (no traceback, no details that
+    may name the server's files), the traceback in the server's log; the server goes on."""
+    log = tmp_path / "server.log"
+    with running_server(command=BUGGY_SERVE, log=log) as url:
+        response = httpx.get(f"{url}/v1/bug")
+        error = error_of(response, 500)
+        assert error["message"].startswith("internal error: KeyError") and "bug" in error["hint"]
+        assert "Traceback" not in response.text and "/srv/secret" not in response.text
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    logged = log.read_text()
+    assert "internal error answering GET /v1/bug" in logged and "/srv/secret/path" in logged

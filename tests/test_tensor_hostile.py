@@ -18,6 +18,7 @@ from gradsvc import limits
 from gradsvc.errors import GradsvcError, GraphError, JobFileError, LimitError
 from gradsvc.job.spec import job_from_text
 from conftest import cli
+from test_yaml import PAST_THE_C_LOADER
 
 FILE = "attack.yaml"
 INPUTS = ["v: {tensor: [1.0, 2.0, 3.0, 4.0]}",  # line 2
@@ -300,11 +301,13 @@ def test_list_nested_past_the_dimension_limit():
     assert at(e) == (2, 15 + limits.MAX_TENSOR_DIMS)  # the bracket one level too deep
 
 
-def test_list_nested_deeper_than_the_yaml_parser_goes():
-    """[[[...1...]]] 10,000 deep: refused as too deep to read (the parser's recursion, no place)."""
+@pytest.mark.parametrize("padding", ["", PAST_THE_C_LOADER], ids=["libyaml", "pyyaml"])
+def test_list_nested_deeper_than_the_yaml_parser_goes(padding):
+    """[[[...1...]]] 10,000 deep: refused as too deep to read (the parser's recursion, no place),
+    by libyaml and, padded past C_COMPOSE_MAX_CHARS with a comment, by PyYAML."""
     deep = "[" * 10_000 + "1" + "]" * 10_000
     with pytest.raises(LimitError) as info:
-        job_from_text(job("sum(g)", f"g: {{tensor: {deep}}}"), file=FILE)
+        job_from_text(job("sum(g)", f"g: {{tensor: {deep}}}") + padding, file=FILE)
     assert info.value.message == "the YAML nests too deeply to read"
     assert info.value.where.file == FILE  # the parser gave up before it could say where
 

@@ -3,9 +3,26 @@ keys, numbers written as strings, non-mapping roots, invalid syntax), each with 
 import pytest
 
 from gradsvc.errors import GradsvcError, JobFileError, LimitError
+from gradsvc.job.source import C_COMPOSE_MAX_CHARS, load_yaml
 from gradsvc.job.spec import job_from_text
 from test_security import refused
 from test_spec import BASE, error_of
+
+# a job's text as it is (composed by libyaml, the C loader) and padded with a comment past
+# C_COMPOSE_MAX_CHARS (composed by PyYAML's Python loader): both paths must refuse alike
+PAST_THE_C_LOADER = "\n# padding " + "x" * C_COMPOSE_MAX_CHARS + "\n"
+
+
+@pytest.fixture(params=["libyaml", "pyyaml"])
+def padded(request):
+    """`padded(text)`: the text for this loader (the padding is a comment after the whole job,
+    so every place in it stays where it was)."""
+    def pad(text: str) -> str:
+        if request.param == "libyaml":
+            assert len(text) <= C_COMPOSE_MAX_CHARS
+            return text
+        return text + PAST_THE_C_LOADER
+    return pad
 
 
 def test_python_yaml_tags():
@@ -33,9 +50,9 @@ def test_billion_laughs_alias_bomb():
     assert "MAX_YAML_NODES" in str(e)
 
 
-def test_deeply_nested_yaml():
-    """[[[[...]]]] 10,000 deep: refused, no RecursionError escapes."""
-    refused("inputs: " + "[" * 10_000 + "]" * 10_000 + "\n", GradsvcError)
+def test_deeply_nested_yaml(padded):
+    """[[[[...]]]] 10,000 deep: refused, no RecursionError escapes (by either loader)."""
+    refused(padded("inputs: " + "[" * 10_000 + "]" * 10_000 + "\n"), GradsvcError)
 
 
 def test_duplicate_keys():
@@ -92,9 +109,11 @@ def test_empty_file():
     assert error_of("").message == "the job file is empty"
 
 
-def test_deeply_nested_yaml_is_located_at_its_deepest_bracket():
-    """The refusal of 10,000-deep nesting says where: the innermost bracket's line and column."""
-    e = refused("name: deep\ninputs: " + "[" * 10_000 + "]" * 10_000 + "\n", GradsvcError)
+def test_deeply_nested_yaml_is_located_at_its_deepest_bracket(padded):
+    """The refusal of 10,000-deep nesting says where: the innermost bracket's line and column
+    (libyaml stops at its nesting limit, PyYAML at Python's recursion limit: the same answer)."""
+    e = refused(padded("name: deep\ninputs: " + "[" * 10_000 + "]" * 10_000 + "\n"),
+                GradsvcError)
     assert "nests too deeply" in e.message
     assert (e.where.line, e.where.col) == (2, 9 + 9_999)
 
@@ -106,3 +125,14 @@ def test_a_long_flat_list_is_refused_where_it_passes_the_node_limit():
     e = refused(text, GradsvcError)
     assert "expands to more than 100,000 values" in e.message
     assert e.where.line == 1 and e.where.col == 200_009  # the 100,001st node: value 99,994
+
+
+@pytest.mark.parametrize("text,place", [("a: \udc80", (1, 4)), ("a: 1\nb: x\udc80y\n", (2, 5))])
+def test_a_lone_surrogate_is_a_located_job_file_error(padded, text, place):
+    """A str from Python holding a lone surrogate (not text: it has no UTF-8) is refused where
+    it stands, not by a UnicodeEncodeError from the loader."""
+    with pytest.raises(JobFileError) as info:
+        load_yaml(padded(text), "j.yaml")
+    e = info.value
+    assert "U+DC80, a lone surrogate" in e.message and e.hint
+    assert (e.where.file, e.where.line, e.where.col) == ("j.yaml", *place)

@@ -92,7 +92,11 @@ def read_stdin_text() -> str:
 
 def load_yaml(text: str, file: str) -> Document:
     """Parse YAML text safely; see the module docstring for what is checked."""
-    if len(text.encode("utf-8", "surrogatepass")) > limits.MAX_JOB_FILE_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a str from Python holding a lone surrogate: not text
+        raise _not_text(text, file, exc.start) from None
+    if size > limits.MAX_JOB_FILE_BYTES:
         raise _too_big(Location(file))
     try:
         root = yaml.compose(text, Loader=_loader_for(text))
@@ -121,14 +125,23 @@ def load_yaml(text: str, file: str) -> Document:
     return doc
 
 
-# Up to this size a text is composed by libyaml (C): it cannot hold more nodes than MAX_YAML_NODES
-# before aliases expand, which the walk below counts. libyaml composes a small job several times
-# faster than PyYAML's Python parser: the service parses one per request.
-C_COMPOSE_MAX_BYTES = 64_000
+def _not_text(text: str, file: str, index: int) -> JobFileError:
+    line = text.count("\n", 0, index) + 1
+    where = Location(file, line, index - text.rfind("\n", 0, index))
+    return JobFileError(f"the job holds U+{ord(text[index]):04X}, a lone surrogate, which is not "
+                        "a character of text", where=where, text=_line(text, where),
+                        caret_col=where.col, hint="job files are UTF-8 text: remove it, or decode "
+                        "the file's bytes as UTF-8 before passing its text")
+
+
+# Up to this many characters a text is composed by libyaml (C): it cannot hold more nodes than
+# MAX_YAML_NODES before aliases expand, which the walk below counts. libyaml composes a small job
+# several times faster than PyYAML's Python parser: the service parses one per request.
+C_COMPOSE_MAX_CHARS = 64_000
 
 
 def _loader_for(text: str):
-    if yaml.__with_libyaml__ and len(text) <= C_COMPOSE_MAX_BYTES:
+    if yaml.__with_libyaml__ and len(text) <= C_COMPOSE_MAX_CHARS:
         return yaml.CSafeLoader
     return _CountingLoader
 

@@ -397,6 +397,8 @@ def _build(doc: Document, text: str, default_name: str, max_points: int) -> Job:
     spec = _validate(JobSpec, doc.data, doc)
     names = _Names(spec, doc)
     problems = names.problems
+    if doc.file == SENT:
+        problems.extend(_sent_setting_problems(spec.settings, doc))
     formula_nodes = {}
     for raw, formula in spec.graph.items():
         where = _formula_location(doc, ("graph", raw))
@@ -444,6 +446,35 @@ def data_folder(file: str) -> Path | None:
     if file.startswith("<") and file.endswith(">"):
         return Path.cwd()
     return Path(os.path.abspath(file)).parent
+
+
+# a sent job's settings that may not pass these limits: (setting, limit, its name in limits)
+_SENT_SETTING_LIMITS = (("verify_points", limits.SENT_MAX_VERIFY_POINTS, "SENT_MAX_VERIFY_POINTS"),
+                        ("fd_points", limits.SENT_MAX_FD_POINTS, "SENT_MAX_FD_POINTS"),
+                        ("verify_budget", limits.SENT_MAX_VERIFY_BUDGET, "SENT_MAX_VERIFY_BUDGET"))
+
+
+def _sent_setting_problems(settings: Settings, doc: Document) -> list[GradsvcError]:
+    """What a job sent to the service may not ask: a kernel cache folder (the server would write
+    there and load compiled code from there, for every job of the process), or more verification
+    than the named limits (it runs while the client waits)."""
+    own = settings.model_fields_set
+    problems = []
+    if "compile_cache" in own:
+        problems.append(JobFileError(
+            "a job sent to the service may not set compile_cache",
+            where=doc.where(("settings", "compile_cache")),
+            hint="the server chooses its kernel cache: remove this setting"))
+    for name, limit, limit_name in _SENT_SETTING_LIMITS:
+        value = getattr(settings, name)
+        if name in own and value > limit:
+            problems.append(LimitError(
+                f"settings.{name} is {value:,}; a job sent to the service may ask at most "
+                f"{limit:,} ({limit_name})", where=doc.where(("settings", name)),
+                hint=f"lower {name} to {limit:,} or less, or run the job with the CLI"))
+    for problem in problems:
+        problem.text, problem.caret_col = doc.line_text(problem.where), problem.where.col
+    return problems
 
 
 def content_hash(text: str, files: tuple = ()) -> str:

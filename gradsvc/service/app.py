@@ -24,7 +24,9 @@ checks of parameters (422) have that shape too. Who may ask: auth.py (bearer tok
 --token-file, each with its limits; 401, 429 with Retry-After); /healthz, /metrics, / and /docs
 are open. CORS is closed: no answer carries Access-Control-Allow-Origin, so a page of another
 origin cannot read this service's answers with its visitor's browser (the page at / is this
-origin's). GET /metrics: Prometheus text (metrics.py).
+origin's); without tokens, a request from another origin's page (its Origin header) is refused
+(403), and so is one for a Host that is not this server's (400: DNS rebinding) (guards.py). A bug
+is a 500 in the error JSON, logged with its traceback. GET /metrics: Prometheus text (metrics.py).
 
 Each part of the service is a module of this folder with its router and, where it keeps
 something running, a start and a stop called from `lifespan` here.
@@ -40,7 +42,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import GradsvcError
-from . import auth, jobs_routes, metrics, page, run_routes, views
+from . import auth, guards, jobs_routes, metrics, page, run_routes, views
 from .batcher import Batcher
 from .body import error_response, http_error_response, validation_error_response
 from .config import ServiceConfig
@@ -64,7 +66,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.state.gate = gate
     app.state.metrics = metrics.ServiceMetrics(app)
     jobs_routes.open_queue(app)  # a --data folder in use or unwritable stops it here
-    app.add_middleware(metrics.RequestMetrics, metrics=app.state.metrics)
+    if config.token_file is None:  # open to its loopback port: not to other origins' pages
+        app.add_middleware(guards.SameOrigin, host=config.host)
+    app.add_middleware(guards.LastResort)  # a bug: logged, answered 500 in the error JSON
+    app.add_middleware(metrics.RequestMetrics, metrics=app.state.metrics)  # outermost: counts all
     app.add_exception_handler(GradsvcError, error_response)
     app.add_exception_handler(HTTPException, http_error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)

@@ -49,7 +49,7 @@ async def read_body(request: Request) -> bytes:
     within the config's body_timeout_s (uvicorn waits for a body forever: a client trickling
     one would hold its request open as long as it liked)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large(int(declared))
     timeout_s = request.app.state.config.body_timeout_s
     chunks, size = [], 0

@@ -76,8 +76,11 @@ def confined(store: Path, path: str) -> Path | None:
         return None
     if any(part in ("", ".", "..") for part in path.split("/")):
         return None
-    root = store.resolve()
-    found = (root / path).resolve()
-    if not found.is_relative_to(root) or not found.is_file():
+    try:
+        root = store.resolve()
+        found = (root / path).resolve()
+        if not found.is_relative_to(root) or not found.is_file():
+            return None
+    except (OSError, RuntimeError):  # a name too long, a loop of links: no such file here
         return None
     return found

@@ -115,7 +115,7 @@ async def list_jobs(request: Request, status: str | None = None,
 def _limit(text: str | None) -> int:
     if text is None:
         return LIST_LIMIT
-    if not (text.isdigit() and 1 <= int(text) <= MAX_LIST_LIMIT):
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIST_LIMIT):
         raise RequestError(422, f"?limit={text} is not a count from 1 to {MAX_LIST_LIMIT}",
                            hint=f"leave it out for the newest {LIST_LIMIT}")
     return int(text)

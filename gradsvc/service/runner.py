@@ -31,6 +31,7 @@ from .queue import JobQueue
 PROGRESS_WRITE_S = 0.5  # the queue hears of progress at most this often
 IDLE_WAIT_S = 5.0  # a runner with nothing to do looks again this often (a submit wakes it)
 EXECUTOR_RETRY_S = 10.0  # a Dask cluster that could not be reached is tried again after this
+QUEUE_RETRY_S = 5.0  # a queue that failed to give the next job is asked again after this
 STOP_WAIT_S = 30.0  # how long stopping waits for the running job to reach its next chunk
 
 log = logging.getLogger("gradsvc.service")
@@ -51,9 +52,13 @@ class Runner:
         self.metrics = metrics
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._cancel = threading.Event()
-        self._current: str | None = None
-        self._points: dict[str, int] = {}  # the running job's points done, in memory
+        # the job a cancel is for: set on the event loop's thread, compared by the running job's
+        # progress callback with its own id (a flag checked against the running job, then set,
+        # could land on the next job if the runner moved on in between); ids are never reused
+        self._cancel_for: str | None = None
+        # the running job's points done, in memory from its first progress call (until then its
+        # queue row's, which a resumed job's store already holds, is the count to show)
+        self._points: dict[str, int] = {}
         self._thread = threading.Thread(target=self._main, name="gradsvc-runner", daemon=True)
 
     def start(self) -> None:
@@ -77,9 +82,9 @@ class Runner:
 
     def cancel(self, job_id: str) -> None:
         """Cancel `job_id` at its next chunk, if it is the one running (the queue holds the
-        request too, which the runner reads when it starts a job)."""
-        if self._current == job_id:
-            self._cancel.set()
+        request too, which the runner reads when it starts a job: a cancel that comes before
+        that read is found there, one after it is found here)."""
+        self._cancel_for = job_id
 
     def points_done(self, job_id: str) -> int | None:
         """The running job's points done so far; None for any other."""
@@ -100,7 +105,12 @@ class Runner:
             execute = self._open_executor(stack)
             while execute is not None and not self._stopping.is_set():
                 self._wake.clear()  # before looking: a job queued after the look wakes the wait
-                row = self.queue.claim_next()
+                try:
+                    row = self.queue.claim_next()
+                except Exception:  # the queue itself failed (disk, locked): say so, go on
+                    log.exception("the runner could not take the next job from the queue")
+                    self._stopping.wait(QUEUE_RETRY_S)
+                    continue
                 if row is None:
                     self._wake.wait(IDLE_WAIT_S)
                     continue
@@ -126,15 +136,11 @@ class Runner:
 
     def _run(self, row: dict, execute) -> None:
         job_id = row["id"]
-        self._cancel.clear()
-        self._points[job_id] = 0
-        self._current = job_id
-        try:  # a cancel asked before `_current` was set, or before a restart, is in the queue
+        try:  # a cancel asked before the job ran here, or before a restart, is in the queue
             status, error = (("cancelled", None) if self.queue.cancel_requested(job_id)
                              else self._write(job_id, execute))
         finally:
-            self._current = None
-            done = self._points.pop(job_id)
+            done = self._points.pop(job_id, row["points_done"])
         if status == "queued":
             self.queue.set_progress(job_id, done)
             self.queue.put_back(job_id)
@@ -187,10 +193,10 @@ class Runner:
 
         def progress(points: int) -> None:
             nonlocal written
-            self._points[job_id] += points
+            self._points[job_id] = self._points.get(job_id, 0) + points
             if self._stopping.is_set():
                 raise _Stopped()
-            if self._cancel.is_set():
+            if self._cancel_for == job_id:
                 raise _Cancelled()
             if time.monotonic() - written >= PROGRESS_WRITE_S:
                 self.queue.set_progress(job_id, self._points[job_id])

@@ -103,7 +103,7 @@ def point_index(job, point: str | None, at: str | None) -> int:
         return job.grid.index_at(parse_at(at, written="at="), job.settings.dtype)
     if point is None:
         return 0
-    if not point.isdigit():
+    if not (point.isascii() and point.isdigit()):  # int() takes other digits: ² does not
         raise RequestError(422, f"point={point!r} is not a grid point index",
                            hint="a whole number from 0, e.g. point=3")
     index = int(point)

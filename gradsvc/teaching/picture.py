@@ -297,55 +297,58 @@ def _draw(picture: Picture, path: Path) -> None:
     width_in, height_in = len(layers) * COLUMN + 0.5, height * ROW + 1.0
     scale = min(1.0, MAX_SIDE / max(width_in, height_in))
     fig = plt.figure(figsize=(width_in * scale, height_in * scale))
-    ax = fig.add_axes((0, 0, 1, 1 - 0.6 / height_in))
-    ax.set_xlim(-COLUMN / 2 - 0.25, len(layers) * COLUMN - COLUMN / 2 + 0.25)
-    ax.set_ylim(-ROW / 2 - 0.1, height * ROW - ROW / 2 + 0.1)
-    ax.axis("off")
-    fig.suptitle(picture.title, fontsize=9 * scale, y=1 - 0.15 / height_in)
-    shapes, where = {}, {}  # key -> (ellipse?, half width, half height); key -> centre
-    for col, row in enumerate(layers):
-        offset = (height - len(row)) * ROW / 2
-        for i, e in enumerate(row):
-            x, y = col * COLUMN, (height - 1 - i) * ROW - offset
-            where[e.key] = (x, y)
-            if e.kind == "dummy":
-                continue
-            if e.kind == "op":
-                width = max(OP_W, OP_CHAR * len(e.label) + 0.2)  # `Σ axis=0` needs a wider one
-                patch = Ellipse((x, y), width, OP_H, facecolor=COLORS["op"], edgecolor="#374151",
-                                linewidth=1.0)
-                shapes[e.key], size = (True, width / 2, OP_H / 2), 10
-            else:
-                w, h = (0.6, 0.3) if e.kind == "const" else (BOX_W, BOX_H)
-                bold = e.kind == "output"
-                patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02",
-                                       facecolor=COLORS[e.kind], linewidth=2.2 if bold else 1.0,
-                                       edgecolor="#b45309" if bold else "#374151",
-                                       linestyle="--" if e.copy_of else "-")
-                shapes[e.key], size = (False, w / 2 + 0.02, h / 2 + 0.02), 8
-            patch.set_zorder(2)
-            ax.add_artist(patch)  # not add_patch: the limits are set, and updating them is slow
-            ax.text(x, y, e.label, ha="center", va="center", fontsize=size * scale,
-                    family="DejaVu Sans", zorder=3)
-    color = "#6b7280"
-    polylines = []
-    for stops in picture.routes.values():
-        points = [where[k] for k in stops]
-        if len(stops) > 2:  # up to the last waypoint: plain lines, hidden under the boxes
-            polylines.append(points[:-1])
-        start = points[-2]
-        if stops[-2] in shapes:
-            start = _boundary(points[-1], points[-2], shapes[stops[-2]])
-        end = _boundary(start, points[-1], shapes[stops[-1]])
-        ax.add_artist(FancyArrowPatch(start, end, shrinkA=0, shrinkB=1, arrowstyle="-|>",
-                                      color=color, mutation_scale=10 * scale, linewidth=0.9,
-                                      zorder=1))
-    ax.add_collection(LineCollection(polylines, colors=color, linewidths=0.9, zorder=1),
-                      autolim=False)
-    suffix = path.suffix.lower().lstrip(".")
-    # no creation date in SVG/PDF metadata: the same graph gives the same file
-    fig.savefig(path, format=suffix, dpi=120, metadata={"Date": None} if suffix != "png" else None)
-    plt.close(fig)
+    try:
+        ax = fig.add_axes((0, 0, 1, 1 - 0.6 / height_in))
+        ax.set_xlim(-COLUMN / 2 - 0.25, len(layers) * COLUMN - COLUMN / 2 + 0.25)
+        ax.set_ylim(-ROW / 2 - 0.1, height * ROW - ROW / 2 + 0.1)
+        ax.axis("off")
+        # plain text: the title holds the job's name, the sender's (a `$` would start math text)
+        fig.suptitle(picture.title, fontsize=9 * scale, y=1 - 0.15 / height_in, parse_math=False)
+        shapes, where = {}, {}  # key -> (ellipse?, half width, half height); key -> centre
+        for col, row in enumerate(layers):
+            offset = (height - len(row)) * ROW / 2
+            for i, e in enumerate(row):
+                x, y = col * COLUMN, (height - 1 - i) * ROW - offset
+                where[e.key] = (x, y)
+                if e.kind == "dummy":
+                    continue
+                if e.kind == "op":
+                    width = max(OP_W, OP_CHAR * len(e.label) + 0.2)  # `Σ axis=0` needs a wider one
+                    patch = Ellipse((x, y), width, OP_H, facecolor=COLORS["op"], edgecolor="#374151",
+                                    linewidth=1.0)
+                    shapes[e.key], size = (True, width / 2, OP_H / 2), 10
+                else:
+                    w, h = (0.6, 0.3) if e.kind == "const" else (BOX_W, BOX_H)
+                    bold = e.kind == "output"
+                    patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02",
+                                           facecolor=COLORS[e.kind], linewidth=2.2 if bold else 1.0,
+                                           edgecolor="#b45309" if bold else "#374151",
+                                           linestyle="--" if e.copy_of else "-")
+                    shapes[e.key], size = (False, w / 2 + 0.02, h / 2 + 0.02), 8
+                patch.set_zorder(2)
+                ax.add_artist(patch)  # not add_patch: the limits are set, and updating them is slow
+                ax.text(x, y, e.label, ha="center", va="center", fontsize=size * scale,
+                        family="DejaVu Sans", zorder=3, parse_math=False)
+        color = "#6b7280"
+        polylines = []
+        for stops in picture.routes.values():
+            points = [where[k] for k in stops]
+            if len(stops) > 2:  # up to the last waypoint: plain lines, hidden under the boxes
+                polylines.append(points[:-1])
+            start = points[-2]
+            if stops[-2] in shapes:
+                start = _boundary(points[-1], points[-2], shapes[stops[-2]])
+            end = _boundary(start, points[-1], shapes[stops[-1]])
+            ax.add_artist(FancyArrowPatch(start, end, shrinkA=0, shrinkB=1, arrowstyle="-|>",
+                                          color=color, mutation_scale=10 * scale, linewidth=0.9,
+                                          zorder=1))
+        ax.add_collection(LineCollection(polylines, colors=color, linewidths=0.9, zorder=1),
+                          autolim=False)
+        suffix = path.suffix.lower().lstrip(".")
+        # no creation date in SVG/PDF metadata: the same graph gives the same file
+        fig.savefig(path, format=suffix, dpi=120, metadata={"Date": None} if suffix != "png" else None)
+    finally:  # a drawing that failed leaves no figure open in pyplot
+        plt.close(fig)
 
 
 def _boundary(outside: tuple, centre: tuple, shape: tuple) -> tuple[float, float]:

@@ -158,20 +158,23 @@ def _plot_1d(grids: Grids, x_name: str, out: Path) -> Drawn:
     columns = 1 + max(len(w) for w in wrt.values())
     fig, panels = plt.subplots(len(g.outputs), columns, squeeze=False,
                                figsize=(PANEL_W * columns, PANEL_H * len(g.outputs)))
-    drawn = Drawn("1-D", (x_name,), len(x), step, [], {}, None if scanned is None else
-                  int(kinks.sum()))
-    for ax, label, data in _panels(panels, grids, wrt, drawn):
-        y = np.asarray(data[shown], dtype=np.float64)
-        ax.plot(x, np.where(np.isfinite(y), y, np.nan), linewidth=1.2, color="#1d4ed8")
-        for k in x[kinks]:
-            ax.axvline(k, color="#6b7280", linestyle=":", linewidth=1)
-        bad = ~np.isfinite(y)
-        if bad.any():
-            ax.plot(x[bad], np.zeros(bad.sum()), "x", color="#dc2626", markersize=6,
-                    transform=ax.get_xaxis_transform(), clip_on=False)
-        _label(ax, label, bad, drawn, x_name)
-    _legend_and_title(fig, grids, drawn, "dotted line: kink")
-    _save(fig, out)
+    try:
+        drawn = Drawn("1-D", (x_name,), len(x), step, [], {}, None if scanned is None else
+                      int(kinks.sum()))
+        for ax, label, data in _panels(panels, grids, wrt, drawn):
+            y = np.asarray(data[shown], dtype=np.float64)
+            ax.plot(x, np.where(np.isfinite(y), y, np.nan), linewidth=1.2, color="#1d4ed8")
+            for k in x[kinks]:
+                ax.axvline(k, color="#6b7280", linestyle=":", linewidth=1)
+            bad = ~np.isfinite(y)
+            if bad.any():
+                ax.plot(x[bad], np.zeros(bad.sum()), "x", color="#dc2626", markersize=6,
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+            _label(ax, label, bad, drawn, x_name)
+        _legend_and_title(fig, grids, drawn, "dotted line: kink")
+        _save(fig, out)
+    finally:  # a drawing that failed leaves no figure open in pyplot
+        plt.close(fig)
     return drawn
 
 
@@ -207,22 +210,25 @@ def _plot_2d(grids: Grids, names: list[str], out: Path) -> Drawn:
     columns = 1 + len(wrt_inputs)
     fig, panels = plt.subplots(len(g.outputs), columns, squeeze=False,
                                figsize=(PANEL_W * 1.2 * columns, PANEL_H * 1.2 * len(g.outputs)))
-    drawn = Drawn("2-D", tuple(names), index.size, max(steps), [], {},
-                  None if scanned is None else int(kinks.sum()))
-    mx, my = np.meshgrid(xs, ys, indexing="ij")
-    for ax, label, data in _panels(panels, grids, {o: wrt_inputs for o in g.outputs}, drawn):
-        z = np.asarray(data, dtype=np.float64)[index]
-        bad = ~np.isfinite(z)
-        image = ax.pcolormesh(xs, ys, np.ma.masked_invalid(z).T, shading="nearest", cmap="viridis")
-        fig.colorbar(image, ax=ax).ax.tick_params(labelsize=7)
-        if bad.any():
-            ax.plot(mx[bad], my[bad], "x", color="#dc2626", markersize=4)
-        if kinks.any():
-            ax.plot(mx[kinks], my[kinks], ".", color="black", markersize=3)
-        _label(ax, label, bad, drawn, names[0])
-        ax.set_ylabel(names[1], fontsize=8)
-    _legend_and_title(fig, grids, drawn, "black dot: kink")
-    _save(fig, out)
+    try:
+        drawn = Drawn("2-D", tuple(names), index.size, max(steps), [], {},
+                      None if scanned is None else int(kinks.sum()))
+        mx, my = np.meshgrid(xs, ys, indexing="ij")
+        for ax, label, data in _panels(panels, grids, {o: wrt_inputs for o in g.outputs}, drawn):
+            z = np.asarray(data, dtype=np.float64)[index]
+            bad = ~np.isfinite(z)
+            image = ax.pcolormesh(xs, ys, np.ma.masked_invalid(z).T, shading="nearest", cmap="viridis")
+            fig.colorbar(image, ax=ax).ax.tick_params(labelsize=7)
+            if bad.any():
+                ax.plot(mx[bad], my[bad], "x", color="#dc2626", markersize=4)
+            if kinks.any():
+                ax.plot(mx[kinks], my[kinks], ".", color="black", markersize=3)
+            _label(ax, label, bad, drawn, names[0])
+            ax.set_ylabel(names[1], fontsize=8, parse_math=False)
+        _legend_and_title(fig, grids, drawn, "black dot: kink")
+        _save(fig, out)
+    finally:  # a drawing that failed leaves no figure open in pyplot
+        plt.close(fig)
     return drawn
 
 
@@ -246,7 +252,7 @@ def _panels(panels, grids: Grids, wrt: dict[str, list[str]], drawn: Drawn):
         for ax, (label, data) in zip(panels[row], series):
             if data is None:
                 ax.set_axis_off()
-                ax.set_title(f"{label}: value not kept", fontsize=9)
+                ax.set_title(f"{label}: value not kept", fontsize=9, parse_math=False)
                 continue
             drawn.panels.append(label)
             yield ax, label, data
@@ -255,8 +261,9 @@ def _panels(panels, grids: Grids, wrt: dict[str, list[str]], drawn: Drawn):
 def _label(ax, label: str, bad: np.ndarray, drawn: Drawn, x_name: str) -> None:
     """Title (with its count of non-finite points, also kept in `drawn`), x label, tick size."""
     drawn.nonfinite[label] = int(bad.sum())
-    ax.set_title(label + (f"  ({int(bad.sum())} non-finite)" if bad.any() else ""), fontsize=9)
-    ax.set_xlabel(x_name, fontsize=8)
+    ax.set_title(label + (f"  ({int(bad.sum())} non-finite)" if bad.any() else ""), fontsize=9,
+                 parse_math=False)
+    ax.set_xlabel(x_name, fontsize=8, parse_math=False)
     ax.tick_params(labelsize=7)
 
 
@@ -287,7 +294,9 @@ def _legend_and_title(fig, grids: Grids, drawn: Drawn, kink_words: str,
         notes.append(unscanned)
     if drawn.step > 1:
         notes.append(f"1 point in {drawn.step} drawn")
-    fig.suptitle(grids.name + (f"   ({'; '.join(notes)})" if notes else ""), fontsize=10)
+    # plain text: a job's name is the sender's, and a `$` in it would start matplotlib's math text
+    fig.suptitle(grids.name + (f"   ({'; '.join(notes)})" if notes else ""), fontsize=10,
+                 parse_math=False)
     fig.tight_layout()
 
 
@@ -301,8 +310,5 @@ def pyplot():
 
 
 def _save(fig, out: Path) -> None:
-    import matplotlib.pyplot as plt
-    try:
-        fig.savefig(out, dpi=110, metadata=None if out.suffix.lower() == ".png" else {"Date": None})
-    finally:
-        plt.close(fig)
+    """Write the figure (its caller closes it, however the drawing ends)."""
+    fig.savefig(out, dpi=110, metadata=None if out.suffix.lower() == ".png" else {"Date": None})

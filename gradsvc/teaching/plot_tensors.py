@@ -237,14 +237,17 @@ def _draw(grids: Grids, rows: list[list[Panel]], drawn: Drawn, out) -> None:
     columns = max(len(r) for r in rows)
     fig, axes = plt.subplots(len(rows), columns, squeeze=False,
                              figsize=(PANEL_W * columns, PANEL_H * len(rows)))
-    for row, panels in zip(axes, rows):
-        for ax in row[len(panels):]:
-            ax.set_axis_off()
-        for ax, panel in zip(row, panels):
-            _draw_panel(ax, panel, drawn)
-    _legend_and_title(fig, grids, drawn, "dotted line: kink",
-                      unscanned="kinks not marked: too many points for the reference")
-    _save(fig, out)
+    try:
+        for row, panels in zip(axes, rows):
+            for ax in row[len(panels):]:
+                ax.set_axis_off()
+            for ax, panel in zip(row, panels):
+                _draw_panel(ax, panel, drawn)
+        _legend_and_title(fig, grids, drawn, "dotted line: kink",
+                          unscanned="kinks not marked: too many points for the reference")
+        _save(fig, out)
+    finally:  # a drawing that failed leaves no figure open in pyplot
+        plt.close(fig)
 
 
 def _draw_panel(ax, panel: Panel, drawn: Drawn) -> None:
@@ -265,8 +268,9 @@ def _draw_panel(ax, panel: Panel, drawn: Drawn) -> None:
         ax.legend(fontsize=6)
     drawn.panels.append(panel.title)
     drawn.nonfinite[panel.title] = bad_total
-    ax.set_title(panel.title + (f"  ({bad_total} non-finite)" if bad_total else ""), fontsize=9)
-    ax.set_xlabel(panel.x_name, fontsize=8)
+    ax.set_title(panel.title + (f"  ({bad_total} non-finite)" if bad_total else ""), fontsize=9,
+                 parse_math=False)
+    ax.set_xlabel(panel.x_name, fontsize=8, parse_math=False)
     ax.tick_params(labelsize=7)
 
 
