@@ -263,3 +263,30 @@ def test_a_second_server_on_the_same_data_is_refused(server, data):
                             capture_output=True, text=True, timeout=60)
     assert second.returncode == 5 and "another gradsvc serve" in second.stderr
     assert "Traceback" not in second.stderr
+
+
+def test_queued_jobs_run_on_a_dask_cluster(tmp_path):
+    """`serve --executor dask --workers 1`: the seed job and a grid of blocks run on a real
+    LocalCluster, with the numbers of `gradsvc run`."""
+    data = tmp_path / "data"
+    process, url = start_server("--data", str(data), "--executor", "dask", "--workers", "1",
+                                log=tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            seed, grid = submit(client, SEED), submit(client, GRID)
+            for job_id in (seed, grid):
+                assert wait_for(client, job_id, finished, timeout=120)["status"] == "done", \
+                    (tmp_path / "serve.log").read_text()
+            assert _numbers(client.get(f"/v1/jobs/{seed}/result").json()) == _numbers(
+                cli_json("jobs/seed_chain.yaml")[1])
+            got = client.get(f"/v1/jobs/{grid}/result").json()
+            summary = client.get(f"/v1/jobs/{grid}").json()["summary"]
+    finally:
+        stop_server(process)
+    assert summary["timings"]["executor"] == "dask" and summary["timings"]["tasks"] > 1
+    x, y = (got["values"][n] for n in "xy")
+    assert got["grads"]["z"]["x"] == [b + 1 for b in y] and got["points"] == 6_000
+    assert got["values"]["z"] == [a * b + a for a, b in zip(x, y)]
+
+
+GRID = LONG.replace("3000", "60").replace("1000", "100").replace("10000", "1000")
