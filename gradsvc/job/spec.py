@@ -29,6 +29,7 @@ from .. import limits
 from ..errors import (GradsvcError, GraphError, JobFileError, JobProblems, LimitError, Location,
                      UsageError)
 from ..core.expr import parse_formula
+from . import known_shapes
 from .grid import BEYOND_FLOAT64, Grid, build_grid
 from .tensors import is_tensor
 from ..core.ir import Graph, Node, build_graph, did_you_mean
@@ -324,8 +325,11 @@ def job_from_text(text: str, file: str = "<job>", overrides: dict | None = None,
         built = _BUILT.get(key)
         if built is not None:
             _BUILT.move_to_end(key)
+    if built is None:  # a JSON text of a job read before, with other inputs: no reading again
+        built = known_shapes.known(text, (file, default_name, limit))
     if built is None:
         built = _build(load_yaml(text, file), text, default_name, limit)
+        known_shapes.remember(text, (file, default_name, limit), built)
         if _worth_remembering(built, text):
             with _BUILT_LOCK:
                 _BUILT[key] = built
