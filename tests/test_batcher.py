@@ -3,6 +3,7 @@ one call, and each gets exactly the numbers and the verification of its own sing
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 
@@ -167,3 +168,25 @@ def _finish_or_fail(result):
 
 async def _answers(batcher: Batcher, texts: list[str]) -> list:
     return await asyncio.gather(*(batcher.answer(text) for text in texts))
+
+
+def test_a_json_job_of_a_known_shape_skips_the_reading_line():
+    """A JSON job like one read before (other numbers) is built on the event loop, never read
+    again, and gets its single run's numbers; another shape is read in full."""
+    from gradsvc.service.run_routes import known_to_run, read_to_run
+    seen: list[bool] = []
+
+    def known(text):
+        job = known_to_run(text)
+        seen.append(job is not None)
+        return job
+    batcher = Batcher(window_s=0.0, max_points=64, request_max_points=8, read=read_to_run,
+                      finish=lambda result: result, known=known)
+    texts = [json.dumps({"inputs": {"a": a, "b": 2.0, "d": -a}, "graph": {"e": "a * b * d"},
+                         "outputs": ["e"], "name": "known-shape"}) for a in (1.0, 2.5, -3.25)]
+    first = asyncio.run(_answers(batcher, texts[:1]))
+    rest = asyncio.run(_answers(batcher, texts[1:]))
+    assert seen == [False, True, True]
+    for text, result in zip(texts, first + rest):
+        _same_numbers(result, gradsvc.run(job_from_text(text, SENT)))
+    assert [float(r.grads["e"]["a"][0]) for r in rest] == [2.0 * -2.5, 2.0 * 3.25]  # b * d

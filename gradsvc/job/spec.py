@@ -338,6 +338,13 @@ def job_from_text(text: str, file: str = "<job>", overrides: dict | None = None,
     return _with_settings(built, overrides, config)
 
 
+def known_job(text: str, file: str = "<job>", default_name: str = "job") -> Job | None:
+    """The job `text` is, if it is a JSON text of a job read before with other inputs'
+    numbers (see job/known_shapes.py), without reading it; else None (read it in full)."""
+    built = known_shapes.known(text, (file, default_name, max_grid_points(None)))
+    return None if built is None else _with_settings(built, None, None)
+
+
 # Jobs built from texts, least recently used first: parsing was most of a warm small job's call.
 # Only small jobs are kept (a big job's parse is small beside its run), so that what is kept stays
 # small: a short text can still ask for 1e7-value axes.

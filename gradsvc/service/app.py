@@ -86,5 +86,6 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.state.batcher = Batcher(config.batch_window_s, config.max_batch_points,
                                 config.batch_request_max_points, read=run_routes.read_to_run,
-                                finish=run_routes.run_json, metrics=app.state.metrics)
+                                finish=run_routes.run_json, metrics=app.state.metrics,
+                                known=run_routes.known_to_run)
     return app

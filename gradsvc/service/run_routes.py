@@ -31,7 +31,17 @@ async def run(request: Request) -> Response:
 def read_to_run(text: str):
     """The job a /v1/run request sends, refused where it is too big to wait for."""
     from ..job.spec import SENT, job_from_text
-    job = job_from_text(text, SENT)
+    return _small_enough(job_from_text(text, SENT))
+
+
+def known_to_run(text: str):
+    """The job a /v1/run request sends if it is of a shape read before (one point), else None."""
+    from ..job.spec import SENT, known_job
+    job = known_job(text, SENT)
+    return None if job is None else _small_enough(job)
+
+
+def _small_enough(job):
     if job.grid.size > SYNC_MAX_POINTS:
         raise LimitError(f"the job has {job.grid.size:,} points; /v1/run runs at most "
                          f"{SYNC_MAX_POINTS:,} while the client waits",
