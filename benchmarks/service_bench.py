@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import statistics
@@ -68,8 +69,12 @@ def minimal_read(doc: dict) -> tuple[float, float]:
     return doc["e"], doc["grads"]["a"]
 
 
+# gradsvc's Python work in two compute processes of its own (the minimal server has none: one
+# event loop is all it is); `--serve-options ''` measures the service without them
+SERVE_OPTIONS = ["--processes", "2"]
+GRADSVC_SERVE = [sys.executable, "-m", "gradsvc", "serve"]
 SERVERS = {
-    "gradsvc": {"command": [sys.executable, "-m", "gradsvc", "serve", "--port"],
+    "gradsvc": {"command": [*GRADSVC_SERVE, *SERVE_OPTIONS, "--port"],
                 "route": "/v1/run", "body": gradsvc_body, "read": gradsvc_read},
     "minimal": {"command": [sys.executable, str(ROOT / "benchmarks" / "minimal_server.py"),
                             "--port"],
@@ -365,6 +370,8 @@ def service_report(requests: int | None = None, clients: int | None = None, roun
     and 64."""
     requests = requests or int(os.environ.get("GRADSVC_SERVICE_REQUESTS", 20_000))
     clients = clients or int(os.environ.get("GRADSVC_SERVICE_CLIENTS", 64))
+    serve = " ".join(SERVERS["gradsvc"]["command"][2:-1])
+    print(f"gradsvc: {serve}")
     with running_servers() as ports:
         ceiling = load_table(ports, requests, clients, rounds, healthz=True)
         _print_load("healthz (generator ceiling)", ceiling)
@@ -373,7 +380,8 @@ def service_report(requests: int | None = None, clients: int | None = None, roun
         alone = single_client(ports, single)
         compiled = compile_vs_cached(ports["gradsvc"], compiles)
     report = {"settings": {"requests": requests, "clients": clients, "rounds": rounds,
-                           "single": single, "cold": cold, "compiles": compiles},
+                           "single": single, "cold": cold, "compiles": compiles,
+                           "gradsvc": serve},
               "healthz": ceiling, "load": load, "single": alone, "cold": cold_run(cold),
               "compile": compiled}
     report["ratios"] = _ratios(report)
@@ -422,11 +430,16 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=5, help="cold `gradsvc run` processes")
     parser.add_argument("--compiles", type=int, default=5, help="new graphs sent")
     parser.add_argument("--out", type=Path, help="write the report here as JSON")
+    parser.add_argument("--serve-options", help="options for `gradsvc serve` instead of "
+                        f"{' '.join(SERVE_OPTIONS)!r} ('' for none)")
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # a generator child's spec
     args = parser.parse_args()
     if args.generate:
         print(json.dumps(generate(json.loads(args.generate))))
         return
+    if args.serve_options is not None:
+        SERVERS["gradsvc"]["command"] = [*GRADSVC_SERVE, *shlex.split(args.serve_options),
+                                         "--port"]
     report = service_report(args.requests, args.clients, args.rounds, args.single, args.cold,
                             args.compiles)
     if args.out:

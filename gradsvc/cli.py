@@ -241,6 +241,9 @@ def serve(
                                                    "/v1/run request to an idle service waits "
                                                    "for others to share its call (under load, "
                                                    "requests share calls anyway)")] = 0.0,
+    processes: Annotated[int, typer.Option(min=0, max=256, help="processes of their own for "
+                                           "/v1/run's reading, verification and answers (0: "
+                                           "threads of this process)")] = 0,
     body_timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="seconds a request's "
                                                 "body may take to arrive; a slower one gets a "
                                                 "408")] = 30.0,
@@ -258,7 +261,8 @@ def serve(
         from .service.config import ServiceConfig
     config = ServiceConfig(host=host, port=port, data=data, token_file=token_file,
                            executor=executor.value, workers=workers, scheduler=scheduler,
-                           batch_window_s=batch_window_ms / 1000, body_timeout_s=body_timeout)
+                           batch_window_s=batch_window_ms / 1000, processes=processes,
+                           body_timeout_s=body_timeout)
     try:
         app = create_app(config)
     except GradsvcError as error:

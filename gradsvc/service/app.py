@@ -44,6 +44,7 @@ from .. import __version__
 from ..errors import GradsvcError
 from . import auth, guards, jobs_routes, metrics, page, run_routes, views
 from .batcher import Batcher
+from .compute import ComputePool
 from .body import error_response, http_error_response, validation_error_response
 from .config import ServiceConfig
 
@@ -55,10 +56,15 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         jobs_routes.start(app)
+        pool = app.state.batcher.pool
         try:
+            if pool is not None:
+                await pool.warm_up()
             yield
         finally:
             await run_in_threadpool(jobs_routes.stop, app)  # waits for the running job's chunk
+            if pool is not None:
+                await run_in_threadpool(pool.close)
 
     app = FastAPI(title="gradsvc", version=__version__, lifespan=lifespan,
                   description="Derivatives of formula graphs, verified: the HTTP door of gradsvc")
@@ -87,5 +93,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.state.batcher = Batcher(config.batch_window_s, config.max_batch_points,
                                 config.batch_request_max_points, read=run_routes.read_to_run,
                                 finish=run_routes.run_json, metrics=app.state.metrics,
-                                known=run_routes.known_to_run)
+                                known=run_routes.known_to_run,
+                                pool=ComputePool(config.processes, config.max_batch_points,
+                                                 config.batch_request_max_points)
+                                if config.processes else None)
     return app

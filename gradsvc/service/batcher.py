@@ -63,8 +63,9 @@ class _Waiting:
 
 @dataclass
 class _Alone:
-    """A request whose job runs on its own (see the module)."""
-    job: Job
+    """A request whose job runs on its own (see the module); None: read it again (a compute
+    process read it, and jobs do not cross between processes)."""
+    job: Job | None
 
 
 class Batcher:
@@ -73,11 +74,13 @@ class Batcher:
     `read(text)` makes a request's `Job` (raising its errors); `finish(result)` makes its answer
     from its `api.Result`. Both run in worker threads. `known(text)`, if given, is a read that
     costs next to nothing where it can (a job of a shape read before) and None elsewhere: it runs
-    on the event loop, and spares such a request the reading line."""
+    on the event loop, and spares such a request the reading line. With a `pool`
+    (compute.ComputePool), the texts read together are handed to one of its processes, which
+    reads, computes and answers them."""
 
     def __init__(self, window_s: float, max_points: int, request_max_points: int,
                  read: Callable[[str], Job], finish: Callable[[Any], Any], metrics=None,
-                 known: Callable[[str], Job | None] | None = None):
+                 known: Callable[[str], Job | None] | None = None, pool=None):
         self.window_s = window_s
         self.max_points = max_points
         self.request_max_points = min(request_max_points, max_points)
@@ -88,6 +91,7 @@ class Batcher:
         self._running: set[tuple] = set()  # groups whose calls run
         self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self._alone = anyio.CapacityLimiter(ALONE_AT_ONCE)
+        self.pool = pool
 
     async def answer(self, text: str):
         """The answer to the job `text`, computed in a call shared with concurrent requests."""
@@ -95,7 +99,7 @@ class Batcher:
         if len(text) > INLINE_MAX_CHARS:
             waiting.job = await run_in_threadpool(self.read, text)
             self._sort(waiting)
-        elif (self.known is not None and len(text) <= KNOWN_MAX_CHARS
+        elif (self.known is not None and self.pool is None and len(text) <= KNOWN_MAX_CHARS
               and (job := self.known(text)) is not None):
             waiting.job = job
             self._sort(waiting)
@@ -106,7 +110,7 @@ class Batcher:
                 self._start(self._read_line())
         outcome = await waiting.answer
         if isinstance(outcome, _Alone):
-            return await anyio.to_thread.run_sync(self._run_alone, outcome.job,
+            return await anyio.to_thread.run_sync(self._run_alone, outcome.job, text,
                                                   limiter=self._alone)
         return outcome
 
@@ -122,6 +126,13 @@ class Batcher:
         try:
             await asyncio.sleep(self.window_s)
             while self._unread:
+                if self.pool is not None:  # the texts gathered while every process was busy
+                    await self.pool.free.acquire()
+                    taken = self._unread[:MAX_READ_AT_ONCE]
+                    del self._unread[:len(taken)]
+                    self._start(self._serve_in_process(taken))
+                    taken = []
+                    continue
                 taken = self._unread[:MAX_READ_AT_ONCE]
                 del self._unread[:len(taken)]
                 for waiting, job in zip(taken, await run_in_threadpool(self._read_all, taken)):
@@ -137,6 +148,24 @@ class Batcher:
             if self._unread:  # came while this one failed: a new line serves them
                 self._reading = True
                 self._start(self._read_line())
+
+    async def _serve_in_process(self, taken: list[_Waiting]) -> None:
+        """The texts `taken` read, computed and answered by a compute process."""
+        from .compute import answer_of
+        try:
+            now = time.perf_counter()
+            outcomes, counts = await self.pool.serve([w.text for w in taken],
+                                                     [now - w.arrived for w in taken])
+            for waiting, outcome in zip(taken, outcomes):
+                answer = answer_of(outcome) if isinstance(outcome, tuple) else outcome
+                _settle(waiting, _Alone(None) if answer is None else answer)
+            for requests, points, run_s in counts:
+                if self.metrics is not None:
+                    self.metrics.observe_batch(requests, points)
+                    self.metrics.observe_points(points, run_s)
+        finally:
+            self.pool.free.release()
+            _fail_unsettled(taken)
 
     def _read_all(self, taken: list[_Waiting]) -> list:
         """(In a worker thread.) Each text's job, or the error reading it raised."""
@@ -180,11 +209,7 @@ class Batcher:
 
     def _take(self, group: list[_Waiting]) -> list[_Waiting]:
         """The oldest requests of a group, within max_points (the first whatever its size)."""
-        count, points = 0, 0
-        for waiting in group:
-            if count and points + waiting.job.grid.size > self.max_points:
-                break
-            count, points = count + 1, points + waiting.job.grid.size
+        count = _within([waiting.job.grid.size for waiting in group], self.max_points)
         taken = group[:count]
         del group[:count]
         return taken
@@ -207,9 +232,9 @@ class Batcher:
         except Exception as error:
             return error
 
-    def _run_alone(self, job: Job):
+    def _run_alone(self, job: Job | None, text: str):
         from ..api import run as run_alone
-        result = run_alone(job)
+        result = run_alone(job if job is not None else self.read(text))
         if self.metrics is not None:
             self.metrics.observe_points(result.points, result.timings["run_s"])
         return self.finish(result)
@@ -223,6 +248,27 @@ class Batcher:
                      None)
         if run_s is not None:  # the call's time, which every answer of it reports
             self.metrics.observe_points(points, run_s)
+
+
+def _within(sizes: list[int], max_points: int) -> int:
+    """How many of the first requests (of these point counts) one call takes: as many as fit
+    in max_points, and the first whatever its size."""
+    count, points = 0, 0
+    for size in sizes:
+        if count and points + size > max_points:
+            break
+        count, points = count + 1, points + size
+    return count
+
+
+def calls_within(members: list[int], sizes: list[int], max_points: int) -> list[list[int]]:
+    """`members` (indices into `sizes`) cut into calls of at most max_points points, in order."""
+    calls, rest = [], list(members)
+    while rest:
+        count = _within([sizes[i] for i in rest], max_points)
+        calls.append(rest[:count])
+        rest = rest[count:]
+    return calls
 
 
 def _settle(waiting: _Waiting, outcome) -> None:

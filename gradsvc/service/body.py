@@ -125,8 +125,9 @@ async def error_response(request: Request, error: GradsvcError) -> JSONResponse:
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:  # rounded up: asking again sooner would be refused again
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return JSONResponse(error_body(error), status_code=getattr(error, "status", 422),
-                        headers=headers)
+    # an error a compute process answered (compute.Relayed) brings its body with it
+    body = getattr(error, "body", None) or error_body(error)
+    return JSONResponse(body, status_code=getattr(error, "status", 422), headers=headers)
 
 
 async def http_error_response(request: Request, error: HTTPException) -> JSONResponse:

@@ -23,6 +23,7 @@ class ServiceConfig:
     # benchmarks/README.md, "The service")
     batch_window_s: float = 0.0
     max_batch_points: int = 4096  # points in one batched call, at most
+    processes: int = 0  # compute processes for /v1/run's Python work; 0: this process's threads
     batch_request_max_points: int = 256  # a request with more points runs on its own
     body_timeout_s: float = 30.0  # a request's whole body must arrive within this (else 408)
     # per owner (a token, or everyone when there are none); a token file may set its own
