@@ -28,6 +28,7 @@ import numpy as np
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?')
 _MASK = "\0"  # never in a JSON text outside a string, and inside one only escaped
 MAX_REMEMBERED = 64
+MAX_TEXT_CHARS = 100_000  # longer texts are read in full (their reading is small beside a run)
 
 _REMEMBERED: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (job, input names in text order)
 _LOCK = threading.Lock()
@@ -108,6 +109,8 @@ def known(text: str, context: tuple):
     """The job `text` is, built from a remembered job of its skeleton; None if there is none or
     the text does not take this way. `context`: what else the job depends on (file, name, the
     deployment's limit)."""
+    if len(text) > MAX_TEXT_CHARS:
+        return None
     shape = _shape(text)
     if shape is None:
         return None
@@ -136,8 +139,8 @@ def remember(text: str, context: tuple, job) -> None:
     """Keep `job`, read in full from `text`, for texts of its skeleton, if it is one this way
     can build: plain scalar inputs only (a grid of one point), no notes, no data files."""
     grid = job.grid
-    if job.notes or grid.files or grid.tensors or grid.size != 1 or any(
-            axis.held is None or len(axis) != 1 for axis in grid.axes):
+    if (len(text) > MAX_TEXT_CHARS or job.notes or grid.files or grid.tensors or grid.size != 1
+            or any(axis.held is None or len(axis) != 1 for axis in grid.axes)):
         return
     shape = _shape(text)
     if shape is None or sorted(shape[1]) != sorted(axis.name for axis in grid.axes):

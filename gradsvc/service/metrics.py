@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter as Tally, deque
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -101,7 +101,7 @@ class _LiveNumbers:
         rate.add_metric([], self.metrics.points_per_second())
         yield rate
         yield from _queue_depth(getattr(self.app.state, "queue", None))
-        yield from _kernels()
+        yield from _kernels(getattr(getattr(self.app.state, "batcher", None), "pool", None))
 
 
 def _queue_depth(queue):
@@ -115,17 +115,22 @@ def _queue_depth(queue):
     yield depth
 
 
-def _kernels():
-    """From the JAX backend if this process has loaded it (a scrape never imports JAX)."""
+def _kernels(pool):
+    """From the JAX backend if this process has loaded it (a scrape never imports JAX), and
+    from the compute processes' last answers (`compute.ComputePool.kernels`)."""
     backend = sys.modules.get("gradsvc.engine.jax_backend")
-    made = CounterMetricFamily("gradsvc_kernels_made", "kernels this process made, by where "
-                               "from: compiled, or loaded from the executable cache",
+    made = CounterMetricFamily("gradsvc_kernels_made", "kernels this service's processes made, "
+                               "by where from: compiled, or loaded from the executable cache",
                                labels=["source"])
     kept = GaugeMetricFamily("gradsvc_kernels_kept", "compiled kernels held in memory")
-    counts = dict(backend.KERNELS_MADE) if backend else {}
+    counts = Tally(dict(backend.KERNELS_MADE) if backend else {})
+    held = backend.kernels_kept() if backend else 0
+    for made_there, kept_there in (pool.kernels.values() if pool is not None else ()):
+        counts.update(made_there)
+        held += kept_there
     for source in sorted({"compiled", "executable cache", *counts}):
         made.add_metric([source], counts.get(source, 0))
-    kept.add_metric([], backend.kernels_kept() if backend else 0)
+    kept.add_metric([], held)
     yield made
     yield kept
 
