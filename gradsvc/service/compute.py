@@ -6,7 +6,8 @@ group of one kernel in shared calls (`batcher.run_together`) and answers each: o
 and only answers (JSON text), error bodies and counts come out, so nothing but the service's own
 plain data crosses between processes. Each process keeps its own kernels (the executable cache on
 disk spares it most compiles). A process that dies fails the requests it held (503, try again)
-and the pool is made anew.
+and is replaced alone. Jobs that run alone and texts too long to read in the line are still the
+server's own threads' work (the batcher).
 """
 from __future__ import annotations
 
