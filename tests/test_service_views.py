@@ -119,6 +119,11 @@ def test_bad_options_are_a_422_with_a_hint(server):
         assert response.status_code == 422, route
         error = response.json()["error"]
         assert words in error["message"] and error["hint"], (route, error)
+        assert "--at" not in error["message"] + error["hint"], (route, error)  # the query's words
+    named = yaml_post(server, "/v1/explain?at=q%3D1", CURVE).json()["error"]
+    assert named["message"] == "at= names 'q', which is not an input"
+    one = yaml_post(server, "/v1/explain?at=a%3D2", SEED).json()["error"]
+    assert one["hint"] == "this job has one point: use point= 0"
 
 
 def test_a_wrong_job_says_where_on_every_view(server):

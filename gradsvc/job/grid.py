@@ -16,7 +16,7 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -60,6 +60,18 @@ class Axis:
                              f"{limits.MAX_AXIS_POINTS:,}", hint="ask for points by index "
                              "(--point), or read them from the result store (MAX_AXIS_POINTS)")
         return self.sample.span(0, self.length)
+
+
+class Spelling(NamedTuple):
+    """How the user wrote a point's choice, for messages: the CLI's options or the service's
+    query parameters."""
+    at: str
+    point: str
+    values: str  # where the exact values are shown
+
+
+CLI_SPELLING = Spelling("--at", "--point", "`--format json`'s values")
+QUERY_SPELLING = Spelling("at=", "point=", "/v1/run's values")
 
 
 @dataclass(frozen=True)
@@ -118,20 +130,23 @@ class Grid:
         """The coordinates of one point, by input name."""
         return dict(zip(self.names, (float(v) for v in self.coords(np.array([index]))[0])))
 
-    def index_at(self, at: dict[str, float], dtype: str = "float64") -> int:
+    def index_at(self, at: dict[str, float], dtype: str = "float64",
+                 spelled: Spelling | None = None) -> int:
         """The index of the point whose coordinates are `at` ({input: value}, exact values of the
         inputs that vary; the others have one value and need not be named), compared in `dtype`
         (the job's: a float32 job's results show its coordinates rounded to float32). A
         UsageError, listing the nearest values, where none matches."""
         varying = [a for a in self.axes if len(a) > 1]
-        _check_named(at, self.axes, varying)
-        per_axis = {a.name: _matches(a, at[a.name], np.dtype(dtype)) for a in varying
+        spelled = spelled or CLI_SPELLING
+        _check_named(at, self.axes, varying, spelled)
+        per_axis = {a.name: _matches(a, at[a.name], np.dtype(dtype), spelled) for a in varying
                     if a.name in at}
         if self.mode == "product":
             missing = [a.name for a in varying if a.name not in at]
             if missing:
-                raise UsageError(f"--at needs a value for every input that varies; missing: "
-                                 f"{', '.join(missing)}", hint=_axes_hint(varying))
+                raise UsageError(f"{spelled.at} needs a value for every input that varies; "
+                                 f"missing: {', '.join(missing)}",
+                                 hint=_axes_hint(varying, spelled.point))
             # an axis holds each value once at most (linspace, arange); a list may repeat one
             return int(np.ravel_multi_index(
                 [per_axis[a.name][0] if a.name in per_axis else 0 for a in self.axes], self.shape))
@@ -139,7 +154,8 @@ class Grid:
         if len(common) != 1:
             raise UsageError(f"{len(common)} points of the zip grid have these coordinates: "
                              f"{', '.join(map(str, sorted(common)[:10]))}",
-                             hint="name more inputs in --at to pick one, or use --point")
+                             hint=f"name more inputs in {spelled.at} to pick one, or use "
+                             f"{spelled.point}")
         return common.pop()
 
     def blocks(self, target: int) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
@@ -192,20 +208,21 @@ def parse_at(text: str, written: str = "--at ") -> dict[str, float]:
     return coords
 
 
-def _check_named(at: dict, axes, varying) -> None:
+def _check_named(at: dict, axes, varying, spelled: "Spelling") -> None:
     known = {a.name: a for a in axes}
+    option, point = spelled.at, spelled.point
     for name in at:
         if name not in known:
-            raise UsageError(f"--at names '{name}', which is not an input",
-                             hint=_axes_hint(varying))
+            raise UsageError(f"{option} names '{name}', which is not an input",
+                             hint=_axes_hint(varying, point))
         if len(known[name]) == 1:
-            raise UsageError(f"--at names '{name}', which does not vary (it is always "
-                             f"{float(known[name].take(0))!r})", hint=_axes_hint(varying))
+            raise UsageError(f"{option} names '{name}', which does not vary (it is always "
+                             f"{float(known[name].take(0))!r})", hint=_axes_hint(varying, point))
     if not at:
-        raise UsageError("--at names no input", hint=_axes_hint(varying))
+        raise UsageError(f"{option} names no input", hint=_axes_hint(varying, point))
 
 
-def _matches(axis: Axis, value: float, dtype: np.dtype) -> np.ndarray:
+def _matches(axis: Axis, value: float, dtype: np.dtype, spelled: "Spelling") -> np.ndarray:
     """Indices along `axis` holding exactly `value`; none: a UsageError naming the nearest."""
     values = axis.values  # an axis made from the index: made now, if it is not too long
     found = np.flatnonzero(values.astype(dtype) == dtype.type(value))
@@ -214,12 +231,12 @@ def _matches(axis: Axis, value: float, dtype: np.dtype) -> np.ndarray:
     nearest = np.sort(values[np.argsort(np.abs(values - value), kind="stable")[:3]])
     raise UsageError(f"input '{axis.name}' has no value {value!r}; the nearest are "
                      f"{', '.join(repr(float(v)) for v in nearest)}",
-                     hint="--at takes an input's exact values (as in `--format json`'s values)")
+                     hint=f"{spelled.at} takes an input's exact values (as in {spelled.values})")
 
 
-def _axes_hint(varying) -> str:
+def _axes_hint(varying, point: str) -> str:
     if not varying:
-        return "this job has one point: use --point 0"
+        return f"this job has one point: use {point} 0"
     return "inputs that vary: " + ", ".join(f"{a.name} ({_axis_text(a)})" for a in varying)
 
 

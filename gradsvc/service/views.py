@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import LimitError
-from ..job.grid import parse_at
+from ..job.grid import QUERY_SPELLING, parse_at
 from .body import RequestError, read_job
 from .run_routes import SYNC_MAX_POINTS
 
@@ -100,7 +100,8 @@ def point_index(job, point: str | None, at: str | None) -> int:
         raise RequestError(422, "give point or at, not both",
                            hint="point picks by index, at by coordinates (at=v=20,theta=0.8)")
     if at is not None:
-        return job.grid.index_at(parse_at(at, written="at="), job.settings.dtype)
+        return job.grid.index_at(parse_at(at, written="at="), job.settings.dtype,
+                                 spelled=QUERY_SPELLING)
     if point is None:
         return 0
     if not (point.isascii() and point.isdigit()):  # int() takes other digits: ² does not
