@@ -250,10 +250,9 @@ def serve(
 ) -> None:
     """Serve gradsvc over HTTP: POST a job to /v1/run for its JSON, or to /v1/jobs to queue it;
     the page at / (OpenAPI at /docs)."""
-    if not _loopback(host) and token_file is None:
-        fail(UsageError(f"--host {host} would serve anyone who can reach this machine, without "
-                        "tokens",
-                        hint="give --token-file (YAML: name -> token), or serve on 127.0.0.1"))
+    refusal = open_host_refusal(host, token_file)
+    if refusal is not None:
+        fail(refusal)
     with start_up():
         import uvicorn
 
@@ -271,6 +270,15 @@ def serve(
     # stops the running job at its next chunk; uvicorn would otherwise wait for them to end
     uvicorn.run(app, host=host, port=port, log_level="warning",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+
+
+def open_host_refusal(host: str, token_file: Path | None) -> UsageError | None:
+    """Why `serve` may not listen on `host`: an address beyond loopback needs tokens."""
+    if _loopback(host) or token_file is not None:
+        return None
+    return UsageError(f"--host {host} would serve anyone who can reach this machine, without "
+                      "tokens", hint="give --token-file (YAML: name -> token), or serve on "
+                      "127.0.0.1")
 
 
 def _loopback(host: str) -> bool:

@@ -3,13 +3,13 @@ jobs its own (404 for another's), each token's limits (429 with Retry-After), ba
 refused at start, CORS closed. Real servers on free loopback ports, stopped by their pid."""
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
 import pytest
 
 from conftest import ROOT, cli
+from gradsvc.cli import open_host_refusal
 from gradsvc.service.auth import TokenBucket
 from servers import running_server
 
@@ -184,24 +184,13 @@ def test_a_missing_token_file_is_named():
     assert "no/such/tokens.yaml" in result.stderr and "Traceback" not in result.stderr
 
 
-def _non_loopback_address() -> str | None:
-    """An address of this machine's own beyond loopback, if it has one (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # a documentation address: only a route is looked up
-            address = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
-
-
 def test_serving_beyond_loopback_is_allowed_with_tokens(tmp_path):
-    address = _non_loopback_address()
-    if address is None:
-        pytest.skip("this machine has no address beyond loopback to listen on")
+    """The check `serve` makes before it binds (tests serve on 127.0.0.1 only): an address
+    beyond loopback needs a token file; loopback names never do."""
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(TOKENS)
-    with running_server("--token-file", str(tokens), host=address) as url:
-        assert httpx.post(f"{url}/v1/validate", content=SEED.encode()).status_code == 401
-        ok = httpx.post(f"{url}/v1/validate", content=SEED.encode(), headers=as_(ALICE))
-        assert ok.status_code == 200 and ok.json()["outputs"] == ["e"]
+    for host in ("192.0.2.10", "0.0.0.0", "::", "example.org"):
+        assert open_host_refusal(host, tokens) is None
+        refusal = open_host_refusal(host, None)
+        assert refusal is not None and "without tokens" in refusal.message and refusal.hint
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert open_host_refusal(host, None) is None
