@@ -25,23 +25,23 @@ SERVE = (sys.executable, "-m", "gradsvc", "serve")
 START_S, STOP_S = 60, 60  # generous: a stop waits for a running job's chunk
 
 
-def free_port(host: str = LOOPBACK) -> int:
+def free_port() -> int:
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
 
 
-def start_server(*options: str, log: Path, command=SERVE, host: str = LOOPBACK,
+def start_server(*options: str, log: Path, command=SERVE,
                  env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`COMMAND --port P OPTIONS --host HOST` (the port first: a `command` of `python -c` reads it
-    from argv), once it answers /healthz: (its process, its base URL). Its stderr is appended to
+    """`COMMAND --port P OPTIONS --host 127.0.0.1` (the port first: a `command` of `python -c`
+    reads it from argv), once it answers /healthz: (its process, its base URL). Its stderr is appended to
     `log` (a restart on the same folder keeps the first server's); `env` adds to this one's."""
-    port = free_port(host)
+    port = free_port()
     with open(log, "ab") as stderr:
-        process = subprocess.Popen([*command, "--port", str(port), *options, "--host", host],
+        process = subprocess.Popen([*command, "--port", str(port), *options, "--host", LOOPBACK],
                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
                                    env={**os.environ, **env} if env else None)
-    url = f"http://{host}:{port}"
+    url = f"http://{LOOPBACK}:{port}"
     try:
         _until_healthy(url, process, log)
     except BaseException:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from gradsvc.batch import run_batch
 from gradsvc.errors import UsageError
 from gradsvc.job.spec import load_job
 from gradsvc.executor.dask_cluster import DaskExecutor, Span, spans, split
+from servers import free_port
 
 # a product grid of 36,000 points in blocks of 3,000 (12 blocks) and a zip grid of random
 # samples (counter-based: the same numbers whichever process draws them)
@@ -190,17 +190,11 @@ def test_a_killed_client_resumes_where_it_stopped(tmp_path):
     assert_same_results(tmp_path / "here" / "heavy", out / "heavy")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_running_scheduler_and_worker_by_address(tmp_path):
     """The README's cluster recipe: `dask scheduler` and `dask worker ADDRESS` (real processes,
     stopped by their pids), then `--scheduler ADDRESS`."""
     dask = str(Path(sys.executable).parent / "dask")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     started = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                  "--no-dashboard"], stderr=subprocess.DEVNULL)]
@@ -235,7 +229,7 @@ def test_a_memory_store_is_refused_for_worker_processes(cluster):
 def test_no_scheduler_there_is_one_clear_error(monkeypatch):
     from gradsvc.executor import dask_cluster
     monkeypatch.setattr(dask_cluster, "CONNECT_TIMEOUT_S", 2)
-    port = _free_port()
+    port = free_port()
     with pytest.raises(UsageError, match="cannot reach the Dask scheduler"):
         DaskExecutor(scheduler=f"tcp://127.0.0.1:{port}")
 
