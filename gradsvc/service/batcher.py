@@ -159,10 +159,8 @@ class Batcher:
             for waiting, outcome in zip(taken, outcomes):
                 answer = answer_of(outcome) if isinstance(outcome, tuple) else outcome
                 _settle(waiting, _Alone(None) if answer is None else answer)
-            for requests, points, run_s in counts:
-                if self.metrics is not None:
-                    self.metrics.observe_batch(requests, points)
-                    self.metrics.observe_points(points, run_s)
+            for count in counts:
+                self._observe(count)
         finally:
             self.pool.free.release()
             _fail_unsettled(taken)
@@ -216,21 +214,10 @@ class Batcher:
 
     def _call(self, taken: list[_Waiting]) -> list:
         """(In a worker thread.) One call's answers (or errors)."""
-        jobs = [waiting.job for waiting in taken]
-        try:
-            results = run_together(jobs, [waiting.arrived for waiting in taken])
-        except Exception as error:  # the call's, so each of its requests'
-            results = [error] * len(taken)
-        self._observe(jobs, results)
-        return [self._finished(result) for result in results]
-
-    def _finished(self, result):
-        if isinstance(result, BaseException):
-            return result
-        try:
-            return self.finish(result)
-        except Exception as error:
-            return error
+        answers, count = answer_call([waiting.job for waiting in taken],
+                                     [waiting.arrived for waiting in taken], self.finish)
+        self._observe(count)
+        return answers
 
     def _run_alone(self, job: Job | None, text: str):
         from ..api import run as run_alone
@@ -239,15 +226,37 @@ class Batcher:
             self.metrics.observe_points(result.points, result.timings["run_s"])
         return self.finish(result)
 
-    def _observe(self, jobs: list[Job], results: list) -> None:
+    def _observe(self, count: tuple) -> None:
+        """A call's (requests, points, run_s) in the metrics (run_s None: nothing computed)."""
         if self.metrics is None:
             return
-        points = sum(job.grid.size for job in jobs)
-        self.metrics.observe_batch(len(jobs), points)
-        run_s = next((r.timings["run_s"] for r in results if not isinstance(r, BaseException)),
-                     None)
-        if run_s is not None:  # the call's time, which every answer of it reports
+        requests, points, run_s = count
+        self.metrics.observe_batch(requests, points)
+        if run_s is not None:
             self.metrics.observe_points(points, run_s)
+
+
+def answer_call(jobs: list[Job], arrived: list[float], finish) -> tuple[list, tuple]:
+    """One shared call of `jobs` (which share a `batch_key`): each one's answer,
+    `finish(its api.Result)`, or the error it met; and the call's (requests, points, run_s),
+    run_s None where nothing was computed."""
+    try:
+        results = run_together(jobs, arrived)
+    except Exception as error:  # the call's, so each of its requests'
+        results = [error] * len(jobs)
+    computed = next((r for r in results if not isinstance(r, BaseException)), None)
+    count = (len(jobs), sum(job.grid.size for job in jobs),
+             None if computed is None else computed.timings["run_s"])  # every answer's the same
+    return [_finished(result, finish) for result in results], count
+
+
+def _finished(result, finish):
+    if isinstance(result, BaseException):
+        return result
+    try:
+        return finish(result)
+    except Exception as error:
+        return error
 
 
 def _within(sizes: list[int], max_points: int) -> int:

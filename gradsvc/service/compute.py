@@ -137,7 +137,7 @@ def serve_texts(texts: list[str], ages: list[float], max_points: int,
                 request_max_points: int) -> tuple[list, list, tuple]:
     """(In a compute process.) Each text's outcome — ("answer", JSON text), ("error", status,
     body, retry_after), ("alone",) or ("bug", what, its traceback) —, each call's (requests,
-    points, run_s), and this process's (pid, kernels made by source, kernels kept). `ages`: how
+    points, run_s: None where nothing was computed), and this process's (pid, kernels made by source, kernels kept). `ages`: how
     long each request has waited, in seconds (clocks differ between processes).
 
     Groups are computed one after another: a new graph's compile holds up the other requests of
@@ -176,26 +176,11 @@ def _read(text: str):
 
 def _call(jobs: list, call: list[int], arrived: list[float], counts: list) -> list:
     """One shared call's outcomes; its (requests, points, run_s) appended to `counts`."""
-    from .batcher import run_together
+    from .batcher import answer_call
     from .run_routes import run_json
-    try:
-        results = run_together([jobs[i] for i in call], arrived)
-        done = [r for r in results if not isinstance(r, BaseException)]
-        if done:
-            counts.append((len(call), sum(jobs[i].grid.size for i in call),
-                           done[0].timings["run_s"]))
-    except Exception as error:
-        results = [error] * len(call)
-    return [_answered(result, run_json) for result in results]
-
-
-def _answered(result, finish) -> tuple:
-    if isinstance(result, BaseException):
-        return _failure(result)
-    try:
-        return ("answer", finish(result))
-    except Exception as error:
-        return _failure(error)
+    answers, count = answer_call([jobs[i] for i in call], arrived, run_json)
+    counts.append(count)
+    return [_failure(a) if isinstance(a, BaseException) else ("answer", a) for a in answers]
 
 
 def _failure(error: BaseException) -> tuple:
