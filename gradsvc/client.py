@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Union
 from urllib.parse import quote
 
@@ -29,6 +29,7 @@ import httpx
 
 from .errors import (GradsvcError, Location, OutputError, ServiceError, UsageError,
                      write_failure_words)
+from .storage.names import stays_inside
 
 TERMINAL = ("done", "failed", "cancelled")  # a queued job's last status
 SENT = "<request>"  # where a job sent as text or a dict is, as the service names it
@@ -339,10 +340,8 @@ def confined(root: Path, name: str) -> Path:
     """root/name, for a file name a service gave: refused unless it stays inside root (no
     absolute path, no `..`, no drive, nothing that resolves outside through a link), so that a
     hostile service cannot write anywhere else."""
-    path = PurePosixPath(name)
-    outside = (not name or "\\" in name or "\0" in name or path.is_absolute()
-               or ".." in path.parts or not path.parts or PureWindowsPath(name).drive)
-    target = root.resolve().joinpath(*path.parts) if not outside else None
+    outside = not stays_inside(name)
+    target = root.resolve().joinpath(*PurePosixPath(name).parts) if not outside else None
     if outside or not target.resolve().is_relative_to(root.resolve()):
         raise ServiceError(f"refused the name {name!r}: it would be written outside {root}",
                            hint="a gradsvc service names result files inside the result "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..storage.names import stays_inside
+
 
 def result_json(job, store: Path) -> dict:
     """The object `to_json` makes of a run of `job`, from its finished store; for a
@@ -72,9 +74,7 @@ def store_files(store: Path) -> list[tuple[str, int]]:
 def confined(store: Path, path: str) -> Path | None:
     """The file `path` names inside `store`, or None: a path that climbs (`..`), is absolute,
     or leads outside the store through a link names no file here."""
-    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        return None
-    if any(part in ("", ".", "..") for part in path.split("/")):
+    if not stays_inside(path):
         return None
     try:
         root = store.resolve()

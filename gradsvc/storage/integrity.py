@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from pathlib import PurePosixPath
+from .names import stays_inside
 
 # Up to this many recorded bytes, chunks are read and checked even unasked: that costs less than
 # starting the JAX that would rerun the job
@@ -67,7 +67,7 @@ def find_damage(place, records: dict[str, dict]) -> str | None:
     """The first thing wrong with the recorded objects of `place` (sizes, then the checksums of
     the small ones), in words, or None."""
     for name, rec in records.items():
-        if not _inside(name) or not _well_formed(rec):
+        if not stays_inside(name) or not _well_formed(rec):  # a summary on disk: trust nothing
             return f"summary.json's record of {name!r} is not an object record of this result"
     try:
         sizes = place.sizes()
@@ -101,13 +101,6 @@ def chunk_damage(place, variables: dict[str, dict]) -> str | None:
                        "was written") if "checksum" in str(error) else f"cannot be read ({error})"
                 return f"{key} {why}"
     return None
-
-
-def _inside(name: str) -> bool:
-    """A relative key that stays in the folder (a summary is read from disk: trust nothing)."""
-    path = PurePosixPath(name)
-    return (bool(name) and "\x00" not in name and "\\" not in name and not path.is_absolute()
-            and ".." not in path.parts)
 
 
 def _well_formed(rec) -> bool:
