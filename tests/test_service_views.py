@@ -124,6 +124,8 @@ def test_bad_options_are_a_422_with_a_hint(server):
     assert named["message"] == "at= names 'q', which is not an input"
     one = yaml_post(server, "/v1/explain?at=a%3D2", SEED).json()["error"]
     assert one["hint"] == "this job has one point: use point= 0"
+    outside = yaml_post(server, "/v1/graph?point=1", SEED).json()["error"]
+    assert outside["hint"] == "choose point= within that range"
 
 
 def test_a_wrong_job_says_where_on_every_view(server):

@@ -108,5 +108,5 @@ def point_index(job, point: str | None, at: str | None) -> int:
         raise RequestError(422, f"point={point!r} is not a grid point index",
                            hint="a whole number from 0, e.g. point=3")
     index = int(point)
-    check_point(job, index)
+    check_point(job, index, QUERY_SPELLING)
     return index

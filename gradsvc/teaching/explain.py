@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import UsageError
 from ..core.ir import Graph
 from ..reference.backprop import backward, forward, run_point
+from ..job.grid import CLI_SPELLING, Spelling
 from ..job.spec import as_job
 from ..job.tensors import is_number
 
@@ -109,13 +110,13 @@ def explain(job, point: int = 0, lang: str = "en") -> Explanation:
     return ex
 
 
-def check_point(job, point: int) -> None:
-    """A usage error unless `point` indexes the job's grid (for --point)."""
+def check_point(job, point: int, spelled: Spelling = CLI_SPELLING) -> None:
+    """A usage error unless `point` indexes the job's grid (for --point, or point=)."""
     size = job.grid.size
     if not 0 <= point < size:
         has = "only one point, 0" if size == 1 else f"{size:,} points, 0 to {size - 1:,}"
         raise UsageError(f"point {point} is outside the grid of '{job.name}' (it has {has})",
-                         hint="choose --point within that range")
+                         hint=f"choose {spelled.point} within that range")
 
 
 # --- the walk ---
