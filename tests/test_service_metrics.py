@@ -2,6 +2,8 @@
 by its pid): requests by route template, latency, queue depth, kernels, batches, points."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gradsvc.service.metrics import RATE_WINDOW_S, ServiceMetrics
+from conftest import ROOT
 from servers import running_server
 from test_service_auth import SEED
 
@@ -139,3 +142,21 @@ def test_each_app_counts_in_its_own_registry():
     assert two["gradsvc_batch_requests_count"] == two["gradsvc_points_total"] == 0
     assert not any(name.startswith("gradsvc") for name in
                    prometheus_client.REGISTRY._names_to_collectors)
+
+
+def test_a_scrape_while_the_engine_is_still_being_imported_waits_for_it():
+    """The runner's thread imports the engine as the server starts; a scrape meanwhile found the
+    JAX backend half made in sys.modules (AttributeError: a 500). In a fresh interpreter, one
+    thread imports it while this one scrapes the kernels' numbers without a pause."""
+    script = (
+        "import threading\n"
+        "from gradsvc.service.metrics import _kernels\n"
+        "importing = threading.Thread(target=__import__, args=('gradsvc.api',))\n"
+        "importing.start()\n"
+        "while importing.is_alive():\n"
+        "    families = list(_kernels(None))\n"
+        "print(sorted(s.name for f in families for s in f.samples))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "gradsvc_kernels_kept" in done.stdout

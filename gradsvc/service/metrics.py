@@ -20,6 +20,7 @@ has computed `points` grid points in `seconds`.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 import time
@@ -115,10 +116,15 @@ def _queue_depth(queue):
     yield depth
 
 
+JAX_BACKEND = "gradsvc.engine.jax_backend"
+
+
 def _kernels(pool):
     """From the JAX backend if this process has loaded it (a scrape never imports JAX), and
     from the compute processes' last answers (`compute.ComputePool.kernels`)."""
-    backend = sys.modules.get("gradsvc.engine.jax_backend")
+    # the runner's thread imports the engine at start: a module still being imported is in
+    # sys.modules half made, and import_module waits for that import to finish
+    backend = (importlib.import_module(JAX_BACKEND) if JAX_BACKEND in sys.modules else None)
     made = CounterMetricFamily("gradsvc_kernels_made", "kernels this service's processes made, "
                                "by where from: compiled, or loaded from the executable cache",
                                labels=["source"])
